@@ -1,0 +1,10 @@
+"""conformer-vision: Conformer image classifiers (Peng et al., ICCV 2021) in PyTorch.
+
+``create_model`` and ``list_models`` are the model API; importing the package also registers the
+variants in timm's registry, so ``timm.create_model("conformer_tiny_patch16")`` works.
+"""
+
+from .models import Conformer, ConformerArgs, create_model, list_models
+
+__version__ = "0.1.0"
+__all__ = ["Conformer", "ConformerArgs", "create_model", "list_models", "__version__"]

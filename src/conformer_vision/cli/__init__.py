@@ -1,0 +1,64 @@
+"""The ``conformer`` command: one thin module per subcommand under ``conformer_vision.cli``.
+
+Each subcommand module defines ``HELP`` (one line), ``add_arguments(parser)`` and
+``run(args) -> int``; ``run`` converts the parsed arguments into plain values and calls one
+library function. Expected user errors (``ConformerError``) are printed without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import sys
+from collections.abc import Sequence
+
+from ..errors import ConformerError
+
+# command name -> module under conformer_vision.cli (imported only when that command runs)
+COMMANDS: dict[str, str] = {
+    "prepare": "prepare",
+    "train": "train",
+    "eval": "evaluate",
+    "eval-onnx": "eval_onnx",
+    "predict": "predict",
+    "export": "export",
+    "benchmark": "benchmark",
+    "visualize": "visualize",
+    "plot": "plot",
+    "info": "info",
+}
+
+
+def _available() -> dict[str, str]:
+    return {c: m for c, m in COMMANDS.items() if importlib.util.find_spec(f"{__name__}.{m}") is not None}
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = _available()
+    if not argv or argv[0] not in commands:
+        parser = argparse.ArgumentParser(prog="conformer", description="Conformer image classifiers.")
+        sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+        for name, module in commands.items():
+            sub.add_parser(name, help=importlib.import_module(f"{__name__}.{module}").HELP)
+        parser.parse_args(argv or ["--help"])
+        return 2
+    module = importlib.import_module(f"{__name__}.{commands[argv[0]]}")
+    parser = argparse.ArgumentParser(prog=f"conformer {argv[0]}", description=module.HELP)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    _setup_logging()
+    try:
+        return int(module.run(args) or 0)
+    except ConformerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

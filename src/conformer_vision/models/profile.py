@@ -1,0 +1,36 @@
+"""Model cost: parameter counts and FLOPs (``torch.utils.flop_counter``), on the meta device."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .conformer import create_model, default_cfgs, list_models
+
+__all__ = ["count_params", "count_flops", "variants_table"]
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: torch.nn.Module, image_size: tuple[int, int] = (224, 224), batch: int = 1) -> int:
+    """FLOPs of one forward pass (a multiply-add counts 2) measured by torch.utils.flop_counter."""
+    device = next(model.parameters()).device
+    x = torch.zeros(batch, 3, *image_size, device=device)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops()
+
+
+def variants_table(image_size: int = 224, num_classes: int = 1000) -> str:
+    """A Markdown table: variant, params, GFLOPs per image, reference top-1."""
+    rows = ["| variant | params | GFLOPs (torch.utils.flop_counter) | reference top-1 |", "|---|---:|---:|---:|"]
+    for name in list_models():
+        with torch.device("meta"):
+            model = create_model(name, num_classes=num_classes).eval()
+        notes = default_cfgs[name].default.notes
+        top1 = notes[0].rsplit(" ", 1)[-1] if notes else "-"
+        gflops = count_flops(model, (image_size, image_size)) / 1e9
+        rows.append(f"| {name} | {count_params(model):,} | {gflops:.2f} | {top1} |")
+    return "\n".join(rows)
