@@ -1,109 +1,218 @@
-"""Checkpoint files: safe reading, atomic writing, rotation.
+"""This project's checkpoints: what they hold, how they rotate, how a model is rebuilt from one.
 
-Reading is always ``torch.load(weights_only=True)`` (or safetensors): a file holding anything
-but tensors and plain Python values is refused, never loaded with the unsafe unpickler.
-Writing goes to a temporary file in the same folder, is fsync'ed, then renamed, so a crash or a
-full disk never leaves a partial file under a final name.
+A checkpoint is a plain dict of primitives and tensors (``weights_only`` loadable) that describes
+itself, so eval, predict and export rebuild the model from the file alone:
+
+    format: "conformer-vision", version: 1
+    arch: variant name, model_args: ConformerArgs as a dict
+    class_names: list[str] (index -> name; built once from the training folders)
+    preprocess: Preprocess.to_dict() (input size, interpolation, crop_pct, mean, std)
+    config: the resolved run config (Config.to_dict())
+    model: state dict, ema: EMA state dict or None
+    train_state: None, or {optimizer, scheduler, scaler, epoch, step, batch_in_epoch, rng, ...}
+    metrics: {name: float} (val top-1 etc. at save time)
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import pickle
-import tempfile
+import re
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from .errors import CheckpointError
+from .models import Conformer, ConformerArgs, canonical_name, create_model
+from .models.convert import extract_state_dict, load_state_dict_strict
+from .serialization import atomic_save, read_checkpoint
 
-__all__ = ["read_checkpoint", "atomic_save", "FORMAT"]
+__all__ = [
+    "FORMAT", "build_checkpoint", "load_model", "CheckpointManager", "find_resumable", "read_checkpoint", "atomic_save",
+]  # fmt: skip
 
 log = logging.getLogger("conformer_vision.checkpoint")
 
 FORMAT = "conformer-vision"
+VERSION = 1
 
 
-def read_checkpoint(path: str | Path) -> Any:
-    """Load a ``.pt/.pth/.ckpt`` (weights-only pickle) or ``.safetensors`` file onto the CPU.
+def build_checkpoint(
+    model: Conformer,
+    *,
+    class_names: list[str] | None = None,
+    preprocess: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+    ema_state: dict[str, torch.Tensor] | None = None,
+    train_state: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """The checkpoint dict for ``model`` (unwrapped: not DDP, not compiled)."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": getattr(model, "variant", None),
+        "model_args": model.args.to_dict(),
+        "class_names": list(class_names) if class_names is not None else None,
+        "preprocess": preprocess,
+        "config": config,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "ema": ema_state,
+        "train_state": train_state,
+        "metrics": dict(metrics or {}),
+    }
 
-    Raises CheckpointError with the path and what to do for: a missing path, a directory, an
-    empty or truncated file, a file that is not a checkpoint, and a pickle holding code objects.
+
+@dataclass
+class LoadedModel:
+    """A model rebuilt from a weights file, with what the file says about it."""
+
+    model: Conformer
+    arch: str
+    class_names: list[str] | None
+    preprocess: dict[str, Any] | None
+    config: dict[str, Any] | None = None
+    layout: str = "conformer-vision"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_model(
+    path: str | Path, arch: str | None = None, num_classes: int | None = None, use_ema: bool = False, **overrides: Any
+) -> LoadedModel:
+    """Rebuild a model from any weights file ``create_model(pretrained=...)`` accepts.
+
+    This project's checkpoints describe their architecture; foreign files (authors', mmpretrain,
+    safetensors state dicts) need ``arch`` (the class count is read from the heads).
+    ``overrides`` are ConformerArgs fields applied on top (e.g. ``fused_attn=False``).
     """
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"{p}: no such file")
-    if p.is_dir():
-        raise CheckpointError(f"{p} is a directory, not a checkpoint file")
-    if p.stat().st_size == 0:
-        raise CheckpointError(f"{p} is empty (0 bytes): truncated or not a checkpoint")
-    if p.suffix == ".safetensors":
-        return _read_safetensors(p)
+    obj = read_checkpoint(path)
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e) or "weights_only" in str(e):
+        sd, meta = extract_state_dict(obj, use_ema=use_ema)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    if meta["layout"] == FORMAT:
+        args = ConformerArgs(**{**meta["model_args"], **overrides})
+        name = meta.get("arch") or arch or "conformer"
+        model = Conformer(args)
+        model.variant = name
+    else:
+        if arch is None:
             raise CheckpointError(
-                f"{p} was refused: it contains Python objects other than tensors and plain values, "
-                "which could run code when loaded (it may be malicious). Only weights-only "
-                "checkpoints are loaded; re-save the state dict with torch.save(model.state_dict()) "
-                "in a trusted environment, or convert it to .safetensors."
-            ) from None
-        raise CheckpointError(f"{p} is truncated or not a checkpoint ({_first_line(e)})") from None
-    except Exception as e:  # anything else a corrupt file makes the unpickler raise
-        raise CheckpointError(f"{p} is truncated or not a checkpoint ({_first_line(e)})") from None
+                f"{path} is a {meta['layout']}-layout state dict that does not name its architecture: "
+                "pass --arch (e.g. conformer_tiny_patch16)"
+            )
+        head = sd.get("conv_cls_head.weight")
+        classes = num_classes or (int(head.shape[0]) if head is not None else 1000)
+        name = canonical_name(arch)
+        model = create_model(name, num_classes=classes, **overrides)
+    load_state_dict_strict(model, sd, source=str(path), allow_new_heads=False)
+    model.eval()
+    return LoadedModel(
+        model=model, arch=name, class_names=meta.get("class_names"), preprocess=meta.get("preprocess"),
+        config=meta.get("config"), layout=meta["layout"],
+    )  # fmt: skip
 
 
-def _read_safetensors(p: Path) -> dict[str, Any]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        sd: dict[str, Any] = load_file(str(p), device="cpu")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{p} is truncated or not a safetensors file ({_first_line(e)})") from None
-    return sd
+_STEP_RE = re.compile(r"_e(\d+)_s(\d+)")
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
+class CheckpointManager:
+    """Writes checkpoints and keeps the right ones.
 
-
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` atomically: temp file in the same folder, fsync, rename.
-
-    On any failure (disk full included) the temp file is removed, ``path`` is untouched, and a
-    CheckpointError names the path.
+    - ``save_latest``: ``<ckpt_dir>/<prefix>_e{epoch}_s{step}.pt``; keeps the ``keep`` newest.
+    - ``save_best``: ``<best_dir>/<prefix>_best_e{epoch}_top1_{acc}.pt``; keeps the ``best_keep``
+      highest by val top-1 (ties: the newer wins).
+    - ``due(step)``: True when ``every_steps`` steps or ``every_seconds`` seconds have passed since
+      the last save.
+    Older files are deleted only after the new one is completely written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}; nothing was replaced") from None
-        raise
-    return path
+
+    def __init__(
+        self,
+        ckpt_dir: str | Path,
+        best_dir: str | Path,
+        prefix: str = "conformer",
+        keep: int = 10,
+        best_keep: int = 5,
+        every_steps: int = 0,
+        every_seconds: float = 0.0,
+        enabled: bool = True,
+    ) -> None:
+        self.ckpt_dir, self.best_dir = Path(ckpt_dir), Path(best_dir)
+        self.prefix, self.keep, self.best_keep = prefix, keep, best_keep
+        self.every_steps, self.every_seconds = every_steps, every_seconds
+        self.enabled = enabled
+        self._last_time = time.monotonic()
+        self._last_step = 0
+
+    def due(self, step: int) -> bool:
+        by_steps = self.every_steps > 0 and step - self._last_step >= self.every_steps
+        by_time = self.every_seconds > 0 and time.monotonic() - self._last_time >= self.every_seconds
+        return by_steps or by_time
+
+    def save_latest(self, ckpt: dict[str, Any], epoch: int, step: int) -> Path | None:
+        if not self.enabled:
+            return None
+        path = atomic_save(ckpt, self.ckpt_dir / f"{self.prefix}_e{epoch:04d}_s{step:08d}.pt")
+        self._last_time, self._last_step = time.monotonic(), step
+        for old in self.latest_files()[: -self.keep] if self.keep > 0 else []:
+            old.unlink(missing_ok=True)
+        return path
+
+    def save_best(self, ckpt: dict[str, Any], epoch: int, top1: float) -> Path | None:
+        """Save if ``top1`` makes it into the ``best_keep`` best; returns the path if saved."""
+        if not self.enabled or self.best_keep <= 0:
+            return None
+        ranked = self.best_files()
+        if len(ranked) >= self.best_keep and top1 < ranked[-1][0]:
+            return None
+        path = atomic_save(ckpt, self.best_dir / f"{self.prefix}_best_e{epoch:04d}_top1_{top1:.4f}.pt")
+        for _, old in self.best_files()[self.best_keep :]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def latest_files(self) -> list[Path]:
+        """This run's rotating checkpoints, oldest first (by step in the name)."""
+        files = [p for p in self.ckpt_dir.glob(f"{self.prefix}_e*_s*.pt") if _STEP_RE.search(p.name)]
+        return sorted(files, key=lambda p: tuple(int(g) for g in _STEP_RE.search(p.name).groups()))  # type: ignore[union-attr]
+
+    def best_files(self) -> list[tuple[float, Path]]:
+        """(top1, path) of the best checkpoints, best first; among equals the newest first."""
+        out = []
+        for p in self.best_dir.glob(f"{self.prefix}_best_e*_top1_*.pt"):
+            m = re.search(r"_best_e(\d+)_top1_([0-9.]+)\.pt$", p.name)
+            if m:
+                out.append((float(m.group(2)), int(m.group(1)), p))
+        return [(acc, p) for acc, _, p in sorted(out, key=lambda t: (-t[0], -t[1]))]
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def find_resumable(files: list[Path]) -> tuple[Path, dict[str, Any]] | None:
+    """The newest readable checkpoint among ``files`` (oldest first) that has a train state.
+
+    Unreadable newer files (a crash mid-write on a filesystem without atomic rename, a truncated
+    copy) are skipped with a warning; never returns None while a readable one exists.
+    """
+    for path in reversed(files):
+        try:
+            obj = read_checkpoint(path)
+        except CheckpointError as e:
+            log.warning("skipping unreadable checkpoint: %s", e)
+            continue
+        if isinstance(obj, dict) and obj.get("format") == FORMAT and obj.get("train_state"):
+            return path, obj
+        log.warning("skipping %s: not a resumable conformer-vision checkpoint", path)
+    return None
+
+
+def unwrap(model: nn.Module) -> Conformer:
+    """The bare Conformer inside DDP / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module"):
+            model = model.module  # DDP
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod  # torch.compile
+        else:
+            return model  # type: ignore[return-value]

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import read_checkpoint
+from ..serialization import read_checkpoint
 from ..errors import CheckpointError
 from .conformer import VARIANTS
 
