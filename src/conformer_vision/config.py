@@ -153,7 +153,7 @@ _MODEL = "Model arguments"
 _HW = "Hardware setup"
 _CB = "Callbacks setup"
 
-_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # PIL filters timm accepts
 _AA_POLICIES = ("rand", "augmix", "original", "originalr", "v0", "v0r", "3a")
 
 
@@ -454,12 +454,16 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, source: str = "dict") -> Config:
-        """Strict inverse of :meth:`to_dict`: unknown keys are errors, missing keys take defaults."""
+    def from_dict(cls, d: Mapping[str, Any], *, source: str = "dict", strict: bool = True) -> Config:
+        """Inverse of :meth:`to_dict`. Values are checked as from YAML and missing keys take
+        defaults; unknown keys are errors, or with ``strict=False`` (a config saved by another
+        version of this package) dropped. ``source`` names the origin in error messages."""
         if not isinstance(d, Mapping):
             raise ConfigError(f"{source}: expected a mapping of options, got {type(d).__name__}")
-        _check_unknown_keys(d.keys(), {k: source for k in d})
-        return _build(dict(d), {k: source for k in d}, source)
+        if strict:
+            _check_unknown_keys(d.keys(), {k: source for k in d})
+        values = {k: v for k, v in d.items() if k in _FIELDS}
+        return _build(values, {k: source for k in values}, source)
 
 
 SPEC_OPTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config) if f.metadata["spec"])
@@ -599,7 +603,8 @@ def _coerce(value: Any, tp: Any) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
-        raise _BadValue(f"expected a string, got {value!r} ({type(value).__name__}); quote it in YAML")
+        hint = "; quote it in YAML" if isinstance(value, (int, float, bool)) else ""
+        raise _BadValue(f"expected a string, got {value!r} ({type(value).__name__}){hint}")
     raise TypeError(f"unsupported option type {tp!r}")  # a bug in this module, not user input
 
 

@@ -1,0 +1,371 @@
+"""The strict run configuration: YAML + command line merging, coercion, validation, help, docs."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conformer_vision.config import (
+    EXTRA_OPTIONS,
+    FALLBACK_MODEL_NAMES,
+    SPEC_OPTIONS,
+    Config,
+    add_config_arguments,
+    available_archs,
+    config_from_args,
+    load_config,
+)
+from conformer_vision.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))
+FIELDS = [f.name for f in dataclasses.fields(Config)]
+
+# The keys of the specification's "Script Parameters" YAML, in its order.
+SPEC_KEYS = """dataset data_url train_dir val_dir train_num_samples val_num_samples auto_augment aa_interpolation
+re_mode re_prob re_count cutmix mixup mixup_prob mixup_mode mixup_off_epoch switch_prob label_smoothing min_crop
+crop_pct optimizer beta eps base_lr min_lr lr_scheduler lr_adjust lr_gamma momentum weight_decay epochs batch_size
+is_dynamic_loss_scale loss_scale num_parallel_workers start_epoch warmup_length warmup_lr use_clip_grad_norm
+clip_grad_norm exclude_epoch_state seed with_ema ema_decay pynative_mode arch amp_level file_format pretrained
+image_size num_classes drop drop_block drop_path disable_approximate_gelu use_pytorch_maxpool device_id device_num
+device_target summary_root_dir ckpt_root_dir best_ckpt_root_dir ckpt_keep_num best_ckpt_num ckpt_save_every_step
+ckpt_save_every_seconds print_loss_every summary_loss_collect_freq model_postfix collect_input_data
+dump_graph""".split()
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def error_of(*args, **kwargs) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(*args, **kwargs)
+    return str(info.value)
+
+
+def test_fields_are_the_spec_options_plus_extras():
+    assert list(SPEC_OPTIONS) == SPEC_KEYS
+    assert set(EXTRA_OPTIONS) >= {"checkpoint", "overwrite", "sync_bn", "augment", "interpolation", "color_jitter",
+                                  "hflip", "eval_every", "max_bad_files_fraction", "max_nonfinite_steps",
+                                  "compile", "channels_last", "use_ema"}
+    assert all(f.metadata["help"] for f in dataclasses.fields(Config))
+
+
+def test_defaults_validate_and_follow_the_spec():
+    cfg = Config()
+    assert (cfg.base_lr, cfg.batch_size, cfg.crop_pct, cfg.beta, cfg.lr_scheduler) == (0.001, 100, 0.96, [0.9, 0.999],
+                                                                                       "cosine_lr")
+    assert cfg.disable_approximate_gelu and cfg.use_pytorch_maxpool  # reference numerics by default
+
+
+# ---------------------------------------------------------------- unknown keys
+
+
+def test_unknown_yaml_key_suggests_and_names_file_and_line(tmp_path):
+    path = write(tmp_path, "epochs: 3\nweight_decy: 0.1\n")
+    msg = error_of(path)
+    assert "did you mean 'weight_decay'" in msg
+    assert f"{path}:2" in msg
+    assert "valid options:" in msg and "base_lr" in msg
+
+
+@pytest.mark.parametrize("tokens, suggestion", [
+    (["--batchsize", "8"], "batch_size"),
+    (["--lr", "0.1"], "base_lr"),  # another codebase's name for the option
+    (["--lerning-rate", "0.1"], "base_lr"),
+    (["--drop_path_rate=0.2"], "drop_path"),
+])
+def test_unknown_cli_key_suggests(tokens, suggestion):
+    msg = error_of(None, tokens)
+    assert "did you mean" in msg and suggestion in msg and "command line" in msg
+
+
+def test_unknown_override_dict_key_and_from_dict_key():
+    assert "did you mean 'epochs'" in error_of(None, {"epoch": 3})
+    with pytest.raises(ConfigError, match="did you mean 'seed'"):
+        Config.from_dict({"sed": 1})
+    assert Config.from_dict({"sed": 1, "seed": 2}, strict=False).seed == 2
+
+
+# ---------------------------------------------------------------- types, ranges, choices
+
+
+@pytest.mark.parametrize("text, key, expected", [
+    ("epochs: ten", "epochs", "expected an integer"),
+    ("epochs: 2.5", "epochs", "expected an integer"),
+    ("with_ema: maybe", "with_ema", "expected true/false"),
+    ("beta: 0.9", "beta", "expected a list"),
+    ("data_url: [a, b]", "data_url", "expected a string"),
+    ("val_dir: 2012", "val_dir", "quote it"),
+    ("base_lr: .nan", "base_lr", "finite"),
+])
+def test_wrong_type(tmp_path, text, key, expected):
+    msg = error_of(write(tmp_path, text + "\n"))
+    assert f"{key}:" in msg and expected in msg and "run.yaml:1" in msg
+
+
+@pytest.mark.parametrize("tokens, expected", [
+    (["--re_prob", "1.5"], "re_prob: 1.5 is out of range; it must be in [0, 1]"),
+    (["--base_lr", "-1"], "base_lr: -1.0 is out of range; it must be > 0"),
+    (["--crop_pct", "0"], "crop_pct: 0.0 is out of range; it must be in (0, 1]"),
+    (["--batch_size", "0"], "must be >= 1"),
+    (["--beta", "0.9,1.0"], "beta: 1.0 is out of range"),
+    (["--beta", "0.9"], "expected 2 values"),
+    (["--image_size", "224,224,3"], "expected 2 values"),
+    (["--train_num_samples", "0"], "-1 (all) or a positive count"),
+    (["--min_lr", "0.1"], "above base_lr"),
+    (["--start_epoch", "300"], "must be below epochs"),
+    (["--warmup_length", "300"], "warm-up"),
+    (["--compile", "--pynative_mode", "true"], "contradicts"),
+    (["--auto_augment", "randaug-m9"], "timm policy"),
+])
+def test_out_of_range(tokens, expected):
+    assert expected in error_of(None, tokens)
+
+
+def test_all_problems_reported_at_once():
+    msg = error_of(None, ["--re_prob", "2", "--epochs", "x", "--amp_level", "O9"])
+    assert "re_prob" in msg and "epochs" in msg and "amp_level" in msg
+
+
+@pytest.mark.parametrize("key, value, listed", [
+    ("amp_level", "O4", "O0, O1, O2, O3, bf16"),
+    ("optimizer", "lamb", "adamw, sgd"),
+    ("lr_scheduler", "poly_lr", "cosine_lr, step_lr, multistep_lr, exp_lr, constant_lr"),
+    ("mixup_mode", "row", "batch, pair, elem"),
+    ("re_mode", "zero", "const, rand, pixel"),
+    ("file_format", "TFLITE", "ONNX, TORCHSCRIPT, EXPORTED_PROGRAM, SAFETENSORS"),
+    ("device_target", "tpu", "auto, cpu, cuda"),
+    ("interpolation", "random", "nearest, bilinear, bicubic, box, hamming, lanczos"),  # no random at eval
+])
+def test_bad_choice_lists_valid_choices(key, value, listed):
+    msg = error_of(None, {key: value})
+    assert f"{key}: {value!r} is not a valid choice" in msg and listed in msg
+
+
+@pytest.mark.parametrize("key, value, why", [
+    ("device_target", "Ascend", "MindSpore"),
+    ("file_format", "MINDIR", "MindSpore format"),
+    ("file_format", "AIR", "MindSpore"),
+])
+def test_mindspore_only_values_are_explained(key, value, why):
+    msg = error_of(None, {key: value})
+    assert why in msg and "valid choices" in msg
+
+
+def test_unknown_arch_suggests_and_lists_names():
+    msg = error_of(None, ["--arch", "conformer_tiny_patch61"])
+    assert "did you mean" in msg and "conformer_small_patch32" in msg
+
+
+@pytest.mark.parametrize("key, value, canonical", [
+    ("device_target", "GPU", "cuda"),
+    ("device_target", "CPU", "cpu"),
+    ("optimizer", "Momentum", "sgd"),
+    ("lr_scheduler", "exponential_lr", "exp_lr"),
+    ("amp_level", "o2", "O2"),
+    ("amp_level", "BF16", "bf16"),
+    ("file_format", "onnx", "ONNX"),
+    ("arch", "conformer_tiny", "conformer_tiny_patch16"),
+    ("arch", "conformer_base", "conformer_base_patch16"),
+    ("auto_augment", "", None),
+    ("auto_augment", "none", None),
+])
+def test_spellings_are_normalised(key, value, canonical):
+    assert getattr(load_config(None, {key: value}), key) == canonical
+
+
+# ---------------------------------------------------------------- merging and coercion
+
+
+def test_cli_overrides_yaml(tmp_path):
+    path = write(tmp_path, "epochs: 7\nbatch_size: 16\nseed: 5\n")
+    cfg = load_config(path, ["--batch_size", "48", "--seed=9"])
+    assert (cfg.epochs, cfg.batch_size, cfg.seed) == (7, 48, 9)
+    assert load_config(path, {"epochs": 4}).epochs == 4
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("true", True), ("False", False), ("1", True), ("0", False), ("yes", True), ("no", False), ("on", True)])
+def test_bool_coercion(text, expected):
+    assert load_config(None, ["--with_ema", text]).with_ema is expected
+
+
+def test_bare_bool_flag_means_true():
+    cfg = load_config(None, ["--with_ema", "--epochs", "3"])
+    assert cfg.with_ema is True and cfg.epochs == 3
+
+
+@pytest.mark.parametrize("tokens", [
+    ["--beta", "0.8,0.99"], ["--beta", "[0.8, 0.99]"], ["--beta", "0.8", "0.99"], ["--beta", "0.8, 0.99"]])
+def test_list_coercion(tokens):
+    assert load_config(None, tokens).beta == [0.8, 0.99]
+
+
+def test_image_size_int_or_pair_and_negative_numbers():
+    assert load_config(None, ["--image_size", "160"]).image_hw == (160, 160)
+    assert load_config(None, ["--image_size", "[192, 256]"]).image_hw == (192, 256)
+    assert load_config(None, ["--val_num_samples", "-1"]).val_num_samples == -1
+
+
+def test_yaml_numbers_pyyaml_reads_as_strings(tmp_path):
+    # PyYAML (YAML 1.1) reads 1e-8 without a dot as a string; it is still a number here.
+    assert load_config(write(tmp_path, "eps: 1e-8\nloss_scale: 512\n")).eps == 1e-8
+
+
+def test_null_only_where_optional():
+    assert load_config(None, ["--auto_augment", "null"]).auto_augment is None
+    assert "expected a string" in error_of(None, {"data_url": None})
+
+
+def test_model_postfix_int_or_string():
+    assert load_config(None, ["--model_postfix", "3"]).model_postfix == 3
+    assert load_config(None, ["--model_postfix", "ft"]).model_postfix == "ft"
+
+
+# ---------------------------------------------------------------- YAML file problems
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("epochs: 3\nbatch_size: [1, 2\n", "YAML syntax error"),
+    ("- epochs\n- 3\n", "expected a mapping"),
+    ("", "the file is empty"),
+    ("just a string\n", "expected a mapping"),
+    ("epochs: 3\nseed: 1\nepochs: 4\n", "duplicate key 'epochs' (first on line 1)"),
+])
+def test_bad_yaml_files(tmp_path, text, expected):
+    msg = error_of(write(tmp_path, text))
+    assert expected in msg and "run.yaml" in msg
+
+
+def test_yaml_syntax_error_has_line(tmp_path):
+    msg = error_of(write(tmp_path, "epochs: 3\nseed: 1\n  bad: 2\n"))
+    assert "run.yaml:3:" in msg and "mapping values are not allowed" in msg
+
+
+def test_missing_file(tmp_path):
+    assert "does not exist" in error_of(tmp_path / "nope.yaml")
+
+
+# ---------------------------------------------------------------- (de)serialisation
+
+
+def test_to_dict_from_dict_round_trip():
+    cfg = load_config(None, ["--arch", "conformer_small", "--beta", "0.8,0.9", "--image_size", "192,256",
+                             "--auto_augment", "none", "--model_postfix", "x"])
+    d = cfg.to_dict()
+    assert list(d) == FIELDS
+    assert json.loads(json.dumps(d)) == d
+    assert yaml.safe_load(cfg.to_yaml()) == d
+    again = Config.from_dict(json.loads(json.dumps(d)))
+    assert again == cfg and again.to_dict() == d
+
+
+def test_from_dict_is_strict_about_values():
+    with pytest.raises(ConfigError, match="epochs"):
+        Config.from_dict({"epochs": -1})
+    with pytest.raises(ConfigError, match="mapping"):
+        Config.from_dict(["epochs"])  # type: ignore[arg-type]
+
+
+def test_direct_construction_validates():
+    with pytest.raises(ConfigError, match="mixup_mode"):
+        Config(mixup_mode="rows")
+    assert Config(epochs="5").epochs == 5  # type: ignore[arg-type]
+
+
+def test_error_pickles_as_config_error():
+    with pytest.raises(ConfigError) as info:
+        Config(re_prob=3.0)
+    again = pickle.loads(pickle.dumps(info.value))
+    assert isinstance(again, ConfigError) and str(again) == str(info.value)
+
+
+# ---------------------------------------------------------------- shipped configs, docs, help
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_yaml_holds_every_option_and_validates(path):
+    with open(path) as fh:
+        keys = set(yaml.safe_load(fh))
+    assert not set(FIELDS) - keys, f"{path.name} lacks options"
+    assert not keys - set(FIELDS)
+    load_config(path)
+
+
+def test_shipped_configs_exist():
+    assert {p.name for p in SHIPPED} >= {"conformer_tiny.yaml", "conformer_small.yaml", "conformer_base.yaml",
+                                         "quickstart_fashion_mnist.yaml"}
+
+
+def test_reference_recipe_in_shipped_tiny():
+    cfg = load_config(ROOT / "configs" / "conformer_tiny.yaml")
+    assert cfg.batch_size * cfg.device_num == 1024
+    assert (cfg.base_lr, cfg.weight_decay, cfg.min_lr, cfg.warmup_length, cfg.warmup_lr) == (1e-3, .05, 1e-5, 5, 1e-6)
+    assert (cfg.mixup, cfg.cutmix, cfg.switch_prob, cfg.label_smoothing, cfg.re_prob) == (0.8, 1.0, 0.5, 0.1, 0.25)
+    assert (cfg.ema_decay, cfg.crop_pct, cfg.epochs, cfg.interpolation) == (0.99996, 0.875, 300, "bicubic")
+
+
+def test_docs_describe_every_option():
+    text = (ROOT / "docs" / "options.md").read_text()
+    missing = [name for name in FIELDS if f"`{name}`" not in text]
+    assert not missing
+
+
+def make_parser() -> argparse.ArgumentParser:
+    return add_config_arguments(argparse.ArgumentParser(prog="conformer train"))
+
+
+def test_help_lists_every_option_with_default():
+    text = make_parser().format_help()
+    for name in ["config", *FIELDS]:
+        assert f"--{name}" in text
+    assert "default: 'cosine_lr'" in text.replace("\n", " ").replace("  ", " ")
+
+
+def test_config_from_args_keeps_yaml_for_options_not_given(tmp_path):
+    path = write(tmp_path, "epochs: 7\nbatch_size: 16\n")
+    ns = make_parser().parse_args(["--config", str(path), "--batch_size", "8", "--with_ema",
+                                   "--beta", "0.8", "0.9", "--image_size", "160"])
+    cfg = config_from_args(vars(ns) | {"command": "train"})
+    assert (cfg.epochs, cfg.batch_size, cfg.with_ema, cfg.beta, cfg.image_size) == (7, 8, True, [0.8, 0.9], 160)
+
+
+def test_config_from_args_reports_bad_values():
+    ns = make_parser().parse_args(["--epochs", "0"])
+    with pytest.raises(ConfigError, match="epochs: 0 is out of range"):
+        config_from_args(vars(ns))
+
+
+# ---------------------------------------------------------------- derived values
+
+
+def test_derived_values():
+    import torch
+
+    assert Config(amp_level="O0").amp_dtype is None and not Config(amp_level="O0").use_grad_scaler
+    assert Config(amp_level="O3").amp_dtype is torch.float16 and Config(amp_level="O1").use_grad_scaler
+    assert Config(amp_level="bf16").amp_dtype is torch.bfloat16 and not Config(amp_level="bf16").use_grad_scaler
+    assert Config(device_target="cpu").device == torch.device("cpu")
+    assert Config(arch="conformer_small").canonical_arch == "conformer_small_patch16"
+
+
+def test_cuda_requested_without_cuda_is_a_clear_error(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert Config(device_target="auto").device == torch.device("cpu")
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        Config(device_target="GPU").device
+
+
+def test_fallback_arch_names_match_the_model_registry():
+    assert set(FALLBACK_MODEL_NAMES) <= set(available_archs())
