@@ -120,7 +120,9 @@ def _decode_error(path: Path, exc: Exception) -> ImageDecodeError:
         return ImageDecodeError(path, f"decompression bomb refused ({exc})")
     if isinstance(exc, UnidentifiedImageError):
         return ImageDecodeError(path, "not a recognised image format")
-    return ImageDecodeError(path, f"corrupt or truncated image ({type(exc).__name__}: {exc})")
+    if isinstance(exc, PermissionError):
+        return ImageDecodeError(path, "permission denied")
+    return ImageDecodeError(path, f"corrupt image data ({type(exc).__name__}: {exc})")
 
 
 def check_image(path: str | Path, full: bool = False) -> None:

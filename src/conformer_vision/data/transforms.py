@@ -172,7 +172,7 @@ def build_train_transform(
     _check_train_args(min_crop, re_prob, re_mode, re_count, hflip, interpolation, aa_interpolation)
     common: dict[str, Any] = dict(
         input_size=(3, *size), is_training=True, scale=(min_crop, 1.0), hflip=hflip,
-        color_jitter=color_jitter, auto_augment=auto_augment or None, mean=_triple("mean", mean),
+        color_jitter=color_jitter or None, auto_augment=auto_augment or None, mean=_triple("mean", mean),
         std=_triple("std", std), re_prob=re_prob, re_mode=re_mode, re_count=re_count,
     )
     if not auto_augment or aa_interpolation == interpolation:

@@ -1,0 +1,196 @@
+"""ImageFolderDataset: layout rules, class list, subsets, bad-file policy; build_loader."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.distributed as dist
+from PIL import Image
+
+from conformer_vision.data.datasets import ImageFolderDataset, build_class_list, build_loader, set_loader_epoch
+from conformer_vision.errors import ConfigError, DataError
+
+LOGGER = "conformer_vision.data"
+
+
+def origin(image: Image.Image) -> tuple[int, int]:
+    """(class index, image number) encoded in pixel (0, 0) by make_tree."""
+    r, g, _ = image.getpixel((0, 0))
+    return r // 20, g
+
+
+# ---- layout and classes ---------------------------------------------------------------------- #
+
+def test_hidden_entries_are_not_classes_or_images(make_tree, write_image):
+    root = make_tree("train", {"cat": 2, "dog": 3})
+    write_image("train/.ipynb_checkpoints/x.png")
+    write_image("train/.git/objects.png")
+    write_image("train/cat/.hidden.png")
+    (root / "dog" / "notes.txt").write_text("not an image")
+    ds = ImageFolderDataset(root)
+    assert ds.classes == build_class_list(root) == ["cat", "dog"]
+    assert [(p.parent.name, p.name) for p, _ in ds.samples] == [
+        ("cat", "000.png"), ("cat", "001.png"), ("dog", "000.png"), ("dog", "001.png"), ("dog", "002.png")]
+    assert ds.targets == [0, 0, 1, 1, 1]
+    image, target = ds[3]
+    assert target == 1 and origin(image) == (1, 1)
+
+
+def test_empty_class_folder_is_an_error_naming_it(make_tree):
+    root = make_tree("train", {"cat": 1})
+    (root / "empty_class").mkdir()
+    with pytest.raises(DataError, match="empty_class"):
+        ImageFolderDataset(root)
+
+
+def test_missing_root_and_root_without_classes(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        ImageFolderDataset(tmp_path / "nowhere")
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(DataError, match="no class folders"):
+        build_class_list(tmp_path / "flat")
+
+
+def test_val_uses_train_class_list_by_name(make_tree, caplog):
+    classes = build_class_list(make_tree("train", {"ant": 1, "bee": 1, "cow": 1}))
+    val = make_tree("val", {"cow": 2})
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        ds = ImageFolderDataset(val, classes=classes)
+    assert ds.targets == [2, 2] and ds.classes == classes
+    assert "ant" in caplog.text and "bee" in caplog.text  # missing val classes only warn
+
+
+def test_unknown_val_class_is_an_error_listing_known_ones(make_tree):
+    classes = build_class_list(make_tree("train", {"ant": 1, "bee": 1}))
+    val = make_tree("val", {"ant": 1, "wasp": 1})
+    with pytest.raises(DataError, match="wasp") as info:
+        ImageFolderDataset(val, classes=classes)
+    assert "['ant', 'bee']" in str(info.value)
+
+
+# ---- subsets --------------------------------------------------------------------------------- #
+
+def test_subset_is_fixed_sorted_and_a_subset(make_tree):
+    root = make_tree("train", {"a": 10, "b": 10})
+    full = ImageFolderDataset(root).samples
+    first = ImageFolderDataset(root, num_samples=7).samples
+    torch.manual_seed(123)  # the global RNG does not move it
+    second = ImageFolderDataset(root, num_samples=7).samples
+    assert first == second and len(first) == 7 and first == sorted(first) and set(first) <= set(full)
+    assert ImageFolderDataset(root, num_samples=100).samples == full
+    with pytest.raises(ConfigError):
+        ImageFolderDataset(root, num_samples=0)
+
+
+# ---- bad files ------------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("kind", ["truncated", "empty", "text"])
+def test_bad_file_is_logged_counted_and_substituted(make_tree, make_bad, caplog, kind):
+    root = make_tree("train", {"a": 3, "b": 2})
+    bad = make_bad(root / "a" / "001.png", kind)
+    ds = ImageFolderDataset(root, max_bad_files=1)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        image, target = ds[1]
+        again, _ = ds[1]
+    assert origin(image) == origin(again) == (0, 2) and target == 0  # the next index, its own label
+    assert ds.bad_files == [bad]
+    assert caplog.text.count(str(bad)) == 1  # logged once, with the reason
+    image, target = ds[4]
+    assert (origin(image), target) == ((1, 1), 1)
+
+
+def test_substitution_wraps_around(make_tree, make_bad):
+    root = make_tree("train", {"a": 2, "b": 2})
+    make_bad(root / "b" / "001.png", "empty")
+    image, target = ImageFolderDataset(root, max_bad_files=1)[3]
+    assert (origin(image), target) == ((0, 0), 0)
+
+
+def test_directory_named_like_an_image_is_skipped_and_counted(make_tree, make_bad, caplog):
+    root = make_tree("train", {"a": 2})
+    folder = make_bad(root / "a" / "x.jpg", "dir")
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        ds = ImageFolderDataset(root, max_bad_files=1)
+    assert len(ds) == 2 and ds.bad_files == [folder] and "x.jpg" in caplog.text
+    with pytest.raises(DataError, match="too many unreadable"):
+        ImageFolderDataset(root, max_bad_files=0)
+
+
+def test_budget_by_fraction_aborts_with_clear_error(make_tree, make_bad):
+    root = make_tree("train", {"a": 10})
+    make_bad(root / "a" / "003.png", "text")
+    make_bad(root / "a" / "007.png", "truncated")
+    lenient = ImageFolderDataset(root, max_bad_fraction=0.2)  # budget 2 of 10
+    assert len([lenient[i] for i in range(10)]) == 10 and len(lenient.bad_files) == 2
+    strict = ImageFolderDataset(root, max_bad_fraction=0.1)  # budget 1
+    strict[3]
+    with pytest.raises(DataError, match=r"too many unreadable images .*2 of 10 \(budget 1"):
+        strict[7]
+
+
+def test_verify_header_only_and_full(make_tree, make_bad):
+    root = make_tree("train", {"a": 5})
+    empty = make_bad(root / "a" / "001.png", "empty")
+    truncated = make_bad(root / "a" / "002.png", "truncated")
+    assert ImageFolderDataset(root, max_bad_files=5).verify() == [empty]
+    assert ImageFolderDataset(root, max_bad_files=5).verify(full=True) == [empty, truncated]
+    with pytest.raises(DataError, match="too many unreadable"):
+        ImageFolderDataset(root, max_bad_files=1).verify(full=True)
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.tensor(origin(image))
+
+
+def test_bad_files_found_in_workers_are_seen_by_the_main_process(make_tree, make_bad):
+    root = make_tree("train", {"a": 6, "b": 6})
+    bad = [make_bad(root / "a" / "002.png", "truncated"), make_bad(root / "b" / "004.png", "text")]
+    ds = ImageFolderDataset(root, transform=to_tensor, max_bad_files=2)
+    loader = build_loader(ds, 4, shuffle=True, num_workers=2, seed=0, drop_last=False)
+    batches = [batch for batch in loader]
+    assert sum(len(targets) for _, targets in batches) == 12  # every index still yields a sample
+    assert ds.bad_files == sorted(bad)
+
+
+def test_budget_exceeded_in_a_worker_reaches_the_main_process(make_tree, make_bad):
+    root = make_tree("train", {"a": 4})
+    make_bad(root / "a" / "001.png", "empty")
+    ds = ImageFolderDataset(root, transform=to_tensor, max_bad_files=0)
+    loader = build_loader(ds, 2, shuffle=False, num_workers=1, seed=0, drop_last=False, persistent_workers=False)
+    with pytest.raises(DataError, match="too many unreadable"):
+        list(loader)
+
+
+# ---- loader ---------------------------------------------------------------------------------- #
+
+def order(loader) -> list[tuple[int, int]]:
+    return [tuple(x.tolist()) for images, _ in loader for x in images]
+
+
+def test_loader_order_depends_on_seed_and_epoch_only(make_tree):
+    ds = ImageFolderDataset(make_tree("train", {"a": 8, "b": 8}), transform=to_tensor)
+    loader = build_loader(ds, 4, shuffle=True, num_workers=0, seed=3, drop_last=True)
+    assert not loader.pin_memory or torch.cuda.is_available()
+    epoch0 = order(loader)
+    set_loader_epoch(loader, 1)
+    epoch1 = order(loader)
+    set_loader_epoch(loader, 0)
+    assert order(loader) == epoch0 != epoch1 and sorted(epoch0) == sorted(epoch1)
+    other = build_loader(ds, 4, shuffle=True, num_workers=0, seed=3, drop_last=True)
+    assert order(other) == epoch0
+    plain = build_loader(ds, 5, shuffle=False, num_workers=0, seed=3, drop_last=False)
+    assert order(plain) == [(i // 8, i % 8) for i in range(16)]
+
+
+def test_loader_shards_by_rank_when_a_process_group_is_up(make_tree, monkeypatch):
+    ds = ImageFolderDataset(make_tree("train", {"a": 5}), transform=to_tensor)
+    with pytest.raises(RuntimeError, match="initialised"):
+        build_loader(ds, 2, shuffle=False, num_workers=0, seed=0, drop_last=False, distributed=True)
+    # Stand-in for an initialised 2-process group, seen from rank 1 (a real one takes seconds to start).
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    loader = build_loader(ds, 2, shuffle=False, num_workers=0, seed=0, drop_last=False)
+    assert (loader.sampler.num_replicas, loader.sampler.rank) == (2, 1)
+    assert order(loader) == [(0, 1), (0, 3), (0, 0)]  # odd indices, padded with index 0 to 3 per rank
