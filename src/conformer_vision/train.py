@@ -1,0 +1,648 @@
+"""``conformer train``: the whole training run of one :class:`~conformer_vision.config.Config`.
+
+``train(cfg)`` validates the output folders, builds the data (``conformer_vision.data``), the
+model, the optimiser and schedule (``optim``), the two-head loss (``losses``), loss scaling, EMA and
+DDP, optionally resumes, then alternates ``engine.train_one_epoch`` and ``engine.evaluate`` while
+checkpointing through ``checkpoint.CheckpointManager``. Under ``torchrun`` every process runs it;
+rank 0 alone writes files.
+
+Run directory
+    The parent of ``ckpt_root_dir`` (``runs/x`` for ``ckpt_root_dir: runs/x/checkpoints``). It holds
+    ``config.yaml`` (the resolved config), ``class_names.json``, ``metrics.jsonl`` and ``model.txt``
+    (``dump_graph``). Checkpoints go to ``ckpt_root_dir`` (the ``ckpt_keep_num`` newest) and
+    ``best_ckpt_root_dir`` (the ``best_ckpt_num`` best by val top-1 of the raw weights), TensorBoard
+    events to ``summary_root_dir``; the shipped configs put all three inside the run directory.
+    A run directory that already holds a run (config, metrics or checkpoints) is refused unless
+    resuming (``checkpoint``) or ``overwrite: true`` (which deletes that run's files first).
+
+``metrics.jsonl``
+    One JSON object per line::
+
+        {"kind": "train", "epoch": int, "step": int, "time": float, "loss": float, "lr": float,
+         "images_per_s": float, ["loss_scale": float]}
+        {"kind": "val", "epoch": int, "step": int, "time": float, "Loss": ..., "Top1-Acc": ...,
+         "Top5-Acc": ..., "conv_loss", "conv_top1", "conv_top5", "trans_loss", "trans_top1",
+         "trans_top5", "num_samples", [the same keys prefixed "ema_" when with_ema]}
+
+    ``epoch`` is 0-based (the epoch the step belongs to), ``step`` the global optimisation step
+    (1-based, counted over the whole run), ``time`` a Unix timestamp. Train lines come every
+    ``print_loss_every`` steps and average the finite losses since the previous line (all ranks);
+    accuracies are fractions in [0, 1]; a non-finite value is written as ``null``. A resumed run
+    first drops the lines after its checkpoint's step, so the file describes one history.
+
+Resume and faults
+    Checkpoints hold the model, optimizer, scheduler, loss scaler, EMA, epoch, global step, batch
+    position in the epoch, sampler seed and every RNG state (Python, NumPy, torch CPU and CUDA, per
+    rank). ``checkpoint: auto`` (or a path) continues exactly: with ``num_parallel_workers: 0`` the
+    final weights equal an uninterrupted run's bit for bit on CPU (with loader workers, exactly when
+    resuming at an epoch boundary). SIGTERM/SIGINT finish the current step, write a checkpoint and
+    return exit code 143/130; all ranks stop at the same step. A step whose loss or gradients are not
+    finite is skipped and logged; ``max_nonfinite_steps`` consecutive ones stop the run with an error.
+    Fault injection for tests (environment): ``CONFORMER_FAULT_KILL_AT_STEP=N`` (SIGKILL itself after
+    step N), ``CONFORMER_FAULT_SIGTERM_AT_STEP=N`` (SIGTERM itself during step N),
+    ``CONFORMER_FAULT_NAN_AT_STEP=N`` or ``N:K`` (NaN loss at steps N..N+K-1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from . import distributed as D
+from .checkpoint import FORMAT, CheckpointManager, build_checkpoint, find_resumable, read_checkpoint, unwrap
+from .config import Config
+from .data import ImageFolderDataset, Preprocess, build_class_list, build_train_transform, set_loader_epoch
+from .engine import BothHeads, StepRecord, TrainParts, evaluate, train_one_epoch
+from .errors import CheckpointError, ConfigError, ConformerError, DataError
+from .losses import build_criterion
+from .models import Conformer, create_model
+from .models.convert import load_state_dict_strict
+from .optim import build_optimizer, build_scheduler
+from .runlog import METRICS_FILE, RunLog
+
+__all__ = ["train", "TrainResult", "FaultPlan", "run_dir_of", "build_model", "capture_rng_state", "restore_rng_state"]
+
+log = logging.getLogger("conformer_vision.train")
+
+EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
+
+
+@dataclass
+class TrainResult:
+    """How a run ended: ``status`` "completed" or "interrupted"; ``exit_code`` 0, 143 or 130."""
+
+    status: str
+    exit_code: int
+    run_dir: Path
+    epoch: int
+    step: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    best_top1: float | None = None
+    last_checkpoint: Path | None = None
+
+
+class TrainingError(ConformerError):
+    """Training cannot go on (diverged: repeated non-finite losses, non-finite weights)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Small pieces: run directory, faults, RNG, signals
+
+
+def run_dir_of(cfg: Config) -> Path:
+    """The run directory: the parent of ``ckpt_root_dir``."""
+    return Path(cfg.ckpt_root_dir).absolute().parent
+
+
+def checkpoint_prefix(cfg: Config) -> str:
+    return f"{cfg.arch}_{cfg.model_postfix}"
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """Faults to inject, from ``CONFORMER_FAULT_*`` environment variables (tests only)."""
+
+    kill_at: int | None = None
+    sigterm_at: int | None = None
+    nan_steps: frozenset[int] = frozenset()
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> FaultPlan:
+        env = dict(os.environ if env is None else env)
+
+        def step(name: str) -> int | None:
+            value = env.get(name, "").strip()
+            if not value:
+                return None
+            if not value.isdigit():
+                raise ConfigError(f"environment variable {name}={value!r}: expected a step number")
+            return int(value)
+
+        nan = env.get("CONFORMER_FAULT_NAN_AT_STEP", "").strip()
+        nan_steps: frozenset[int] = frozenset()
+        if nan:
+            first, _, count = nan.partition(":")
+            if not first.isdigit() or (count and not count.isdigit()):
+                raise ConfigError(f"CONFORMER_FAULT_NAN_AT_STEP={nan!r}: expected N or N:COUNT")
+            nan_steps = frozenset(range(int(first), int(first) + int(count or 1)))
+        return cls(step("CONFORMER_FAULT_KILL_AT_STEP"), step("CONFORMER_FAULT_SIGTERM_AT_STEP"), nan_steps)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and CUDA generator states as weights_only-loadable values."""
+    version, state, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": {"version": version, "state": list(state), "gauss_next": gauss},
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }  # fmt: skip
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+    npy = state["numpy"]
+    keys = npy["keys"].numpy().astype(np.uint32)
+    np.random.set_state((npy["name"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class StopOnSignal:
+    """While active, the first SIGTERM/SIGINT only records a stop request (the loop finishes the
+    step and checkpoints); a second one of the same kind ends the process the default way."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopOnSignal:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signum = signum
+        log.warning("received %s: finishing this step, writing a checkpoint, then exiting", signal.Signals(signum).name)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks of a run
+
+
+class ResumableSampler(DistributedSampler):
+    """A ``DistributedSampler`` that can skip the first ``skip`` indices of its next pass only
+    (how a run resumes in the middle of an epoch without loading the skipped images)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.skip = 0
+
+    def __iter__(self):  # type: ignore[override]
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0
+        return iter(indices[skip:])
+
+
+@dataclass
+class RunData:
+    class_names: list[str]
+    train_loader: DataLoader
+    val_loader: DataLoader
+    sampler: ResumableSampler
+    steps_per_epoch: int
+    preprocess: Preprocess
+
+
+def build_data(cfg: Config, info: D.DistInfo) -> RunData:
+    """The class list (from ``train_dir``), the train loader (augmented, sharded, drop_last) and the
+    val loader (eval transform, each rank a strided share, no padding so metrics are exact)."""
+    root = Path(cfg.data_url)
+    classes = build_class_list(root / cfg.train_dir)
+    if len(classes) != cfg.num_classes:
+        raise ConfigError(f"num_classes is {cfg.num_classes} but {root / cfg.train_dir} has {len(classes)} class "
+                          f"folders ({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''}); set --num_classes {len(classes)}")
+    pre = Preprocess(cfg.image_hw, interpolation=cfg.interpolation, crop_pct=cfg.crop_pct)
+    transform = build_train_transform(
+        cfg.image_hw, min_crop=cfg.min_crop, auto_augment=cfg.auto_augment, aa_interpolation=cfg.aa_interpolation,
+        re_prob=cfg.re_prob, re_mode=cfg.re_mode, re_count=cfg.re_count, hflip=cfg.hflip, color_jitter=cfg.color_jitter,
+        interpolation=cfg.interpolation, augment=cfg.augment, crop_pct=cfg.crop_pct,
+    )  # fmt: skip
+    bad = dict(max_bad_fraction=cfg.max_bad_files_fraction)
+    train_set = ImageFolderDataset(root / cfg.train_dir, transform, classes=classes, num_samples=cfg.train_num_samples, **bad)
+    val_set = ImageFolderDataset(root / cfg.val_dir, pre.eval_transform(), classes=classes, num_samples=cfg.val_num_samples, **bad)
+    sampler = ResumableSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    common = dict(num_workers=cfg.num_parallel_workers, pin_memory=torch.cuda.is_available())
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                              generator=torch.Generator(), **common)  # fmt: skip
+    val_share = Subset(val_set, range(info.rank, len(val_set), info.world_size))
+    val_loader = DataLoader(val_share, batch_size=cfg.batch_size, shuffle=False, generator=torch.Generator(),
+                            persistent_workers=cfg.num_parallel_workers > 0, **common)  # fmt: skip
+    steps = len(train_loader)
+    if steps == 0:
+        raise DataError(f"{root / cfg.train_dir} has {len(train_set)} images, fewer than one global batch "
+                        f"({cfg.batch_size} x {info.world_size} processes); lower batch_size")
+    return RunData(classes, train_loader, val_loader, sampler, steps, pre)
+
+
+def build_model(cfg: Config, num_classes: int) -> Conformer:
+    """The configured variant; ``pretrained`` weights loaded (another class count re-initialises both heads)."""
+    try:
+        return create_model(
+            cfg.arch, num_classes=num_classes, pretrained=cfg.pretrained or None, drop_rate=cfg.drop,
+            attn_drop_rate=cfg.drop_block, drop_path_rate=cfg.drop_path,
+            approximate_gelu=not cfg.disable_approximate_gelu, same_pad_maxpool=not cfg.use_pytorch_maxpool,
+        )  # fmt: skip
+    except CheckpointError as e:
+        raise CheckpointError(f"pretrained: {e}") from None
+
+
+def _build_mixup(cfg: Config, num_classes: int, steps_per_epoch: int) -> tuple[Any, int | None]:
+    """timm's Mixup (or None) and the global step from which it is switched off."""
+    if not (cfg.augment and (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.mixup_prob > 0):
+        return None, None
+    if cfg.batch_size % 2:
+        raise ConfigError(f"batch_size {cfg.batch_size} must be even with mixup/cutmix (timm pairs samples); "
+                          "change it or set mixup: 0 and cutmix: 0")
+    from timm.data import Mixup
+
+    mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob, switch_prob=cfg.switch_prob,
+                  mode=cfg.mixup_mode, label_smoothing=cfg.label_smoothing, num_classes=num_classes)  # fmt: skip
+    off = round(cfg.mixup_off_epoch * steps_per_epoch) if cfg.mixup_off_epoch > 0 else None
+    return mixup, off
+
+
+# ---------------------------------------------------------------------------------------------
+# Output folders and the checkpoint to start from
+
+
+def _run_files(cfg: Config, manager: CheckpointManager) -> list[Path]:
+    run_dir = run_dir_of(cfg)
+    files = [run_dir / name for name in ("config.yaml", METRICS_FILE, "class_names.json") if (run_dir / name).exists()]
+    return files + manager.latest_files() + [p for _, p in manager.best_files()]
+
+
+def prepare_output(cfg: Config, manager: CheckpointManager, resuming: bool, is_main: bool) -> None:
+    """Refuse folders that hold another run unless resuming or ``overwrite`` (which deletes that
+    run's checkpoints, metrics, config and TensorBoard events first). ``checkpoint: auto`` with no
+    checkpoint yet (a run stopped before its first one) starts that run over the same way."""
+    existing = _run_files(cfg, manager)
+    if not existing or resuming:
+        return
+    if not cfg.overwrite and cfg.checkpoint != "auto":
+        shown = ", ".join(str(p) for p in existing[:3]) + (f" (+{len(existing) - 3} more)" if len(existing) > 3 else "")
+        raise ConfigError(f"{run_dir_of(cfg)} already holds a run ({shown}); resume it with --checkpoint auto, "
+                          "replace it with --overwrite true, or choose another ckpt_root_dir")
+    if is_main:
+        log.warning("deleting the previous run's files in %s (overwrite, or auto-resume without a checkpoint)",
+                    run_dir_of(cfg))
+        for path in existing + sorted(Path(cfg.summary_root_dir).glob("events.out.tfevents.*")):
+            path.unlink(missing_ok=True)
+    D.barrier()
+
+
+def find_start(cfg: Config, manager: CheckpointManager) -> tuple[dict[str, Any] | None, Path | None]:
+    """The checkpoint to resume (``checkpoint``: a path, or ``auto`` = the newest readable one in
+    ``ckpt_root_dir``; none there = a fresh start) and its path."""
+    if not cfg.checkpoint:
+        return None, None
+    if cfg.checkpoint == "auto":
+        files = manager.latest_files()
+        found = find_resumable(files)
+        if found is None and files:
+            raise CheckpointError(f"checkpoint: auto found {len(files)} checkpoint(s) in {cfg.ckpt_root_dir} "
+                                  "but none is readable and resumable (see the warnings above); pass one with --checkpoint PATH")
+        if found is None:
+            log.info("checkpoint: auto: no checkpoint in %s yet, starting a new run", cfg.ckpt_root_dir)
+            return None, None
+        path, obj = found
+        return obj, path
+    obj = read_checkpoint(cfg.checkpoint)
+    if not (isinstance(obj, dict) and obj.get("format") == FORMAT and obj.get("train_state")):
+        raise CheckpointError(f"{cfg.checkpoint} cannot be resumed: it holds no training state (optimizer, epoch, "
+                              "RNG); to start from its weights use --pretrained instead")
+    return obj, Path(cfg.checkpoint)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+class _Run:
+    """The state of one training process and the callbacks the loop calls."""
+
+    def __init__(self, cfg: Config, info: D.DistInfo, device: torch.device, manager: CheckpointManager,
+                 faults: FaultPlan) -> None:  # fmt: skip
+        self.cfg, self.info, self.device, self.manager, self.faults = cfg, info, device, manager, faults
+        self.epoch = self.step = self.start_batch = 0
+        self.best_top1: float | None = None
+        self.nonfinite_streak = self.skipped_steps = 0
+        self.signals = StopOnSignal()
+        self.stop_signal: int | None = None
+        self.last_checkpoint: Path | None = None
+        self.metrics: dict[str, float] = {}
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def setup(self, resume: dict[str, Any] | None) -> None:
+        cfg, device = self.cfg, self.device
+        seed_everything(cfg.seed + self.info.rank)
+        self.data = build_data(cfg, self.info)
+        if resume is not None and resume.get("class_names") not in (None, self.data.class_names):
+            raise CheckpointError(f"the checkpoint's classes {resume['class_names'][:5]}... differ from the data's "
+                                  f"{self.data.class_names[:5]}...: the data folder changed since the checkpoint")
+        model = build_model(cfg, len(self.data.class_names)).to(device)
+        if resume is not None:
+            load_state_dict_strict(model, resume["model"], source="checkpoint", allow_new_heads=False)
+        if cfg.sync_bn and self.info.enabled:
+            model = D.convert_sync_batchnorm(model, device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.ema = self._build_ema(resume)
+        module: nn.Module = BothHeads(model)
+        if cfg.compile:
+            module = torch.compile(module)  # type: ignore[assignment]
+        module = D.wrap_ddp(module, device)
+        spe = self.data.steps_per_epoch
+        optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.base_lr, weight_decay=cfg.weight_decay,
+                                    betas=tuple(cfg.beta), eps=cfg.eps, momentum=cfg.momentum)  # type: ignore[arg-type]
+        scheduler = build_scheduler(optimizer, cfg.lr_scheduler, epochs=cfg.epochs, steps_per_epoch=spe,
+                                    warmup_epochs=cfg.warmup_length, warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr,
+                                    lr_adjust=cfg.lr_adjust, lr_gamma=cfg.lr_gamma)  # fmt: skip
+        scaler = torch.amp.GradScaler(device.type, init_scale=cfg.loss_scale) if cfg.use_grad_scaler else None
+        mixup, mixup_off = _build_mixup(cfg, len(self.data.class_names), spe)
+        criterion = build_criterion(soft_targets=mixup is not None, label_smoothing=cfg.label_smoothing if cfg.augment else 0.0)
+        self.parts = TrainParts(
+            model=module, criterion=criterion, optimizer=optimizer, scheduler=scheduler, device=device,
+            amp_dtype=cfg.amp_dtype, scaler=scaler, static_loss_scale=None if cfg.is_dynamic_loss_scale else cfg.loss_scale,
+            ema=self.ema, mixup=mixup, mixup_off_step=mixup_off, channels_last=cfg.channels_last,
+            clip_grad_norm=cfg.clip_grad_norm if cfg.use_clip_grad_norm else None,
+        )  # fmt: skip
+        self.epoch, self.step = cfg.start_epoch, cfg.start_epoch * spe
+        if resume is not None:
+            self._restore(resume)
+            self.manager._last_step = self.step  # step-interval saves count from the resumed step
+
+    def _build_ema(self, resume: dict[str, Any] | None) -> nn.Module | None:
+        if not self.cfg.with_ema:
+            return None
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(self.model, decay=self.cfg.ema_decay)
+        if resume is not None and resume.get("ema") is not None:
+            ema.module.load_state_dict(resume["ema"])
+        elif resume is not None:
+            log.warning("the checkpoint has no EMA weights: the EMA starts from the current weights")
+        return ema
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        """Optimizer, schedule, scaler and position from a checkpoint's train_state (weights and EMA
+        are loaded in ``setup``); RNG states last, right before the loop."""
+        ts = ckpt["train_state"]
+        spe = self.data.steps_per_epoch
+        self.parts.optimizer.load_state_dict(ts["optimizer"])
+        self.parts.scheduler.load_state_dict(ts["scheduler"])
+        if self.parts.scaler is not None and ts.get("scaler"):
+            self.parts.scaler.load_state_dict(ts["scaler"])
+        self.epoch, self.start_batch = int(ts["epoch"]), int(ts["batch_in_epoch"])
+        if ts.get("steps_per_epoch") != spe:
+            if self.start_batch:
+                raise CheckpointError(
+                    f"the checkpoint was written mid-epoch with {ts.get('steps_per_epoch')} steps per epoch, this run has "
+                    f"{spe} (batch_size, device_num or the data changed): resume from an end-of-epoch checkpoint instead")
+            log.warning("steps per epoch changed (%s -> %d): the schedule continues from epoch %d", ts.get("steps_per_epoch"), spe, self.epoch)
+        self.step = self.epoch * spe + self.start_batch
+        self.best_top1 = ts.get("best_top1")
+        self.nonfinite_streak, self.skipped_steps = int(ts.get("nonfinite_streak", 0)), int(ts.get("skipped_steps", 0))
+        rng = ts.get("rng") or []
+        self._rng = rng[self.info.rank] if len(rng) == self.info.world_size else None
+        if self._rng is None and rng:
+            log.warning("the checkpoint holds RNG states of %d process(es), this run has %d: random streams restart",
+                        len(rng), self.info.world_size)
+        log.info("resuming at epoch %d, step %d (batch %d of %d)", self.epoch + 1, self.step, self.start_batch, spe)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _checkpoint(self, epoch: int, batch: int) -> dict[str, Any] | None:
+        """The checkpoint dict on rank 0 (None elsewhere); every rank must call it (RNG gather)."""
+        rng = D.all_gather_objects(capture_rng_state())
+        if not self.info.is_main:
+            return None
+        _check_finite(self.model, self.ema, self.step)
+        parts = self.parts
+        train_state = {
+            "epoch": epoch, "batch_in_epoch": batch, "step": self.step, "steps_per_epoch": self.data.steps_per_epoch,
+            "world_size": self.info.world_size, "batch_size": self.cfg.batch_size, "sampler_seed": self.cfg.seed,
+            "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
+            "scaler": parts.scaler.state_dict() if parts.scaler is not None else None, "rng": rng,
+            "best_top1": self.best_top1, "nonfinite_streak": self.nonfinite_streak, "skipped_steps": self.skipped_steps,
+        }  # fmt: skip
+        ema_state = {k: v.detach().cpu() for k, v in self.ema.module.state_dict().items()} if self.ema is not None else None
+        return build_checkpoint(
+            self.model, class_names=self.data.class_names, preprocess=self.data.preprocess.to_dict(),
+            config=self.cfg.to_dict(), ema_state=ema_state, train_state=train_state, metrics=self.metrics,
+        )  # fmt: skip
+
+    def save(self, epoch: int, batch: int, best: bool = False) -> None:
+        ckpt = self._checkpoint(epoch, batch)
+        if ckpt is None:
+            return
+        # File names count completed epochs; the position inside the epoch is in train_state.
+        self.last_checkpoint = self.manager.save_latest(ckpt, epoch, self.step)
+        log.info("checkpoint: %s", self.last_checkpoint)
+        top1 = self.metrics.get("Top1-Acc")
+        if best and top1 is not None and top1 == top1:
+            path = self.manager.save_best(ckpt, epoch, float(top1))
+            if path is not None:
+                log.info("best checkpoint (top-1 %.4f): %s", top1, path)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def on_step(self, rec: StepRecord) -> bool:
+        """After every step: faults, the cross-rank consensus (stop, non-finite, loss, save due),
+        logging, timed checkpoints. Returns True to stop."""
+        self.step = rec.step
+        if self.faults.kill_at == rec.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.faults.sigterm_at == rec.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        loss = float(rec.loss)
+        finite = loss == loss and abs(loss) != float("inf")
+        due = self.info.is_main and rec.batch < self.data.steps_per_epoch and self.manager.due(rec.step)
+        sigterm, sigint, bad, loss_sum, save = D.all_reduce_sum(
+            [self.signals.signum == signal.SIGTERM, self.signals.signum == signal.SIGINT, not finite,
+             loss if finite else 0.0, due], self.device)  # fmt: skip
+        self._track_nonfinite(rec, bad > 0)
+        world = self.info.world_size
+        mean_loss = loss_sum / (world - bad) if bad < world else float("nan")
+        scalars = {"loss_scale": float(self.parts.scaler.get_scale())} if self.parts.scaler is not None else {}
+        self.log.train_step(rec.epoch, rec.step, mean_loss, rec.lr, rec.batch_size * world, scalars)
+        if sigterm or sigint:
+            self.stop_signal = signal.SIGTERM if sigterm else signal.SIGINT
+            self.save(rec.epoch, rec.batch)
+            return True
+        if save:
+            self.save(rec.epoch, rec.batch)
+        return False
+
+    def _track_nonfinite(self, rec: StepRecord, any_nonfinite_loss: bool) -> None:
+        if rec.applied and not any_nonfinite_loss:
+            self.nonfinite_streak = 0
+            return
+        self.skipped_steps += 1
+        if not any_nonfinite_loss and self.parts.scaler is not None and self.parts.static_loss_scale is None:
+            log.debug("step %d: fp16 gradient overflow, loss scale lowered to %g", rec.step, self.parts.scaler.get_scale())
+            return  # dynamic loss scaling at work, not divergence
+        self.nonfinite_streak += 1
+        log.warning("step %d: non-finite %s, update skipped (%d in a row, limit %d)", rec.step,
+                    "loss" if any_nonfinite_loss else "gradients", self.nonfinite_streak, self.cfg.max_nonfinite_steps)
+        if self.nonfinite_streak >= self.cfg.max_nonfinite_steps:
+            raise TrainingError(
+                f"training diverged: {self.nonfinite_streak} consecutive steps with a non-finite loss or gradients "
+                f"(up to step {rec.step}); lower base_lr, enable use_clip_grad_norm, or use amp_level O0/bf16, then "
+                f"resume from the last good checkpoint ({self.last_checkpoint or 'none written yet'})")
+
+    def _epoch_end(self, epoch: int) -> None:
+        cfg = self.cfg
+        last = epoch + 1 == cfg.epochs
+        if (epoch + 1) % cfg.eval_every == 0 or last:
+            kw = dict(device=self.device, num_classes=len(self.data.class_names), amp_dtype=cfg.amp_dtype,
+                      channels_last=cfg.channels_last)  # fmt: skip
+            self.metrics = evaluate(self.model, self.data.val_loader, **kw)
+            if self.ema is not None:
+                ema = evaluate(self.ema.module, self.data.val_loader, **kw)
+                self.metrics.update({f"ema_{k}": v for k, v in ema.items()})
+            top1 = self.metrics["Top1-Acc"]
+            self.best_top1 = top1 if self.best_top1 is None else max(self.best_top1, top1)
+            self.log.val(epoch, self.step, self.metrics)
+        self.save(epoch + 1, 0, best=bool(self.metrics) and ((epoch + 1) % cfg.eval_every == 0 or last))
+
+    def run(self) -> None:
+        cfg, data = self.cfg, self.data
+        if getattr(self, "_rng", None) is not None:
+            restore_rng_state(self._rng)
+        for epoch in range(self.epoch, cfg.epochs):
+            self.epoch = epoch
+            set_loader_epoch(data.train_loader, epoch)
+            data.sampler.skip = self.start_batch * cfg.batch_size
+            self.log.start_epoch(epoch)
+            self.step, stopped = train_one_epoch(
+                self.parts, data.train_loader, epoch=epoch, step=self.step, start_batch=self.start_batch,
+                on_step=self.on_step, poison_steps=self.faults.nan_steps,
+            )  # fmt: skip
+            self.start_batch = 0
+            if stopped:
+                return
+            self._epoch_end(epoch)
+            sigterm, sigint = D.all_reduce_sum([self.signals.signum == signal.SIGTERM, self.signals.signum == signal.SIGINT], self.device)
+            if sigterm or sigint:  # a signal during evaluation: the epoch-end checkpoint is the last one
+                self.stop_signal = signal.SIGTERM if sigterm else signal.SIGINT
+                return
+
+
+def _check_finite(model: nn.Module, ema: Any, step: int) -> None:
+    """Refuse to checkpoint weights or BatchNorm statistics that are NaN/Inf."""
+    modules = [("weights", model)] + ([("EMA weights", ema.module)] if ema is not None else [])
+    for label, module in modules:
+        for name, t in module.state_dict().items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise TrainingError(f"{label} hold non-finite values ({name}) at step {step}: not writing a checkpoint; "
+                                    "resume from the last good one with a lower base_lr or amp_level O0")
+
+
+def _write_run_files(cfg: Config, run: _Run) -> None:
+    run_dir = run_dir_of(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+    (run_dir / "class_names.json").write_text(json.dumps(run.data.class_names, indent=1) + "\n", encoding="utf-8")
+    if cfg.dump_graph:
+        params = sum(p.numel() for p in run.model.parameters())
+        (run_dir / "model.txt").write_text(f"{cfg.arch}: {params:,} parameters\n{run.model}\n", encoding="utf-8")
+
+
+def _log_input_grid(run: _Run) -> None:
+    """``collect_input_data``: the first training images after augmentation, to TensorBoard."""
+    dataset = run.data.train_loader.dataset
+    images = torch.stack([dataset[i][0] for i in range(min(16, len(dataset)))])  # (N, 3, H, W)
+    mean = torch.tensor(run.data.preprocess.mean).view(1, 3, 1, 1)
+    std = torch.tensor(run.data.preprocess.std).view(1, 3, 1, 1)
+    run.log.image_grid("train/input_images", (images * std + mean).clamp(0, 1), run.step)
+
+
+def train(cfg: Config) -> TrainResult:
+    """Train (or resume) the run ``cfg`` describes; see the module docstring. Returns how it ended;
+    raises ConformerError subclasses for expected problems (bad data, config, checkpoint, divergence)."""
+    device = cfg.device
+    info = D.init_distributed(device, cfg.device_num)
+    try:
+        return _train(cfg, info, device)
+    finally:
+        D.shutdown()
+
+
+def _train(cfg: Config, info: D.DistInfo, device: torch.device) -> TrainResult:
+    faults = FaultPlan.from_env()
+    manager = CheckpointManager(cfg.ckpt_root_dir, cfg.best_ckpt_root_dir, prefix=checkpoint_prefix(cfg),
+                                keep=cfg.ckpt_keep_num, best_keep=cfg.best_ckpt_num, every_steps=cfg.ckpt_save_every_step,
+                                every_seconds=cfg.ckpt_save_every_seconds, enabled=info.is_main)  # fmt: skip
+    resume, resume_path = find_start(cfg, manager)
+    prepare_output(cfg, manager, resuming=resume is not None, is_main=info.is_main)
+    if resume is None and cfg.pretrained and not cfg.exclude_epoch_state:
+        resume = _pretrained_state(cfg)
+    run = _Run(cfg, info, device, manager, faults)
+    run.setup(resume)
+    if resume_path is not None:
+        log.info("resumed from %s", resume_path)
+    run.log = RunLog(run_dir_of(cfg), Path(cfg.summary_root_dir), enabled=info.is_main,
+                     total_steps=cfg.epochs * run.data.steps_per_epoch, start_step=run.step,
+                     print_every=cfg.print_loss_every, tb_every=cfg.summary_loss_collect_freq, epochs=cfg.epochs)  # fmt: skip
+    try:
+        if info.is_main:
+            _write_run_files(cfg, run)
+            if cfg.collect_input_data and resume is None:
+                _log_input_grid(run)
+        with run.signals, _redirect_logging(info.is_main):
+            run.run()
+            D.barrier()  # rank 0 has finished writing before any process exits
+    finally:
+        run.log.close()
+    status = "interrupted" if run.stop_signal is not None else "completed"
+    code = EXIT_CODES.get(run.stop_signal, 0) if run.stop_signal is not None else 0
+    return TrainResult(status, code, run_dir_of(cfg), run.epoch, run.step, run.metrics, run.best_top1, run.last_checkpoint)
+
+
+def _redirect_logging(enabled: bool) -> Any:
+    """Log lines printed above the progress bar instead of through it."""
+    if not enabled:
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm()
+
+
+def _pretrained_state(cfg: Config) -> dict[str, Any] | None:
+    """With ``exclude_epoch_state: false``, a pretrained file that is one of our checkpoints also
+    gives its epoch, optimizer, schedule and EMA (not its RNG: this is a new run)."""
+    obj = read_checkpoint(cfg.pretrained)
+    if not (isinstance(obj, dict) and obj.get("format") == FORMAT and obj.get("train_state")):
+        log.info("exclude_epoch_state: false, but %s holds no training state: weights only", cfg.pretrained)
+        return None
+    if len(obj.get("class_names") or []) != cfg.num_classes:
+        raise ConfigError("exclude_epoch_state: false needs the same classes as the pretrained checkpoint "
+                          f"({len(obj.get('class_names') or [])}); set exclude_epoch_state: true for transfer learning")
+    obj = dict(obj, train_state={**obj["train_state"], "rng": []})
+    return obj
