@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -89,10 +90,23 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
         _fsync_dir(path.parent)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}; nothing was replaced") from None
+        # torch.save reports a failed write (disk full, quota, file-size limit) as a RuntimeError
+        # from its zip writer ("unexpected pos ..."), not as the OSError underneath.
+        if isinstance(e, (OSError, RuntimeError)):
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else _first_line(e)
+            raise CheckpointError(
+                f"could not write checkpoint {path}: {reason}; {_free_space(path.parent)} - is the disk full, "
+                "or a quota or file-size limit reached? Nothing was replaced; free space and resume with "
+                "--checkpoint auto") from None
         raise
     return path
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free there"
+    except OSError:
+        return "free space unknown"
 
 
 def _fsync_dir(folder: Path) -> None:
