@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torchvision import transforms as T
 
@@ -176,10 +176,31 @@ def build_train_transform(
         std=_triple("std", std), re_prob=re_prob, re_mode=re_mode, re_count=re_count,
     )
     if not auto_augment or aa_interpolation == interpolation:
-        return _timm_train(common, interpolation, auto_augment)
+        return _guard_posterize(_timm_train(common, interpolation, auto_augment))
     crop_stage, _, _ = _timm_train({**common, "separate": True}, interpolation, auto_augment)
     _, aa_stage, final_stage = _timm_train({**common, "separate": True}, aa_interpolation, auto_augment)
-    return T.Compose([*crop_stage.transforms, *aa_stage.transforms, *final_stage.transforms])
+    return _guard_posterize(T.Compose([*crop_stage.transforms, *aa_stage.transforms, *final_stage.transforms]))
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
+    """timm's posterize, also for 0 bits (a black image, as Pillow < 11 gave): timm's 'inc1'
+    policies reach 0 bits at magnitude 10, which Pillow >= 11 rejects with a ValueError."""
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _guard_posterize(transform: Any) -> Any:
+    """Point the Posterize ops of timm's auto-augment policies in `transform` at `_posterize`."""
+    for stage in getattr(transform, "transforms", []):
+        ops = list(getattr(stage, "ops", []))
+        ops += [op for sub in getattr(stage, "policy", []) for op in sub]  # AutoAugment: list of sub-policies
+        for op in ops:
+            if getattr(op, "name", "").startswith("Posterize"):
+                op.aug_fn = _posterize
+    return transform
 
 
 def _timm_train(kwargs: dict[str, Any], interpolation: str, auto_augment: str | None) -> Any:
