@@ -1,0 +1,50 @@
+"""``conformer export --checkpoint CKPT [--arch NAME] --file_format FMT [--output PATH]``.
+
+The specification's spelling works too: ``--config CFG --pretrained CKPT --file_format ONNX
+--arch conformer_tiny`` (every config option is accepted; the output defaults to ``<arch>.onnx`` in
+the current directory). Formats: ONNX (dynamic batch and spatial size, class names and
+preprocessing in the metadata), TORCHSCRIPT, EXPORTED_PROGRAM (.pt2), SAFETENSORS. The export
+checks itself against PyTorch and fails (exit 2, the file renamed ``.failed``) on a mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "export a checkpoint to ONNX, TorchScript, a torch.export program or safetensors"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..config import add_config_arguments
+
+    parser.add_argument("--output", metavar="PATH", default=None,
+                        help="output file (default: <arch>.onnx / .torchscript.pt / .pt2 / .safetensors in the cwd)")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    parser.add_argument("--exporter", choices=("dynamo", "torchscript", "auto"), default="dynamo",
+                        help="ONNX exporter: torch.export-based (default), the legacy tracer, or dynamo with "
+                             "fallback to the tracer")  # fmt: skip
+    parser.add_argument("--no_check", action="store_true", help="skip the self-check against PyTorch")
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import config_from_args
+    from ..data.transforms import Preprocess
+    from ..errors import ConfigError
+    from ..export import export_model
+
+    given = vars(args)
+    cfg = config_from_args(given)
+    checkpoint = cfg.checkpoint or cfg.pretrained
+    if not checkpoint:
+        raise ConfigError("nothing to export: pass --checkpoint FILE (or --pretrained FILE)")
+    arch = given.get("arch") or (cfg.arch if args.config else None)
+    preprocess = None
+    if args.config or "image_size" in given:  # for files that record no preprocessing
+        preprocess = Preprocess(cfg.image_hw, interpolation=cfg.interpolation, crop_pct=cfg.crop_pct)
+    path = export_model(
+        checkpoint, arch=arch, file_format=cfg.file_format, output=args.output, opset=args.opset,
+        check=not args.no_check, use_ema=cfg.use_ema, preprocess=preprocess, exporter=args.exporter,
+    )  # fmt: skip
+    print(f"exported {cfg.file_format} to {path}")
+    return 0

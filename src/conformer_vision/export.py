@@ -1,0 +1,323 @@
+"""Export a trained model to ONNX, TorchScript, a torch.export program or safetensors.
+
+Every format describes itself like a checkpoint: architecture, ``model_args``, class names and the
+preprocessing (``data.transforms.Preprocess.to_dict()``) travel with the weights, as JSON strings
+in ONNX ``metadata_props`` and the safetensors header, and as ``conformer_vision.json`` inside
+TorchScript / ``.pt2`` archives.
+
+The graph formats (ONNX, TORCHSCRIPT, EXPORTED_PROGRAM) take ``input`` (B, 3, H, W) float32 with
+dynamic batch, height and width, and return ``(logits, conv_logits, trans_logits)``, each (B, K):
+the fused prediction and the two heads. Inputs whose sides are not multiples of the patch size are
+zero-padded inside the graph exactly as ``Conformer.pad_input`` does.
+
+Each export checks itself before it gets its final name: ONNX with ``onnx.checker``, then every
+format against the PyTorch model on seeded inputs (a batch of 2 at the model's input size and one
+non-square image whose sides are not multiples of the patch size). Logits must agree within
+``rtol`` (1e-4) of the logit scale (the largest |fused logit|) and the top-1 class must agree
+wherever the reference's top-2 margin exceeds that tolerance. On a mismatch the file is renamed
+``<output>.failed`` and a ``ConformerError`` gives the figures.
+
+ONNX exporter: ``exporter='dynamo'`` (``torch.onnx.export(dynamo=True)``, the default) or
+``'torchscript'`` (the legacy tracer with ``dynamic_axes``; faster to run the export, deprecated by
+PyTorch); ``'auto'`` tries dynamo and falls back to the tracer if dynamo fails. Both give graphs with
+dynamic batch and spatial size that match PyTorch to ~1e-7 relative.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import load_model
+from .data.transforms import Preprocess
+from .errors import ConfigError, ConformerError
+from .runtime import ONNX_INPUT, ONNX_OUTPUTS, OnnxPredictor, TorchPredictor, default_preprocess
+
+__all__ = ["FILE_FORMATS", "ExportWrapper", "export_model", "check_export", "export_metadata", "default_output"]
+
+log = logging.getLogger("conformer_vision.export")
+
+FILE_FORMATS = {"ONNX": ".onnx", "TORCHSCRIPT": ".torchscript.pt", "EXPORTED_PROGRAM": ".pt2", "SAFETENSORS": ".safetensors"}
+EXTRA_FILE = "conformer_vision.json"  # metadata inside TorchScript and .pt2 archives
+RTOL = 1e-4
+
+
+class ExportWrapper(nn.Module):
+    """(B, 3, H, W) -> (logits, conv_logits, trans_logits), each (B, K).
+
+    The padding to a multiple of the patch size is unconditional (a zero pad when none is needed),
+    so a traced or exported graph keeps it symbolic instead of baking in the example's branch.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.patch_size = int(model.patch_size)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        p = self.patch_size
+        ph, pw = (-x.shape[-2]) % p, (-x.shape[-1]) % p
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))  # as Conformer.pad_input
+        conv, trans = self.model.forward_heads(x)
+        return conv + trans, conv, trans
+
+
+def export_metadata(arch: str, model: nn.Module, class_names: list[str] | None, preprocess: Preprocess) -> dict[str, Any]:
+    """What an exported file says about itself (plain JSON values)."""
+    return {
+        "format": "conformer-vision", "version": 1, "arch": arch, "model_args": model.args.to_dict(),
+        "class_names": class_names, "preprocess": preprocess.to_dict(), "outputs": list(ONNX_OUTPUTS),
+    }  # fmt: skip
+
+
+def default_output(arch: str, file_format: str) -> Path:
+    """``<arch><suffix>`` in the current directory (the specification: named after the architecture)."""
+    return Path.cwd() / f"{arch}{FILE_FORMATS[file_format]}"
+
+
+def export_model(
+    checkpoint: str | Path,
+    arch: str | None = None,
+    file_format: str = "ONNX",
+    output: str | Path | None = None,
+    opset: int | None = None,
+    check: bool = True,
+    *,
+    use_ema: bool = False,
+    preprocess: Preprocess | None = None,
+    exporter: str = "dynamo",
+) -> Path:
+    """Export the model in ``checkpoint`` (anything ``checkpoint.load_model`` reads; foreign files need
+    ``arch``) to ``file_format`` at ``output`` (default ``default_output``; the format's suffix is added to a name without one). ``preprocess`` is used
+    only when the file records none. Returns the written path."""
+    fmt = file_format.upper()
+    if fmt not in FILE_FORMATS:
+        raise ConfigError(f"file_format must be one of {', '.join(FILE_FORMATS)}, got {file_format!r}")
+    if exporter not in ("dynamo", "torchscript", "auto"):
+        raise ConfigError(f"exporter must be dynamo, torchscript or auto, got {exporter!r}")
+    try:
+        loaded = load_model(checkpoint, arch=arch, use_ema=use_ema)
+    except ValueError as e:  # unknown arch name
+        raise ConfigError(str(e)) from None
+    model = loaded.model.float().eval()
+    pre = Preprocess.from_dict(loaded.preprocess) if loaded.preprocess else preprocess or default_preprocess(model)
+    meta = export_metadata(loaded.arch, model, loaded.class_names, pre)
+    out = Path(output) if output is not None else default_output(arch or loaded.arch, fmt)
+    if not out.suffix:
+        out = out.with_name(out.name + FILE_FORMATS[fmt])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{FILE_FORMATS[fmt]}")
+    try:
+        writer = {"ONNX": _write_onnx, "TORCHSCRIPT": _write_torchscript,
+                  "EXPORTED_PROGRAM": _write_exported_program, "SAFETENSORS": _write_safetensors}[fmt]  # fmt: skip
+        writer(model, meta, pre, tmp, opset=opset, exporter=exporter)
+        if check:
+            report = check_export(tmp, fmt, model, pre)
+            log.info("export check passed: %s", report)
+    except BaseException:
+        if tmp.exists() and check:
+            failed = out.with_name(out.name + ".failed")
+            os.replace(tmp, failed)
+            log.error("kept the rejected export as %s for inspection", failed)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)
+    return out
+
+
+def _example(pre: Preprocess, batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, 3, *pre.input_size, generator=torch.Generator().manual_seed(0))
+
+
+def _write_onnx(model: nn.Module, meta: dict[str, Any], pre: Preprocess, path: Path, opset: int | None,
+                exporter: str) -> None:  # fmt: skip
+    import onnx
+
+    wrapper = ExportWrapper(model).eval()
+    if exporter in ("dynamo", "auto"):
+        try:
+            _onnx_dynamo(wrapper, pre, path, opset)
+        except Exception as e:
+            if exporter == "dynamo":
+                raise ConformerError(f"ONNX export (torch.export-based exporter) failed: {str(e)[:500]} "
+                                     "Try --exporter torchscript.") from e  # fmt: skip
+            log.warning("dynamo ONNX exporter failed (%s); falling back to the TorchScript exporter", str(e)[:200])
+            exporter = "torchscript"
+    if exporter == "torchscript":
+        _onnx_torchscript(wrapper, pre, path, opset)
+    proto = onnx.load(str(path))
+    _name_dynamic_dims(proto)
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=json.dumps(value))
+    proto.doc_string = f"Conformer {meta['arch']} exported by conformer-vision; outputs {list(ONNX_OUTPUTS)}"
+    onnx.save(proto, str(path))
+
+
+def _onnx_dynamo(wrapper: nn.Module, pre: Preprocess, path: Path, opset: int | None) -> None:
+    dyn = torch.export.Dim.DYNAMIC
+    with warnings.catch_warnings(), _quiet("onnxscript", "onnx_ir", "torch.onnx", "torch.export"):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            wrapper, (_example(pre),), dynamo=True, input_names=[ONNX_INPUT], output_names=list(ONNX_OUTPUTS),
+            dynamic_shapes={"x": {0: dyn, 2: dyn, 3: dyn}}, opset_version=opset, verbose=False,
+        )  # fmt: skip
+    program.save(str(path))
+
+
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """Raise these loggers to WARNING for the block (the ONNX optimiser logs every rewrite at INFO)."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _onnx_torchscript(wrapper: nn.Module, pre: Preprocess, path: Path, opset: int | None) -> None:
+    axes = {ONNX_INPUT: {0: "batch", 2: "height", 3: "width"}, **{name: {0: "batch"} for name in ONNX_OUTPUTS}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation and tracer warnings (the pad is unconditional)
+        torch.onnx.export(
+            wrapper, (_example(pre),), str(path), dynamo=False, input_names=[ONNX_INPUT],
+            output_names=list(ONNX_OUTPUTS), dynamic_axes=axes, opset_version=opset or 18,
+        )  # fmt: skip
+
+
+def _name_dynamic_dims(proto: Any) -> None:
+    """Give the symbolic dims readable names: batch, height, width (the exporter's are s0, s77...)."""
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    rename = {dims[i].dim_param: name for i, name in ((0, "batch"), (2, "height"), (3, "width")) if dims[i].dim_param}
+    for info in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+        for dim in info.type.tensor_type.shape.dim:
+            if dim.dim_param in rename:
+                dim.dim_param = rename[dim.dim_param]
+
+
+def _write_torchscript(model: nn.Module, meta: dict[str, Any], pre: Preprocess, path: Path, **_: Any) -> None:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings: the shape arithmetic is traced, not frozen
+        traced = torch.jit.trace(ExportWrapper(model).eval(), (_example(pre),), check_trace=False)
+    torch.jit.save(traced, str(path), _extra_files={EXTRA_FILE: json.dumps(meta)})
+
+
+def _write_exported_program(model: nn.Module, meta: dict[str, Any], pre: Preprocess, path: Path, **_: Any) -> None:
+    dyn = torch.export.Dim.DYNAMIC
+    with warnings.catch_warnings(), _quiet("torch.export"):
+        warnings.simplefilter("ignore")
+        program = torch.export.export(
+            ExportWrapper(model).eval(), (_example(pre),), dynamic_shapes={"x": {0: dyn, 2: dyn, 3: dyn}}, strict=False
+        )  # fmt: skip
+    torch.export.save(program, str(path), extra_files={EXTRA_FILE: json.dumps(meta)})
+
+
+def _write_safetensors(model: nn.Module, meta: dict[str, Any], pre: Preprocess, path: Path, **_: Any) -> None:
+    from safetensors.torch import save_file
+
+    header = {k: json.dumps(v) for k, v in meta.items() if k != "outputs"}
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path), metadata=header)
+
+
+def _check_inputs(pre: Preprocess, patch: int) -> list[torch.Tensor]:
+    """A batch of 2 at the input size and one non-square image with sides not multiples of the patch."""
+    h, w = pre.input_size
+    odd = (h + patch // 2 + 1, max(w - patch // 2 - 1, patch + 3))  # e.g. 224 -> (233, 215)
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(2, 3, h, w, generator=g), torch.randn(1, 3, *odd, generator=g)]
+
+
+def check_export(path: str | Path, file_format: str, model: nn.Module, preprocess: Preprocess, rtol: float = RTOL) -> dict[str, Any]:
+    """Compare an exported file with ``model`` (eval mode, fp32) on seeded inputs.
+
+    Returns {'max_abs_diff', 'max_rel_diff', 'top1_agree', 'inputs'}; raises ConformerError on a
+    mismatch (module docstring). ONNX files also pass ``onnx.checker.check_model`` first.
+    """
+    path, fmt = Path(path), file_format.upper()
+    reference = TorchPredictor(model, "cpu", preprocess=preprocess)
+    run = _runner(path, fmt)
+    worst_abs, worst_rel, agree, total, shapes = 0.0, 0.0, 0, 0, []
+    for x in _check_inputs(preprocess, int(model.patch_size)):
+        ref_conv, ref_trans = reference.heads(x)
+        ref = ref_conv + ref_trans  # (B, K)
+        outs = run(x)  # (fused, conv, trans)
+        scale = max(float(ref.abs().max()), 1e-6)
+        diff = max(float((o - r).abs().max()) for o, r in zip(outs, (ref, ref_conv, ref_trans)))
+        top2 = ref.topk(min(2, ref.shape[1]), dim=1).values
+        margin = top2[:, 0] - top2[:, -1] if ref.shape[1] > 1 else torch.full((ref.shape[0],), float("inf"))
+        decided = margin > 2 * rtol * scale
+        same = outs[0].argmax(1) == ref.argmax(1)
+        worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, diff / scale)
+        agree, total = agree + int(same.sum()), total + ref.shape[0]
+        shapes.append(list(x.shape))
+        if diff > rtol * scale or bool((decided & ~same).any()):
+            raise ConformerError(
+                f"{fmt} export of {path.name} does not match PyTorch on input {list(x.shape)}: max |diff| "
+                f"{diff:.3g} (logit scale {scale:.3g}, allowed {rtol:g} x scale), top-1 agreement "
+                f"{int(same.sum())}/{ref.shape[0]}"
+            )
+    return {"max_abs_diff": worst_abs, "max_rel_diff": worst_rel, "top1_agree": f"{agree}/{total}", "inputs": shapes}
+
+
+def _runner(path: Path, fmt: str) -> Any:
+    """A function (B, 3, H, W) -> (fused, conv, trans) CPU tensors for the exported file."""
+    if fmt == "ONNX":
+        import onnx
+
+        try:
+            onnx.checker.check_model(str(path), full_check=True)
+        except Exception as e:
+            raise ConformerError(f"onnx.checker rejected {path.name}: {str(e)[:500]}") from None
+        predictor = OnnxPredictor(path, "CPU")
+
+        def run_onnx(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            conv, trans = predictor.heads(x)
+            return conv + trans, conv, trans
+
+        return run_onnx
+    if fmt == "SAFETENSORS":
+        module: Any = ExportWrapper(load_model(path).model)
+    elif fmt == "TORCHSCRIPT":
+        module = torch.jit.load(str(path), map_location="cpu")
+    else:
+        module = torch.export.load(str(path)).module()
+    return lambda x: _torch_run(module, x)
+
+
+def _torch_run(fn: Any, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    with torch.inference_mode():
+        return tuple(t.float() for t in fn(x))
+
+
+def describe_export(path: str | Path) -> dict[str, Any]:
+    """The metadata stored in an exported file (any of the four formats)."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        return dict(OnnxPredictor(path, "CPU").metadata)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    files = {EXTRA_FILE: ""}
+    if path.suffix == ".pt2":
+        torch.export.load(str(path), extra_files=files)
+    else:
+        torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+    return json.loads(files[EXTRA_FILE]) if files[EXTRA_FILE] else {}
+
