@@ -15,6 +15,7 @@ itself, so eval, predict and export rebuild the model from the file alone:
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -89,6 +90,8 @@ def load_model(
     ``overrides`` are ConformerArgs fields applied on top (e.g. ``fused_attn=False``).
     """
     obj = read_checkpoint(path)
+    if Path(path).suffix == ".safetensors":
+        obj = _safetensors_checkpoint(path, obj)
     try:
         sd, meta = extract_state_dict(obj, use_ema=use_ema)
     except CheckpointError as e:
@@ -114,6 +117,22 @@ def load_model(
         model=model, arch=name, class_names=meta.get("class_names"), preprocess=meta.get("preprocess"),
         config=meta.get("config"), layout=meta["layout"],
     )  # fmt: skip
+
+
+def _safetensors_checkpoint(path: str | Path, sd: dict[str, Any]) -> dict[str, Any]:
+    """A safetensors state dict as a checkpoint dict when its header carries our metadata (JSON
+    strings written by ``conformer export --file_format SAFETENSORS``); else ``sd`` unchanged."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        header = f.metadata() or {}
+    if header.get("format") != json.dumps(FORMAT):
+        return sd
+    try:
+        meta = {k: json.loads(header[k]) for k in ("arch", "model_args", "class_names", "preprocess") if k in header}
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: its safetensors metadata is not valid JSON ({e})") from None
+    return {"format": FORMAT, "version": VERSION, "config": None, "ema": None, "model": sd, **meta}
 
 
 _STEP_RE = re.compile(r"_e(\d+)_s(\d+)")
