@@ -27,7 +27,7 @@ from timm.layers import trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
-from .layers import SamePadMaxPool2d, TransformerBlock, gelu_layer
+from .layers import SamePadMaxPool2d, TransformerBlock, clear_folded_cache, fast_path_active, fused_conv, gelu_layer
 
 __all__ = ["Conformer", "ConformerArgs", "VARIANTS", "create_model", "list_models", "variant_args"]
 
@@ -45,9 +45,13 @@ class ConvBlock(nn.Module):
     ``forward(x, x_t)`` adds ``x_t`` (the FCUUp output) to the input of the 3x3 conv, which
     carries the stride. Returns ``(out, x2)``: the block output (B, out, H/s, W/s) and the
     activated middle map (B, out/4, H/s, W/s) that the FCUDown reads.
+
+    In eval mode without gradients (``fast`` on, the default) each conv -> BatchNorm (-> add)
+    -> ReLU chain runs as one convolution with the BatchNorm folded in (``layers.fused_conv``).
     """
 
     expansion = 4
+    fast = True  # the inference fast path; Conformer.set_reference_mode(True) turns it off
 
     def __init__(self, inplanes: int, outplanes: int, stride: int = 1, res_conv: bool = False) -> None:
         super().__init__()
@@ -64,6 +68,8 @@ class ConvBlock(nn.Module):
             self.residual_bn = _bn(outplanes)
 
     def forward(self, x: torch.Tensor, x_t: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if fast_path_active(self.fast, self.training, x):
+            return self._forward_fused(x, x_t)
         residual = x
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.conv2(x if x_t is None else x + x_t)
@@ -72,6 +78,15 @@ class ConvBlock(nn.Module):
         if self.res_conv:
             residual = self.residual_bn(self.residual_conv(residual))
         return F.relu(x + residual), x2
+
+    def _forward_fused(self, x: torch.Tensor, x_t: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` for inference: 3 (4 with ``res_conv``) convolutions and one add, nothing else."""
+        y = fused_conv(self.conv1, x, self.bn1, relu=True)
+        if x_t is not None:
+            y += x_t  # y is a fresh tensor: add in place
+        x2 = fused_conv(self.conv2, y, self.bn2, relu=True)
+        residual = fused_conv(self.residual_conv, x, self.residual_bn) if self.res_conv else x
+        return fused_conv(self.conv3, x2, self.bn3, relu=True, residual=residual), x2
 
 
 class FCUDown(nn.Module):
@@ -86,15 +101,21 @@ class FCUDown(nn.Module):
         self.ln = nn.LayerNorm(embed_dim, eps=1e-6)
         self.act = gelu_layer(approximate_gelu)()
 
+    fast = True
+
     def forward(self, x: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
-        x = self.sample_pooling(self.conv_project(x)).flatten(2).transpose(1, 2)  # (B, N, C)
+        x = fused_conv(self.conv_project, x) if fast_path_active(self.fast, self.training, x) else self.conv_project(x)
+        x = self.sample_pooling(x).flatten(2).transpose(1, 2)  # (B, N, C); a view for channels_last maps
         x = self.act(self.ln(x))
         return torch.cat([x_t[:, :1], x], dim=1)  # (B, N+1, C)
 
 
 class FCUUp(nn.Module):
     """Patch tokens -> CNN feature map: drop the class token, 1x1 conv, BatchNorm, ReLU, nearest
-    upsampling by ``up_stride`` (a scale factor, not a computed size, so ONNX runtimes agree)."""
+    upsampling by ``up_stride`` (a scale factor, not a computed size, so ONNX runtimes agree).
+    The fast path reads the tokens as a channels_last map (no transpose copy) and folds the BatchNorm."""
+
+    fast = True
 
     def __init__(self, embed_dim: int, outplanes: int, up_stride: int) -> None:
         super().__init__()
@@ -104,8 +125,12 @@ class FCUUp(nn.Module):
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         B, _, C = x.shape
-        x = x[:, 1:].transpose(1, 2).reshape(B, C, h, w)  # (B, C, h, w)
-        x = F.relu(self.bn(self.conv_project(x)))
+        if fast_path_active(self.fast, self.training, x):
+            x = x[:, 1:].reshape(B, h, w, C).permute(0, 3, 1, 2)  # (B, C, h, w) channels_last view
+            x = fused_conv(self.conv_project, x, self.bn, relu=True)
+        else:
+            x = x[:, 1:].transpose(1, 2).reshape(B, C, h, w)  # (B, C, h, w)
+            x = F.relu(self.bn(self.conv_project(x)))
         if self.up_stride == 1:
             return x
         return F.interpolate(x, scale_factor=float(self.up_stride), mode="nearest")
@@ -177,7 +202,17 @@ class Conformer(nn.Module):
     Inputs of any size are accepted: height and width are zero-padded (symmetrically; zero is the
     mean colour after normalisation) up to a multiple of ``patch_size``; inputs that are already
     multiples give exactly the reference network's result.
+
+    Fast paths, on by default and equal to the reference maths to float32 rounding (measured in
+    docs/benchmarks.md): fused ``scaled_dot_product_attention``; channels_last activations on the
+    CPU (oneDNN's faster layout, and the token <-> map reshapes become views); in eval mode without
+    gradients, every conv -> BatchNorm (-> add) -> ReLU chain as one convolution with the BatchNorm
+    folded in (weights cached until a parameter changes; ``state_dict`` and training untouched).
+    Tracing (``torch.compile``, ``torch.export``, ONNX export, ``torch.jit.trace``) sees the plain
+    operators. ``set_reference_mode(True)`` turns all of them off.
     """
+
+    fast = True  # see set_reference_mode
 
     def __init__(self, args: ConformerArgs | None = None, **kwargs: Any) -> None:
         super().__init__()
@@ -248,6 +283,32 @@ class Conformer(nn.Module):
             if hasattr(m, "fused"):
                 m.fused = enabled
 
+    def set_reference_mode(self, enabled: bool = True) -> None:
+        """``True``: the plain reference maths everywhere (explicit softmax attention, NCHW tensors,
+        no BatchNorm folding or fused convolutions), the baseline speed-ups are measured against;
+        ``False``: the default fast paths. Both give the same result to float32 rounding."""
+        self.set_fused_attn(not enabled)
+        for m in self.modules():
+            if hasattr(type(m), "fast"):
+                m.fast = not enabled
+        clear_folded_cache(self)
+
+    @property
+    def reference_mode(self) -> bool:
+        return not self.fast
+
+    def train(self, mode: bool = True) -> Conformer:
+        if mode:  # folded inference weights are stale once training starts: free them
+            clear_folded_cache(self)
+        return super().train(mode)
+
+    def _use_channels_last(self, x: torch.Tensor) -> bool:
+        """channels_last activations on the CPU (measured faster with oneDNN), not under tracers."""
+        return (
+            self.fast and x.device.type == "cpu" and x.dim() == 4 and type(x) is torch.Tensor
+            and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+        )  # fmt: skip
+
     def get_classifier(self) -> tuple[nn.Linear, nn.Linear]:
         return self.conv_cls_head, self.trans_cls_head
 
@@ -272,7 +333,12 @@ class Conformer(nn.Module):
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) -> CNN feature map (B, C, H/32, W/32) and normalised tokens (B, N+1, D)."""
         x = self.pad_input(x)
-        x_base = self.maxpool(F.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
+        if self._use_channels_last(x):
+            x = x.contiguous(memory_format=torch.channels_last)
+        if fast_path_active(self.fast, self.training, x):
+            x_base = self.maxpool(fused_conv(self.conv1, x, self.bn1, relu=True))  # (B, 64, H/4, W/4)
+        else:
+            x_base = self.maxpool(F.relu(self.bn1(self.conv1(x))))
         x, _ = self.conv_1(x_base)
         x_t = self.trans_patch_conv(x_base).flatten(2).transpose(1, 2)  # (B, N, D)
         x_t = self.trans_1(torch.cat([self.cls_token.expand(x_t.shape[0], -1, -1), x_t], dim=1))

@@ -2,11 +2,14 @@
 
 Only what timm does not already provide lives here: a multi-head self-attention whose fused
 (``scaled_dot_product_attention``) and explicit (reference) paths are interchangeable, the pre-norm
-transformer block built on it, and the TensorFlow-style "same"-padded max pool that MindSpore uses.
+transformer block built on it, the TensorFlow-style "same"-padded max pool that MindSpore uses, and
+the inference fast path of conv -> BatchNorm -> ReLU chains (``fused_conv``: the BatchNorm folded into
+the convolution, the ReLU and a residual add fused into it on CPU through oneDNN).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from functools import partial
 
@@ -15,7 +18,10 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from torch import nn
 
-__all__ = ["Attention", "TransformerBlock", "SamePadMaxPool2d", "gelu_layer"]
+__all__ = [
+    "Attention", "TransformerBlock", "SamePadMaxPool2d", "gelu_layer", "fold_batchnorm", "fused_conv",
+    "fast_path_active",
+]  # fmt: skip
 
 
 def gelu_layer(approximate: bool) -> type[nn.Module]:
@@ -117,3 +123,149 @@ class SamePadMaxPool2d(nn.Module):
         left, right = self._pad(x.shape[-1])
         x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
         return F.max_pool2d(x, self.kernel_size, self.stride)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference fast path: conv -> BatchNorm (-> + residual) (-> ReLU) as one convolution.
+
+log = logging.getLogger(__name__)
+_MKLDNN_FUSION = hasattr(torch.ops.mkldnn, "_convolution_pointwise")  # the op Inductor uses on CPU
+
+
+def fast_path_active(enabled: bool, training: bool, x: torch.Tensor) -> bool:
+    """True when an eval-mode forward may take the folded/fused path: gradients are off (under
+    ``torch.no_grad`` or ``torch.inference_mode``), ``x`` is a plain tensor on a real device, and
+    nothing is tracing the model (``torch.jit.trace``, ``torch.compile``, ``torch.export`` and ONNX
+    export see the plain operators, so graphs and their own fusions stay portable)."""
+    return (
+        enabled
+        and not training
+        and not torch.is_grad_enabled()
+        and type(x) is torch.Tensor  # not a FakeTensor / functional or proxy tensor of a tracer
+        and x.device.type != "meta"
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+        and not _dispatch_mode_active()  # FlopCounterMode, fake/proxy modes of tracers see plain ops
+    )
+
+
+def _dispatch_mode_active() -> bool:
+    try:
+        from torch.utils._python_dispatch import _get_current_dispatch_mode
+    except ImportError:  # pragma: no cover - older/newer torch without it: be conservative
+        return True
+    return _get_current_dispatch_mode() is not None
+
+
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight (out, in/groups, kh, kw) and bias (out,) of the one convolution equal to
+    ``bn(conv(x))`` with ``bn`` in evaluation mode (running statistics); computed in float32 and
+    returned in the convolution's dtype. Nothing in either module is changed."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("fold_batchnorm needs a BatchNorm with running statistics")
+    with torch.no_grad():
+        weight = conv.weight.float()
+        scale = torch.rsqrt(bn.running_var.float() + bn.eps)  # (out,)
+        if bn.weight is not None:
+            scale = scale * bn.weight.float()
+        bias = -bn.running_mean.float() * scale
+        if conv.bias is not None:
+            bias = bias + conv.bias.float() * scale
+        if bn.bias is not None:
+            bias = bias + bn.bias.float()
+        folded = weight * scale.reshape(-1, 1, 1, 1)
+        return folded.to(conv.weight.dtype), bias.to(conv.weight.dtype)
+
+
+def _has_hooks(*modules: nn.Module | None) -> bool:
+    """Hooks on these modules (or global module hooks) must see them run: no fusion then."""
+    from torch.nn.modules import module as m
+
+    if m._global_forward_hooks or m._global_forward_pre_hooks:
+        return True
+    return any(mod is not None and (mod._forward_hooks or mod._forward_pre_hooks) for mod in modules)
+
+
+def _folded_params(
+    conv: nn.Conv2d, bn: nn.BatchNorm2d | None, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The folded (weight, bias), cached on ``conv`` until any source tensor changes.
+
+    The cache key is each source tensor's storage address and version counter (bumped by every
+    in-place update: optimizer steps, ``load_state_dict``, BatchNorm statistics in training), and
+    the cache holds aliases of the sources, so a freed storage cannot be reused at the same
+    address while its key is alive. The cache is a plain attribute: ``state_dict`` never sees it.
+    """
+    sources = [t for t in (conv.weight, conv.bias) if t is not None]
+    if bn is not None:
+        sources += [t for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var) if t is not None]
+    key = (tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources), channels_last)
+    cached = conv.__dict__.get("_folded_cache")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, usable outside inference mode
+        if bn is None:
+            weight, bias = conv.weight.detach().clone(), None if conv.bias is None else conv.bias.detach()
+        else:
+            weight, bias = fold_batchnorm(conv, bn)
+        if channels_last:
+            weight = weight.contiguous(memory_format=torch.channels_last)
+        conv.__dict__["_folded_cache"] = (key, (weight, bias), [t.detach() for t in sources])
+    return weight, bias
+
+
+def clear_folded_cache(module: nn.Module) -> None:
+    """Drop the folded weights cached by ``fused_conv`` in ``module`` and its children."""
+    for m in module.modules():
+        m.__dict__.pop("_folded_cache", None)
+
+
+def _use_mkldnn(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    return (
+        _MKLDNN_FUSION
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and conv.weight.dtype == torch.float32
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def fused_conv(
+    conv: nn.Conv2d,
+    x: torch.Tensor,
+    bn: nn.BatchNorm2d | None = None,
+    relu: bool = False,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``relu(bn(conv(x)) + residual)`` for inference (each part optional), (B, Cin, H, W) ->
+    (B, Cout, H', W'): the eval-mode BatchNorm folded into the convolution, and on a float32 CPU
+    tensor the residual add and ReLU applied inside oneDNN's convolution (one pass over the
+    output instead of three). Equal to the unfused modules to float32 rounding. Falls back to the
+    plain modules when hooks are registered on them, so hooks always fire."""
+    global _MKLDNN_FUSION
+    if _has_hooks(conv, bn):
+        y = conv(x) if bn is None else bn(conv(x))
+        y = y if residual is None else y + residual
+        return F.relu(y) if relu else y
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    weight, bias = _folded_params(conv, bn, channels_last)
+    if _use_mkldnn(x, conv):
+        args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        try:
+            if residual is None:
+                return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *args, "relu" if relu else "none", [], "")
+            if relu:
+                return torch.ops.mkldnn._convolution_pointwise.binary(
+                    x, residual, weight, bias, *args, "add", None, "relu", [], ""
+                )
+        except RuntimeError as e:  # an oneDNN build without this fusion: use the portable path from now on
+            log.warning("oneDNN conv fusion unavailable (%s); using folded convolutions only", str(e).splitlines()[0])
+            _MKLDNN_FUSION = False
+    y = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    if residual is not None:
+        y += residual
+    return F.relu_(y) if relu else y

@@ -1,0 +1,63 @@
+"""``conformer benchmark``: images/s, latency, memory, GFLOPs and GEMM-peak fraction of one
+configuration, or of several side by side (``--compare``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "time inference or training of a variant (eager, torch.compile, onnxruntime; fp32/bf16/fp16)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..benchmark import AMP_LEVELS, BACKENDS, COMPARE_PRESETS, MODES, ONNX_VARIANTS
+
+    a = parser.add_argument
+    a("--arch", required=True, help="variant, e.g. conformer_tiny_patch16 (see `conformer info`)")
+    a("--batch_size", type=int, default=8, help="images per step (default 8)")
+    a("--image_size", type=int, default=224, help="input side in pixels (default 224)")
+    a("--mode", choices=MODES, default="infer", help="infer: model(x) under inference_mode; train: one AdamW step")
+    a("--backend", choices=BACKENDS, default="eager", help="eager PyTorch, torch.compile, or onnxruntime (CPU)")
+    a("--amp", choices=list(AMP_LEVELS), default="O0", help="O0 = float32, or bf16/fp16 autocast")
+    a("--reference_mode", action="store_true", help="the plain reference implementation: no fast paths")
+    a("--onnx", choices=ONNX_VARIANTS, default="tuned",
+      help="onnxruntime graph: tuned session (default), plain export + default session, int8 dynamic quantisation")
+    a("--device", default="cpu", help="cpu or cuda[:N] (eager/compile)")
+    a("--threads", type=int, default=None, help="intra-op threads for torch and onnxruntime (default: all cores)")
+    a("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    a("--runs", type=int, default=5, help="timed steps; images/s uses their median (default 5)")
+    a("--num_classes", type=int, default=1000, help="classes of the heads (default 1000)")
+    a("--checkpoint", default=None, help="weights to load (default: random initialisation, seed 0)")
+    a("--compare", default=None, metavar="A,B,...",
+      help=f"time these side by side, ratios to the first; names: {', '.join(COMPARE_PRESETS)}")
+    a("--agreement", type=int, default=0, metavar="N",
+      help="with --compare: top-1 agreement with the first configuration on N Fashion-MNIST test images")
+    a("--json", default=None, metavar="OUT", help="also write the results as JSON to OUT")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..benchmark import BenchmarkSpec, compare, fashion_mnist_batch, format_comparison, format_result, parse_preset
+    from ..errors import ConfigError
+
+    base = BenchmarkSpec(
+        arch=args.arch, batch_size=args.batch_size, image_size=args.image_size, mode=args.mode, backend=args.backend,
+        amp=args.amp, reference_mode=args.reference_mode, onnx=args.onnx, device=args.device,
+        num_classes=args.num_classes, checkpoint=args.checkpoint,
+    )  # fmt: skip
+    specs = parse_preset(base, [n.strip() for n in args.compare.split(",") if n.strip()]) if args.compare else [base]
+    if args.agreement and not args.compare:
+        raise ConfigError("--agreement needs --compare: agreement is measured against the first configuration")
+    if args.warmup < 0 or args.runs < 1:
+        raise ConfigError(f"--warmup must be >= 0 and --runs >= 1, got {args.warmup} and {args.runs}")
+    images = fashion_mnist_batch(args.agreement, args.image_size) if args.agreement else None
+    results = compare(specs, args.threads, args.warmup, args.runs, agreement_images=images)
+    for r in results:
+        print(format_result(r), end="\n\n")
+    if len(results) > 1:
+        print(format_comparison(results))
+    if args.json:
+        out = [r.to_dict() for r in results]
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out if len(out) > 1 else out[0], indent=1))
+    return 0
