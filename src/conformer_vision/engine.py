@@ -93,8 +93,11 @@ def train_step(parts: TrainParts, images: torch.Tensor, target: torch.Tensor, po
 
     Returns ``(loss, grad_norm, applied)``; ``poison`` multiplies the loss by NaN (fault injection).
     Under DDP the gradients are averaged over ranks before the norm is taken, so every rank makes
-    the same skip decision.
+    the same skip decision. A skipped step also leaves the buffers (BatchNorm running statistics)
+    as they were: a forward that overflowed would otherwise poison them for good.
     """
+    buffers = list(parts.model.buffers())
+    saved = [b.clone() for b in buffers]
     with autocast(parts.device, parts.amp_dtype):
         outputs = parts.model(images)
     loss = parts.criterion(outputs, target)
@@ -114,6 +117,10 @@ def train_step(parts: TrainParts, images: torch.Tensor, target: torch.Tensor, po
         parts.scaler.update(new_scale=parts.static_loss_scale)
     elif applied:
         parts.optimizer.step()
+    if not applied:
+        with torch.no_grad():
+            for buffer, value in zip(buffers, saved):
+                buffer.copy_(value)
     if applied and parts.ema is not None:
         parts.ema.update(unwrap(parts.model))
     return loss.detach(), float(norm), applied
