@@ -175,57 +175,65 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-# (label, record kind, key, line style) per panel; EMA copies are added when present.
-_LOSS_CURVES = [("train loss", "train", "loss", "-"), ("val loss (fused)", "val", "Loss", "o-"),
-                ("val conv_loss", "val", "conv_loss", "s--"), ("val trans_loss", "val", "trans_loss", "^--")]  # fmt: skip
-_TOP1_CURVES = [("fused", "val", "Top1-Acc", "o-"), ("CNN head", "val", "conv_top1", "s--"),
-                ("transformer head", "val", "trans_top1", "^--")]  # fmt: skip
+# (label, record kind, key, line style, colour) per panel; EMA copies are added when present.
+Curve = tuple[str, str, str, str, str]
+_LOSS_CURVES: list[Curve] = [
+    ("train loss", "train", "loss", "-", "C0"), ("val loss (fused)", "val", "Loss", "o-", "C1"),
+    ("val conv_loss", "val", "conv_loss", "s--", "C2"), ("val trans_loss", "val", "trans_loss", "^--", "C3"),
+]  # fmt: skip
+_TOP1_CURVES: list[Curve] = [
+    ("fused", "val", "Top1-Acc", "o-", "C1"), ("CNN head", "val", "conv_top1", "s--", "C2"),
+    ("transformer head", "val", "trans_top1", "^--", "C3"),
+]  # fmt: skip
 
 
 def plot_training_curves(run_dir_or_metrics_jsonl: str | Path, path: str | Path | None = None) -> Path:
     """Draw loss (train and val), learning rate and val top-1 (fused, each head, EMA) of a run.
 
     The x axis is the optimizer step (the epoch when records carry no step); the top axis marks
-    where each epoch ends. Default output: ``curves.png`` next to ``metrics.jsonl``.
+    where each epoch ends. EMA curves (``ema_`` keys) are dotted, in their raw curve's colour.
+    Axes spanning more than a decade (warm-up lr, early losses) are logarithmic.
+    Default output: ``curves.png`` next to ``metrics.jsonl``.
     """
     records, file = read_metrics(run_dir_or_metrics_jsonl)
     x_key = "step" if any(_is_number(r.get("step")) for r in records) else "epoch"
     fig = new_figure(15, 4.2)
     axes = fig.subplots(1, 3)
     drawn = [
-        _draw(axes[0], records, _LOSS_CURVES + _ema(_LOSS_CURVES[1:]), x_key, "loss"),
-        _draw(axes[1], records, [("learning rate", "train", "lr", "-")], x_key, "learning rate"),
+        _draw(axes[0], records, _LOSS_CURVES + _ema(_LOSS_CURVES[1:2]), x_key, "loss"),
+        _draw(axes[1], records, [("learning rate", "train", "lr", "-", "C0")], x_key, "learning rate"),
         _draw(axes[2], records, _TOP1_CURVES + _ema(_TOP1_CURVES), x_key, "val top-1"),
     ]
     if not any(drawn):
         raise ConformerError(f"{file} has no loss, lr or accuracy values to plot")
-    _, lr = _series(records, "train", "lr", x_key)
-    if len(lr) and lr.min() > 0 and lr.max() / lr.min() > 10:  # warm-up and decay span decades
-        axes[1].set_yscale("log")
     for ax in axes:
         _mark_epochs(ax, records, x_key)
     fig.suptitle(f"{file.resolve().parent.name}: {len(records)} records")
     return save_figure(fig, Path(path) if path is not None else file.parent / "curves.png")
 
 
-def _ema(curves: list[tuple[str, str, str, str]]) -> list[tuple[str, str, str, str]]:
-    return [(f"EMA {label}", kind, f"ema_{key}", ":") for label, kind, key, _ in curves]
+def _ema(curves: list[Curve]) -> list[Curve]:
+    return [(f"EMA {label}", kind, f"ema_{key}", ":", colour) for label, kind, key, _, colour in curves]
 
 
-def _draw(ax: Axes, records: list[dict[str, Any]], curves: list[tuple[str, str, str, str]], x_key: str, ylabel: str) -> int:
+def _draw(ax: Axes, records: list[dict[str, Any]], curves: list[Curve], x_key: str, ylabel: str) -> int:
     """Plot every curve that has data; returns how many were drawn."""
-    drawn = 0
-    for label, kind, key, style in curves:
+    drawn, values = 0, []
+    for label, kind, key, style, colour in curves:
         x, y = _series(records, kind, key, x_key)
         if len(x):
             marker = style if len(x) < 60 else style.lstrip("os^")
-            ax.plot(x, y, marker or "-", label=label, markersize=4, linewidth=1.2 if kind == "train" else 1.6)
-            drawn += 1
+            width = 1.2 if kind == "train" else 1.6
+            ax.plot(x, y, marker or "-", color=colour, label=label, markersize=4, linewidth=width)
+            drawn, values = drawn + 1, values + [y]
     ax.set_xlabel(x_key)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     if drawn:
         ax.legend(fontsize=8)
+        low, high = float(np.concatenate(values).min()), float(np.concatenate(values).max())
+        if low > 0 and high / low > 10:
+            ax.set_yscale("log")
     else:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
     return drawn

@@ -95,7 +95,8 @@ def grad_cam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor
         map supports the class).
     """
     if activations.shape != gradients.shape or activations.dim() != 4:
-        raise ValueError(f"expected matching (B, C, h, w) tensors, got {tuple(activations.shape)} and {tuple(gradients.shape)}")
+        shapes = f"{tuple(activations.shape)} and {tuple(gradients.shape)}"
+        raise ValueError(f"expected matching (B, C, h, w) tensors, got {shapes}")
     weights = gradients.float().mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
     cam = F.relu((weights * activations.float()).sum(dim=1))  # (B, h, w)
     peak = cam.flatten(1).amax(dim=1).clamp_min(torch.finfo(cam.dtype).tiny)
@@ -304,7 +305,8 @@ def render_explanation(exp: Explanation, class_names: list[str], path: str | Pat
     for col, (name, m) in enumerate(exp.token_maps.items(), start=1):
         ax = fig.add_subplot(gs[1, col])
         ax.imshow(to_image_space(m, exp.padding, hw, smooth=False), cmap="magma")
-        _frame(ax, f"tokens after {name if name == 'trans_1' else name + '.trans_block'}\n{what}, {m.shape[0]}x{m.shape[1]} patches")
+        module = name if name == "trans_1" else f"{name}.trans_block"
+        _frame(ax, f"tokens after {module}\n{what}, {m.shape[0]}x{m.shape[1]} patches")
     target = class_names[exp.target]
     overlays = [  # attention is min-max scaled (its values are all close to 1/N); CAMs are in [0, 1]
         (_min_max(exp.cls_attention), "class-token attention, last block\n(heads averaged, min-max scaled)"),
