@@ -7,7 +7,8 @@ those variables everything here is a no-op for a single process.
 
 torch's ``nn.SyncBatchNorm`` runs on GPUs only; on CPU (gloo) :class:`GlooSyncBatchNorm` computes
 the same global-batch statistics with differentiable all-reduces, so a run on N processes with
-per-process batch B/N normalises exactly like one process with batch B.
+per-process batch B/N normalises like one process with batch B (``sync_bn: true`` uses it in a single
+CPU process as well, so the two runs share the arithmetic and agree to float rounding).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -104,42 +106,81 @@ def all_gather_objects(obj: object) -> list[object]:
     return out
 
 
-class GlooSyncBatchNorm(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics span the batches of all ranks (any backend, CPU too).
+def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    if is_distributed():
+        dist.all_reduce(t)
+    return t
 
-    Mean and variance come from two all-reduces of per-channel sums (two passes, for accuracy);
-    ``torch.distributed.nn.functional.all_reduce`` carries the gradients back to every rank.
-    Outside training or a process group it is a plain BatchNorm2d; its state dict has the same keys.
+
+class _SyncBatchNormFn(torch.autograd.Function):
+    """Batch normalisation over the union of every rank's batch, with the fused backward of
+    BatchNorm (the formula of torch's CUDA SyncBatchNorm): per-channel sums are accumulated in
+    float64 and all-reduced, so the result is as accurate as torch's native CPU BatchNorm."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                eps: float, stats_out: list[torch.Tensor]) -> torch.Tensor:  # fmt: skip
+        c = x.shape[1]
+        xf = x.float()
+        local = torch.cat([xf.sum(dim=(0, 2, 3), dtype=torch.float64), xf.new_tensor([x.numel() / c], dtype=torch.float64)])
+        total = _sum_over_ranks(local)
+        n, mean = total[c], total[:c] / total[c]  # (C,) float64
+        centered = xf - mean.float().view(1, c, 1, 1)
+        var = _sum_over_ranks(centered.square().sum(dim=(0, 2, 3), dtype=torch.float64)) / n  # biased
+        invstd = torch.rsqrt(var + eps).float()  # (C,)
+        xhat = centered * invstd.view(1, c, 1, 1)
+        out = xhat if weight is None else xhat * weight.float().view(1, c, 1, 1) + bias.float().view(1, c, 1, 1)
+        ctx.save_for_backward(xhat, invstd, weight)
+        ctx.n = float(n)
+        stats_out.extend([mean, var, n])
+        return out.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        xhat, invstd, weight = ctx.saved_tensors
+        c = xhat.shape[1]
+        dyf = dy.float()
+        sum_dy = dyf.sum(dim=(0, 2, 3), dtype=torch.float64)  # (C,) this rank's, for the bias
+        sum_dy_xhat = (dyf * xhat).sum(dim=(0, 2, 3), dtype=torch.float64)  # (C,) this rank's, for the weight
+        total = _sum_over_ranks(torch.cat([sum_dy, sum_dy_xhat]))
+        mean_dy, mean_dy_xhat = (total[:c] / ctx.n).float(), (total[c:] / ctx.n).float()
+        scale = invstd if weight is None else invstd * weight.float()
+        dx = (dyf - mean_dy.view(1, c, 1, 1) - xhat * mean_dy_xhat.view(1, c, 1, 1)) * scale.view(1, c, 1, 1)
+        dw = sum_dy_xhat.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
+        db = sum_dy.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
+        return dx.to(dy.dtype), dw, db, None, None
+
+
+class GlooSyncBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics span the batches of all ranks, on any backend (CPU
+    and gloo too, where torch's ``nn.SyncBatchNorm`` refuses to run).
+
+    Forward: two all-reduces of per-channel float64 sums (the mean, then the squared deviations);
+    backward: one all-reduce of the sums of ``dy`` and ``dy * x_hat``, as in torch's GPU
+    SyncBatchNorm. A single process computes the same statistics (no communication), which is what
+    makes a 1-process and an N-process run comparable. Outside training it is a plain BatchNorm2d;
+    its state dict has the same keys.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
-        if not (self.training and is_distributed()):
+        if not self.training:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
-        c = x.shape[1]
-        xf = x.float()
-        count = torch.full((1,), x.numel() / c, dtype=torch.float32, device=x.device)
-        sums = all_reduce(torch.cat([xf.sum(dim=(0, 2, 3)), count]))  # (C+1,)
-        n = sums[c]
-        mean = sums[:c] / n  # (C,)
-        centered = xf - mean.view(1, c, 1, 1)
-        var = all_reduce(centered.square().sum(dim=(0, 2, 3))) / n  # biased, (C,)
+        stats: list[torch.Tensor] = []
+        out = _SyncBatchNormFn.apply(x, self.weight, self.bias, self.eps, stats)
+        mean, var, n = stats
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
                 self.num_batches_tracked += 1  # type: ignore[operator]
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), m)
-                unbiased = var.detach() * (n.detach() / (n.detach() - 1).clamp_min(1))
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), m)
+                unbiased = var * (n / (n - 1).clamp_min(1))
                 self.running_var.lerp_(unbiased.to(self.running_var.dtype), m)
-        out = centered * torch.rsqrt(var + self.eps).view(1, c, 1, 1)
-        if self.affine:
-            out = out * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
-        return out.to(x.dtype)
+        return out
 
 
 def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """Every BatchNorm2d -> synchronised BatchNorm: torch's on CUDA, :class:`GlooSyncBatchNorm` elsewhere."""
+    """Every BatchNorm2d -> synchronised BatchNorm: torch's on CUDA (under a process group),
+    :class:`GlooSyncBatchNorm` elsewhere (also for one CPU process: the same statistics code)."""
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     _swap_batchnorm(model)

@@ -367,7 +367,7 @@ class _Run:
         model = build_model(cfg, len(self.data.class_names)).to(device)
         if resume is not None:
             load_state_dict_strict(model, resume["model"], source="checkpoint", allow_new_heads=False)
-        if cfg.sync_bn and self.info.enabled:
+        if cfg.sync_bn and (self.info.enabled or device.type != "cuda"):
             model = D.convert_sync_batchnorm(model, device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
