@@ -72,6 +72,8 @@ COMPARE_PRESETS: dict[str, dict[str, Any]] = {
     "fp16": {"amp": "fp16"},
     "compile": {"backend": "compile"},
     "compile_bf16": {"backend": "compile", "amp": "bf16"},
+    "bf16_cl": {"amp": "bf16", "channels_last": True},
+    "compile_bf16_cl": {"backend": "compile", "amp": "bf16", "channels_last": True},
     "onnx_plain": {"backend": "onnxruntime", "onnx": "plain"},
     "onnxruntime": {"backend": "onnxruntime", "onnx": "tuned"},
     "onnx_int8": {"backend": "onnxruntime", "onnx": "int8"},
@@ -93,6 +95,8 @@ class BenchmarkSpec:
         reference_mode: the plain reference implementation (no fast paths).
         onnx: for onnxruntime: 'tuned', 'plain' or 'int8' (see the module docstring).
         device: 'cpu' or 'cuda' ('cuda:N').
+        channels_last: store the weights and inputs channels_last (eager/compile; the model already
+            runs its activations channels_last on the CPU unless in reference mode).
         num_classes: classes of the heads.
         checkpoint: weights to load (any file ``checkpoint.load_model`` reads); None = random init.
     """
@@ -106,6 +110,7 @@ class BenchmarkSpec:
     reference_mode: bool = False
     onnx: str = "tuned"
     device: str = "cpu"
+    channels_last: bool = False
     num_classes: int = 1000
     checkpoint: str | None = None
 
@@ -120,8 +125,9 @@ class BenchmarkSpec:
             (not (self.backend == "onnxruntime" and self.amp != "O0"), "onnxruntime runs the float32 graph: use --amp O0 "
              "(the int8 variant is --onnx int8)"),
             (not (self.backend == "onnxruntime" and self.device != "cpu"), "the onnxruntime benchmark runs on the CPU"),
-            (not (self.reference_mode and (self.amp != "O0" or self.backend != "eager")),
-             "reference mode is plain eager float32: drop --amp/--backend or --reference_mode"),
+            (not (self.reference_mode and (self.amp != "O0" or self.backend != "eager" or self.channels_last)),
+             "reference mode is plain eager float32 NCHW: drop --amp/--backend/--channels_last or --reference_mode"),
+            (not (self.backend == "onnxruntime" and self.channels_last), "--channels_last applies to PyTorch backends"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:
@@ -134,7 +140,8 @@ class BenchmarkSpec:
             return "reference"
         if self.backend == "onnxruntime":
             return f"onnxruntime {self.onnx}"
-        return f"{self.backend} {'fp32' if self.amp == 'O0' else self.amp}"
+        cl = " channels_last" if self.channels_last else ""
+        return f"{self.backend} {'fp32' if self.amp == 'O0' else self.amp}{cl}"
 
 
 @dataclass
@@ -373,7 +380,7 @@ def _base_model(spec: BenchmarkSpec) -> nn.Module:
 def _torch_runner(spec: BenchmarkSpec, model: nn.Module, x: torch.Tensor) -> _Runner:
     """eager / compile, infer / train."""
     dev = x.device
-    model = model.to(dev)
+    model = model.to(dev, memory_format=torch.channels_last if spec.channels_last else torch.preserve_format)
     model.set_reference_mode(spec.reference_mode)
     amp = AMP_LEVELS[spec.amp]
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
@@ -438,13 +445,33 @@ def export_onnx(model: nn.Module, path: Path) -> Path:
 
 
 def _onnx_file(spec: BenchmarkSpec, model: nn.Module, workdir: Path, cache: dict[str, Any]) -> tuple[Path, float]:
-    """The exported graph (shared by the ONNX variants of one comparison) and its export time."""
-    key = f"{spec.arch}-{spec.num_classes}-{spec.checkpoint}"
+    """The exported graph and its export time: of the reference-mode model for 'plain', of the
+    default model otherwise (shared by the ONNX variants of one comparison)."""
+    plain = spec.onnx == "plain"
+    key = f"{spec.arch}-{spec.num_classes}-{spec.checkpoint}-{plain}"
     if key not in cache:
         start = time.perf_counter()
-        path = export_onnx(model.eval(), workdir / f"{spec.arch}.onnx")
+        if plain:
+            model.set_reference_mode(True)
+            path = _plain_export(model.eval(), workdir / f"{spec.arch}.plain.onnx", spec.image_size)
+        else:
+            path = export_onnx(model.eval(), workdir / f"{spec.arch}.onnx")
         cache[key] = (path, time.perf_counter() - start)
     return cache[key]
+
+
+def _plain_export(model: nn.Module, path: Path, image_size: int) -> Path:
+    """The baseline: ``torch.onnx.export`` of the plain (reference-mode) network, dynamic batch,
+    with the same (TorchScript) exporter and opset as ``export_onnx`` and nothing else."""
+    from .export import ExportWrapper
+
+    x = torch.zeros(1, 3, image_size, image_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ExportWrapper(model).eval(), (x,), str(path), dynamo=False, opset_version=18,
+                          input_names=["input"], output_names=["logits", "conv_logits", "trans_logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})  # fmt: skip
+    return path
 
 
 def _onnx_runner(spec: BenchmarkSpec, model: nn.Module, x: torch.Tensor, workdir: Path, cache: dict[str, Any]) -> _Runner:
@@ -461,6 +488,7 @@ def _onnx_runner(spec: BenchmarkSpec, model: nn.Module, x: torch.Tensor, workdir
             path = _quantize_int8(path)
             extra["quantize_s"] = time.perf_counter() - start
         options = _ort_options("all")
+        options.log_severity_level = 3  # not the note that a saved NCHWc graph is specific to this CPU
         options.optimized_model_filepath = str(path.with_suffix(".opt.onnx"))  # kept: later sessions start faster
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     extra["session_s"] = time.perf_counter() - start
@@ -483,10 +511,20 @@ def _quantize_int8(path: Path) -> Path:
 
     out = path.with_name(path.stem + ".int8.onnx")
     if not out.exists():
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_logging():
             warnings.simplefilter("ignore")
             quantize_dynamic(str(path), str(out), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
     return out
+
+
+@contextlib.contextmanager
+def _quiet_logging() -> Any:
+    """The quantiser logs every tensor it skips: keep the command's output readable."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def _build(spec: BenchmarkSpec, models: dict[str, nn.Module], workdir: Path, cache: dict[str, Any]) -> _Runner:
@@ -501,6 +539,8 @@ def _build(spec: BenchmarkSpec, models: dict[str, nn.Module], workdir: Path, cac
         raise ConfigError("--device cuda was requested but CUDA is not available here; use --device cpu")
     g = torch.Generator().manual_seed(1)
     x = torch.randn(spec.batch_size, 3, spec.image_size, spec.image_size, generator=g).to(dev)
+    if spec.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     if spec.backend == "onnxruntime":
         return _onnx_runner(spec, model, x, workdir, cache)
     return _torch_runner(spec, model, x)
@@ -620,7 +660,7 @@ def parse_preset(base: BenchmarkSpec, names: Sequence[str]) -> list[BenchmarkSpe
             close = difflib.get_close_matches(name, list(COMPARE_PRESETS), n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"unknown --compare entry '{name}'.{hint} Valid: {', '.join(COMPARE_PRESETS)}")
-        plain = dict(backend="eager", amp="O0", reference_mode=False, onnx="tuned")
+        plain = dict(backend="eager", amp="O0", reference_mode=False, onnx="tuned", channels_last=False)
         specs.append(dataclasses.replace(base, **{**plain, **COMPARE_PRESETS[name]}))
     return specs
 

@@ -148,10 +148,10 @@ def test_hooks_tracers_and_flop_counter_see_plain_modules():
         traced = torch.jit.trace(model, torch.randn(1, 3, 64, 64), check_trace=False)
     assert "_convolution_pointwise" not in str(traced.inlined_graph)
     counts = []
-    for reference in (False, True):
-        model.set_reference_mode(reference)
+    for training in (False, True):  # the eval fast path must not hide convolutions from the counter
+        model.train(training)
         with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(torch.randn(1, 3, 64, 64))
+            model(torch.randn(2, 3, 64, 64))
         counts.append(counter.get_flop_counts()["Global"][torch.ops.aten.convolution])
     assert counts[0] == counts[1] > 0
 

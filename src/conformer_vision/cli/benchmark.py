@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--onnx", choices=ONNX_VARIANTS, default="tuned",
       help="onnxruntime graph: tuned session (default), plain export + default session, int8 dynamic quantisation")
     a("--device", default="cpu", help="cpu or cuda[:N] (eager/compile)")
+    a("--channels_last", action="store_true", help="store weights and inputs channels_last (eager/compile)")
     a("--threads", type=int, default=None, help="intra-op threads for torch and onnxruntime (default: all cores)")
     a("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     a("--runs", type=int, default=5, help="timed steps; images/s uses their median (default 5)")
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     base = BenchmarkSpec(
         arch=args.arch, batch_size=args.batch_size, image_size=args.image_size, mode=args.mode, backend=args.backend,
         amp=args.amp, reference_mode=args.reference_mode, onnx=args.onnx, device=args.device,
+        channels_last=args.channels_last,
         num_classes=args.num_classes, checkpoint=args.checkpoint,
     )  # fmt: skip
     specs = parse_preset(base, [n.strip() for n in args.compare.split(",") if n.strip()]) if args.compare else [base]
