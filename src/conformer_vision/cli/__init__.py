@@ -57,8 +57,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except ConformerError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _message(error: ConformerError) -> str:
+    """The error's message. A DataLoader worker's error reaches the main process re-raised with the
+    worker's traceback as its text ("Caught DataError in DataLoader worker process 0. Original
+    Traceback ..."): only the original message after that traceback is shown."""
+    text = str(error)
+    prefix = f"{type(error).__module__}.{type(error).__qualname__}: "
+    if "Original Traceback (most recent call last):" in text and prefix in text:
+        return text.rsplit(prefix, 1)[1].strip()
+    return text
+
