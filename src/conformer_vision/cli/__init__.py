@@ -52,9 +52,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(f"{__name__}.{commands[argv[0]]}")
     parser = argparse.ArgumentParser(prog=f"conformer {argv[0]}", description=module.HELP)
     module.add_arguments(parser)
-    args = parser.parse_args(argv[1:])
+    args, unknown = parser.parse_known_args(argv[1:])
+    if unknown and not hasattr(args, "config"):  # a command without configuration options
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     _setup_logging()
     try:
+        if unknown:  # a misspelt configuration option: "did you mean", as for a YAML key
+            from ..config import load_config
+
+            load_config(None, unknown)
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         return int(module.run(args) or 0)
     except ConformerError as e:
         print(f"error: {_message(e)}", file=sys.stderr)
