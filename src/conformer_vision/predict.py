@@ -35,10 +35,12 @@ Prediction = list[dict[str, Any]]  # [{"class": id, "name": str, "prob": float},
 def collect_images(data: Sequence[str | Path], recursive: bool = False) -> list[Path]:
     """The image files named by ``data``: files as given, folders expanded (``list_images``).
 
-    Raises DataError for a path that does not exist and for folders without images.
-    A file is taken as given even with an unusual extension, so a non-image is reported as such.
+    Raises DataError for folders without images and when none of the paths exists. A file is taken
+    as given even with an unusual extension, so a non-image is reported as such; a missing path
+    among existing ones is kept too, so it is reported as an error and the others still predicted.
     """
     files: list[Path] = []
+    missing: list[Path] = []
     for item in data:
         path = Path(item)
         if path.is_dir():
@@ -50,7 +52,10 @@ def collect_images(data: Sequence[str | Path], recursive: bool = False) -> list[
         elif path.exists():
             files.append(path)
         else:
-            raise DataError(f"{path}: no such file or folder")
+            missing.append(path)
+            files.append(path)
+    if missing and len(missing) == len(data):
+        raise DataError(f"{missing[0]}: no such file or folder" + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""))
     return files
 
 
