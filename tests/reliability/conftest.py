@@ -29,12 +29,13 @@ REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src"
 
 # The recipe of every training run here: 24 train images / batch 8 = 3 steps per epoch, 2 epochs.
-# Augmentation stays on (RandAugment, mixup/cutmix, random erasing, drop path): exact resume must
-# restore all of their random streams.
+# Augmentation stays on (RandAugment, mixup/cutmix, random erasing, drop path) and an EMA is kept:
+# exact resume must restore all of their random streams and state.
 TRAIN_OPTIONS: dict[str, Any] = {
     "arch": "conformer_mini_test", "num_classes": 2, "image_size": 32, "batch_size": 8, "epochs": 2,
     "num_parallel_workers": 0, "device_target": "cpu", "warmup_length": 0, "print_loss_every": 1,
     "ckpt_save_every_step": 1, "ckpt_save_every_seconds": 0, "train_dir": "train", "val_dir": "val",
+    "with_ema": "true", "ema_decay": 0.9,
 }  # fmt: skip
 STEPS_PER_EPOCH = 3
 TOTAL_STEPS = 6

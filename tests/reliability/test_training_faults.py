@@ -30,7 +30,7 @@ def history(run: Path) -> list[tuple]:
 def assert_resumed_equals_reference(run: Path, reference_run: Path) -> None:
     final, reference = load(checkpoints(run)[-1]), load(checkpoints(reference_run)[-1])
     assert final["train_state"]["step"] == reference["train_state"]["step"] == TOTAL_STEPS
-    assert_same_weights(final, reference, keys=("model",))
+    assert_same_weights(final, reference, keys=("model", "ema"))
     opt, ref_opt = final["train_state"]["optimizer"]["state"], reference["train_state"]["optimizer"]["state"]
     assert all(torch.equal(opt[i][k], ref_opt[i][k]) for i in ref_opt for k in ref_opt[i])
     assert final["metrics"] == reference["metrics"]
