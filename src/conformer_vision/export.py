@@ -17,6 +17,10 @@ non-square image whose sides are not multiples of the patch size). Logits must a
 wherever the reference's top-2 margin exceeds that tolerance. On a mismatch the file is renamed
 ``<output>.failed`` and a ``ConformerError`` gives the figures.
 
+EXPORTED_PROGRAM limitation: torch.export keeps guards that the last feature map is larger than 1x1, so
+the program takes heights and widths from 2 x patch + 1 (33 for patch 16) up; a model whose input
+size is below that is exported for its input size only (batch still dynamic). ONNX has no such limit.
+
 ONNX exporter: ``exporter='dynamo'`` (``torch.onnx.export(dynamo=True)``, the default) or
 ``'torchscript'`` (the legacy tracer with ``dynamic_axes``; faster to run the export, deprecated by
 PyTorch); ``'auto'`` tries dynamo and falls back to the tracer if dynamo fails. Both give graphs with
@@ -29,7 +33,9 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 import warnings
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,7 +49,10 @@ from .data.transforms import Preprocess
 from .errors import ConfigError, ConformerError
 from .runtime import ONNX_INPUT, ONNX_OUTPUTS, OnnxPredictor, TorchPredictor, default_preprocess
 
-__all__ = ["FILE_FORMATS", "ExportWrapper", "export_model", "check_export", "export_metadata", "default_output"]
+__all__ = [
+    "FILE_FORMATS", "ExportWrapper", "export_model", "export_with_report", "check_export", "export_metadata",
+    "default_output", "describe_export",
+]  # fmt: skip
 
 log = logging.getLogger("conformer_vision.export")
 
@@ -98,8 +107,25 @@ def export_model(
     exporter: str = "dynamo",
 ) -> Path:
     """Export the model in ``checkpoint`` (anything ``checkpoint.load_model`` reads; foreign files need
-    ``arch``) to ``file_format`` at ``output`` (default ``default_output``; the format's suffix is added to a name without one). ``preprocess`` is used
-    only when the file records none. Returns the written path."""
+    ``arch``) to ``file_format`` at ``output`` (default ``default_output``; a name without a suffix
+    gets the format's). ``preprocess`` is used only when the file records none. Returns the path."""
+    return export_with_report(checkpoint, arch, file_format, output, opset, check, use_ema=use_ema,
+                              preprocess=preprocess, exporter=exporter)[0]  # fmt: skip
+
+
+def export_with_report(
+    checkpoint: str | Path,
+    arch: str | None = None,
+    file_format: str = "ONNX",
+    output: str | Path | None = None,
+    opset: int | None = None,
+    check: bool = True,
+    *,
+    use_ema: bool = False,
+    preprocess: Preprocess | None = None,
+    exporter: str = "dynamo",
+) -> tuple[Path, dict[str, Any] | None]:
+    """``export_model`` that also returns the self-check figures (``check_export``; None unchecked)."""
     fmt = file_format.upper()
     if fmt not in FILE_FORMATS:
         raise ConfigError(f"file_format must be one of {', '.join(FILE_FORMATS)}, got {file_format!r}")
@@ -116,28 +142,35 @@ def export_model(
     if not out.suffix:
         out = out.with_name(out.name + FILE_FORMATS[fmt])
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{FILE_FORMATS[fmt]}")
-    try:
-        writer = {"ONNX": _write_onnx, "TORCHSCRIPT": _write_torchscript,
-                  "EXPORTED_PROGRAM": _write_exported_program, "SAFETENSORS": _write_safetensors}[fmt]  # fmt: skip
+    writer = {"ONNX": _write_onnx, "TORCHSCRIPT": _write_torchscript,
+              "EXPORTED_PROGRAM": _write_exported_program, "SAFETENSORS": _write_safetensors}[fmt]  # fmt: skip
+    # Written under its final name inside a hidden folder next to it (archives record their file
+    # name), checked there, then moved into place: a reader never sees an unchecked file.
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as folder:
+        tmp = Path(folder) / out.name
         writer(model, meta, pre, tmp, opset=opset, exporter=exporter)
+        report = None
         if check:
-            report = check_export(tmp, fmt, model, pre)
+            try:
+                report = check_export(tmp, fmt, model, pre)
+            except BaseException:
+                failed = out.with_name(out.name + ".failed")
+                os.replace(tmp, failed)
+                log.error("kept the rejected export as %s for inspection", failed)
+                raise
             log.info("export check passed: %s", report)
-    except BaseException:
-        if tmp.exists() and check:
-            failed = out.with_name(out.name + ".failed")
-            os.replace(tmp, failed)
-            log.error("kept the rejected export as %s for inspection", failed)
-        else:
-            tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, out)
-    return out
+        os.replace(tmp, out)
+    return out, report
 
 
-def _example(pre: Preprocess, batch: int = 2) -> torch.Tensor:
-    return torch.randn(batch, 3, *pre.input_size, generator=torch.Generator().manual_seed(0))
+TRACE_SHAPE = (2, 3, 224, 192)
+"""Example input the graph formats are traced with, whatever the model's input size: batch > 1 and
+every feature map > 1x1 so no size is specialised to 0/1, and non-square so height and width stay
+separate symbols."""
+
+
+def _example(pre: Preprocess) -> torch.Tensor:
+    return torch.randn(*TRACE_SHAPE, generator=torch.Generator().manual_seed(0))
 
 
 def _write_onnx(model: nn.Module, meta: dict[str, Any], pre: Preprocess, path: Path, opset: int | None,
@@ -217,13 +250,26 @@ def _write_torchscript(model: nn.Module, meta: dict[str, Any], pre: Preprocess, 
     torch.jit.save(traced, str(path), _extra_files={EXTRA_FILE: json.dumps(meta)})
 
 
+def _program_min_side(model: nn.Module) -> int:
+    """Smallest height/width a dynamic torch.export program accepts: the tracer's guards keep the
+    last feature map larger than 1x1 (they come from stride computations in the convolution meta
+    kernels; the ONNX graph does not keep them and runs any size)."""
+    return 2 * int(model.patch_size) + 1
+
+
 def _write_exported_program(model: nn.Module, meta: dict[str, Any], pre: Preprocess, path: Path, **_: Any) -> None:
     dyn = torch.export.Dim.DYNAMIC
+    lo = _program_min_side(model)
+    if min(pre.input_size) >= lo:
+        side = dyn(min=lo, max=8192)
+        example, shapes = _example(pre), {"x": {0: dyn, 2: side, 3: side}}
+    else:  # a model for tiny images: only the batch is dynamic
+        log.warning("input size %s is below %d: the exported program takes only that size (batch dynamic)",
+                    pre.input_size, lo)  # fmt: skip
+        example, shapes = torch.randn(2, 3, *pre.input_size), {"x": {0: dyn}}
     with warnings.catch_warnings(), _quiet("torch.export"):
         warnings.simplefilter("ignore")
-        program = torch.export.export(
-            ExportWrapper(model).eval(), (_example(pre),), dynamic_shapes={"x": {0: dyn, 2: dyn, 3: dyn}}, strict=False
-        )  # fmt: skip
+        program = torch.export.export(ExportWrapper(model).eval(), (example,), dynamic_shapes=shapes, strict=False)
     torch.export.save(program, str(path), extra_files={EXTRA_FILE: json.dumps(meta)})
 
 
@@ -234,12 +280,16 @@ def _write_safetensors(model: nn.Module, meta: dict[str, Any], pre: Preprocess, 
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path), metadata=header)
 
 
-def _check_inputs(pre: Preprocess, patch: int) -> list[torch.Tensor]:
-    """A batch of 2 at the input size and one non-square image with sides not multiples of the patch."""
+def _check_inputs(pre: Preprocess, patch: int, fmt: str) -> list[torch.Tensor]:
+    """A batch of 2 at the input size and one non-square image with sides not multiples of the patch
+    (unless the format was exported for the input size alone)."""
     h, w = pre.input_size
-    odd = (h + patch // 2 + 1, max(w - patch // 2 - 1, patch + 3))  # e.g. 224 -> (233, 215)
     g = torch.Generator().manual_seed(0)
-    return [torch.randn(2, 3, h, w, generator=g), torch.randn(1, 3, *odd, generator=g)]
+    inputs = [torch.randn(2, 3, h, w, generator=g)]
+    if fmt != "EXPORTED_PROGRAM" or min(h, w) >= 2 * patch + 1:
+        odd = (h + patch // 2 + 1, max(w - patch // 2 - 1, 2 * patch + 3))  # e.g. 224 -> (233, 215)
+        inputs.append(torch.randn(1, 3, *odd, generator=g))
+    return inputs
 
 
 def check_export(path: str | Path, file_format: str, model: nn.Module, preprocess: Preprocess, rtol: float = RTOL) -> dict[str, Any]:
@@ -252,7 +302,7 @@ def check_export(path: str | Path, file_format: str, model: nn.Module, preproces
     reference = TorchPredictor(model, "cpu", preprocess=preprocess)
     run = _runner(path, fmt)
     worst_abs, worst_rel, agree, total, shapes = 0.0, 0.0, 0, 0, []
-    for x in _check_inputs(preprocess, int(model.patch_size)):
+    for x in _check_inputs(preprocess, int(model.patch_size), fmt):
         ref_conv, ref_trans = reference.heads(x)
         ref = ref_conv + ref_trans  # (B, K)
         outs = run(x)  # (fused, conv, trans)
@@ -305,7 +355,7 @@ def _torch_run(fn: Any, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 def describe_export(path: str | Path) -> dict[str, Any]:
-    """The metadata stored in an exported file (any of the four formats)."""
+    """The metadata stored in an exported file (any of the four formats); {} when it has none."""
     path = Path(path)
     if path.suffix == ".onnx":
         return dict(OnnxPredictor(path, "CPU").metadata)
@@ -314,10 +364,6 @@ def describe_export(path: str | Path) -> dict[str, Any]:
 
         with safe_open(str(path), "pt") as f:
             return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-    files = {EXTRA_FILE: ""}
-    if path.suffix == ".pt2":
-        torch.export.load(str(path), extra_files=files)
-    else:
-        torch.jit.load(str(path), map_location="cpu", _extra_files=files)
-    return json.loads(files[EXTRA_FILE]) if files[EXTRA_FILE] else {}
-
+    with zipfile.ZipFile(path) as archive:  # TorchScript and .pt2: <root>/extra/conformer_vision.json
+        names = [n for n in archive.namelist() if n.endswith(f"/extra/{EXTRA_FILE}")]
+        return json.loads(archive.read(names[0])) if names else {}

@@ -188,7 +188,8 @@ class OnnxPredictor(_Base):
             a foreign graph with one output is accepted (``has_heads`` False, per-head results absent).
         device: 'CPU' or 'GPU' (see ``onnx_providers``).
         preprocess: overrides the file's preprocessing (needed for foreign files with other settings).
-        threads: intra-op threads; None = onnxruntime's default (all cores).
+        threads: intra-op threads; None = as many as torch uses (``torch.get_num_threads()``, which
+            follows OMP_NUM_THREADS), so both backends share one setting.
     """
 
     backend = "onnxruntime"
@@ -208,8 +209,7 @@ class OnnxPredictor(_Base):
             raise CheckpointError(f"{self.path}: no such ONNX file")
         providers = onnx_providers(device)
         options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
+        options.intra_op_num_threads = threads or torch.get_num_threads()
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types for broken files

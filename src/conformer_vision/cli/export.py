@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from ..config import config_from_args
     from ..data.transforms import Preprocess
     from ..errors import ConfigError
-    from ..export import export_model
+    from ..export import export_with_report
 
     given = vars(args)
     cfg = config_from_args(given)
@@ -42,9 +42,12 @@ def run(args: argparse.Namespace) -> int:
     preprocess = None
     if args.config or "image_size" in given:  # for files that record no preprocessing
         preprocess = Preprocess(cfg.image_hw, interpolation=cfg.interpolation, crop_pct=cfg.crop_pct)
-    path = export_model(
+    path, report = export_with_report(
         checkpoint, arch=arch, file_format=cfg.file_format, output=args.output, opset=args.opset,
         check=not args.no_check, use_ema=cfg.use_ema, preprocess=preprocess, exporter=args.exporter,
     )  # fmt: skip
+    if report:
+        print(f"checked against PyTorch on inputs {report['inputs']}: max |diff| {report['max_abs_diff']:.3g} "
+              f"({report['max_rel_diff']:.3g} of the logit scale), top-1 agreement {report['top1_agree']}")
     print(f"exported {cfg.file_format} to {path}")
     return 0

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     files = collect_images(args.data, recursive=args.recursive)
     predictor = open_predictor(args.checkpoint, arch=args.arch, device=args.device, use_ema=args.use_ema)
-    results, errors = predict_paths(predictor, files, topk=args.topk or 1, batch_size=args.batch_size,
+    results, errors = predict_paths(predictor, files, topk=1 if args.topk is None else args.topk, batch_size=args.batch_size,
                                     workers=args.workers)  # fmt: skip
     for path, preds in results.items():
         print(f"{path} (class: {preds[0]['class']})")
