@@ -50,6 +50,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +73,7 @@ from .models.convert import load_state_dict_strict
 from .optim import build_optimizer, build_scheduler
 from .runlog import METRICS_FILE, RunLog
 
-__all__ = ["train", "TrainResult", "FaultPlan", "run_dir_of", "build_model", "capture_rng_state", "restore_rng_state"]
+__all__ = ["train", "Trainer", "TrainResult", "FaultPlan", "run_dir_of", "build_model", "capture_rng_state", "restore_rng_state"]
 
 log = logging.getLogger("conformer_vision.train")
 
@@ -289,17 +290,24 @@ def _build_mixup(cfg: Config, num_classes: int, steps_per_epoch: int) -> tuple[A
 # Output folders and the checkpoint to start from
 
 
-def _run_files(cfg: Config, manager: CheckpointManager) -> list[Path]:
+_CHECKPOINT_NAME = re.compile(r"_(e\d+_s\d+|best_e\d+_top1_[0-9.]+)\.pt$")
+
+
+def _run_files(cfg: Config) -> list[Path]:
+    """Files of a run in the output folders: its config, metrics and class list, and checkpoints
+    of any name prefix (another ``arch`` or ``model_postfix`` is still another run)."""
     run_dir = run_dir_of(cfg)
     files = [run_dir / name for name in ("config.yaml", METRICS_FILE, "class_names.json") if (run_dir / name).exists()]
-    return files + manager.latest_files() + [p for _, p in manager.best_files()]
+    for folder in (Path(cfg.ckpt_root_dir), Path(cfg.best_ckpt_root_dir)):
+        files += sorted(p for p in folder.glob("*.pt") if _CHECKPOINT_NAME.search(p.name)) if folder.is_dir() else []
+    return files
 
 
-def prepare_output(cfg: Config, manager: CheckpointManager, resuming: bool, is_main: bool) -> None:
+def prepare_output(cfg: Config, resuming: bool, is_main: bool) -> None:
     """Refuse folders that hold another run unless resuming or ``overwrite`` (which deletes that
     run's checkpoints, metrics, config and TensorBoard events first). ``checkpoint: auto`` with no
     checkpoint yet (a run stopped before its first one) starts that run over the same way."""
-    existing = _run_files(cfg, manager)
+    existing = _run_files(cfg)
     if not existing or resuming:
         return
     if not cfg.overwrite and cfg.checkpoint != "auto":
@@ -341,7 +349,7 @@ def find_start(cfg: Config, manager: CheckpointManager) -> tuple[dict[str, Any] 
 # The run
 
 
-class _Run:
+class Trainer:
     """The state of one training process and the callbacks the loop calls."""
 
     def __init__(self, cfg: Config, info: D.DistInfo, device: torch.device, manager: CheckpointManager,
@@ -564,7 +572,7 @@ def _check_finite(model: nn.Module, ema: Any, step: int) -> None:
                                     "resume from the last good one with a lower base_lr or amp_level O0")
 
 
-def _write_run_files(cfg: Config, run: _Run) -> None:
+def _write_run_files(cfg: Config, run: Trainer) -> None:
     run_dir = run_dir_of(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
@@ -574,7 +582,7 @@ def _write_run_files(cfg: Config, run: _Run) -> None:
         (run_dir / "model.txt").write_text(f"{cfg.arch}: {params:,} parameters\n{run.model}\n", encoding="utf-8")
 
 
-def _log_input_grid(run: _Run) -> None:
+def _log_input_grid(run: Trainer) -> None:
     """``collect_input_data``: the first training images after augmentation, to TensorBoard."""
     dataset = run.data.train_loader.dataset
     images = torch.stack([dataset[i][0] for i in range(min(16, len(dataset)))])  # (N, 3, H, W)
@@ -600,10 +608,10 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device) -> TrainResult:
                                 keep=cfg.ckpt_keep_num, best_keep=cfg.best_ckpt_num, every_steps=cfg.ckpt_save_every_step,
                                 every_seconds=cfg.ckpt_save_every_seconds, enabled=info.is_main)  # fmt: skip
     resume, resume_path = find_start(cfg, manager)
-    prepare_output(cfg, manager, resuming=resume is not None, is_main=info.is_main)
+    prepare_output(cfg, resuming=resume is not None, is_main=info.is_main)
     if resume is None and cfg.pretrained and not cfg.exclude_epoch_state:
         resume = _pretrained_state(cfg)
-    run = _Run(cfg, info, device, manager, faults)
+    run = Trainer(cfg, info, device, manager, faults)
     run.setup(resume)
     if resume_path is not None:
         log.info("resumed from %s", resume_path)

@@ -1,0 +1,86 @@
+"""Parameter groups, optimisers and the per-step learning-rate schedules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conformer_vision.models import create_model
+from conformer_vision.optim import build_optimizer, build_scheduler, param_groups
+
+
+@pytest.fixture(scope="module")
+def model():
+    return create_model("conformer_mini_test", num_classes=10)
+
+
+def test_no_weight_decay_on_norms_biases_and_cls_token(model) -> None:
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    decay_names = {names[id(p)] for p in decay["params"]}
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert "cls_token" in no_decay_names and "bn1.weight" in no_decay_names and "trans_norm.weight" in no_decay_names
+    assert "conv_cls_head.bias" in no_decay_names and "trans_1.attn.qkv.bias" in no_decay_names
+    assert "conv1.weight" in decay_names and "trans_cls_head.weight" in decay_names
+    assert all(p.ndim > 1 for p in decay["params"])
+    assert len(decay_names) + len(no_decay_names) == len(list(model.parameters()))
+
+
+def test_optimizers(model) -> None:
+    adamw = build_optimizer(model, "adamw", lr=1e-3, weight_decay=0.05, betas=(0.8, 0.99), eps=1e-7)
+    assert isinstance(adamw, torch.optim.AdamW)
+    assert adamw.defaults["betas"] == (0.8, 0.99) and adamw.defaults["eps"] == 1e-7
+    sgd = build_optimizer(model, "sgd", lr=0.1, weight_decay=1e-4, momentum=0.8)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.8
+    assert [g["weight_decay"] for g in sgd.param_groups] == [1e-4, 0.0]
+
+
+def lr_at(name: str, steps: list[int], **kwargs) -> list[float]:
+    """The learning rate used by the update at each global step (0-based) of a 10-epoch run with
+    10 steps per epoch, 2 warm-up epochs from 1e-4 to base 1e-2."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-2)
+    args = dict(epochs=10, steps_per_epoch=10, warmup_epochs=2, warmup_lr=1e-4, min_lr=1e-3, lr_adjust=3, lr_gamma=0.5)
+    sched = build_scheduler(opt, name, **{**args, **kwargs})
+    out = []
+    for step in steps:
+        sched.step_update(step)
+        out.append(opt.param_groups[0]["lr"])
+    return out
+
+
+def test_warmup_is_linear_per_step() -> None:
+    for name in ("cosine_lr", "step_lr", "multistep_lr", "exp_lr", "constant_lr"):
+        lrs = lr_at(name, [0, 10, 19])
+        assert lrs == pytest.approx([1e-4, 1e-4 + 10 * (1e-2 - 1e-4) / 20, 1e-4 + 19 * (1e-2 - 1e-4) / 20]), name
+
+
+def test_cosine_from_base_to_min() -> None:
+    # after warm-up (step 20) the cosine spans the remaining 80 steps
+    lrs = lr_at("cosine_lr", [20, 60, 99, 200])
+    assert lrs[0] == pytest.approx(1e-2)
+    assert lrs[1] == pytest.approx(1e-3 + 0.5 * (1e-2 - 1e-3))  # half-way
+    assert lrs[2] == pytest.approx(1e-3 + 0.5 * (1e-2 - 1e-3) * (1 + math.cos(math.pi * 79 / 80)))
+    assert lrs[3] == pytest.approx(1e-3)
+
+
+def test_epoch_decays_count_epochs_from_zero_and_stop_at_min_lr() -> None:
+    epochs = [2, 3, 5, 6, 9]
+    steps = [10 * e + 4 for e in epochs]  # mid-epoch: the value is constant within an epoch
+    floor = 2e-3
+    assert lr_at("step_lr", steps, min_lr=floor) == pytest.approx([max(1e-2 * 0.5 ** (e // 3), floor) for e in epochs])
+    assert lr_at("exp_lr", steps, min_lr=floor) == pytest.approx([max(1e-2 * 0.5**e, floor) for e in epochs])
+    assert lr_at("multistep_lr", steps, min_lr=floor) == pytest.approx([max(1e-2 * 0.5 ** (e / 3), floor) for e in epochs])
+    assert lr_at("step_lr", [94])[0] == pytest.approx(1e-2 * 0.5**3)  # above the default floor 1e-3
+    assert floor in lr_at("exp_lr", [94], min_lr=floor)
+    assert lr_at("constant_lr", steps) == pytest.approx([1e-2] * len(epochs))
+
+
+def test_unknown_names_are_refused(model) -> None:
+    with pytest.raises(ValueError, match="adamw, sgd"):
+        build_optimizer(model, "lamb", lr=1e-3, weight_decay=0.0)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-2)
+    with pytest.raises(ValueError, match="cosine_lr"):
+        build_scheduler(opt, "poly", epochs=1, steps_per_epoch=1)

@@ -1,0 +1,217 @@
+"""Training runs on a tiny generated ImageFolder with conformer_mini_test (seconds each, in process):
+what a run writes, config -> component mappings, exact resume, non-finite losses, output-folder
+policy, checkpoint rotation and transfer learning."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+from conformer_vision import checkpoint as ckpt_module
+from conformer_vision.checkpoint import load_model, read_checkpoint
+from conformer_vision.config import Config, load_config
+from conformer_vision.distributed import GlooSyncBatchNorm
+from conformer_vision.errors import ConfigError
+from conformer_vision.train import Trainer, TrainingError, build_model, run_dir_of, train
+from conformer_vision.train import FaultPlan, checkpoint_prefix
+from conformer_vision.checkpoint import CheckpointManager
+from conformer_vision.distributed import DistInfo
+
+
+def write_dataset(root: Path, classes: int = 3, train: int = 16, val: int = 4, size: int = 32) -> Path:
+    """root/{train,val}/class{c}/k.png: noise images whose channel c is brighter (learnable)."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", train), ("val", val)):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in range(n):
+                pixels = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
+                pixels[..., c % 3] += 150
+                Image.fromarray(pixels).save(folder / f"{k:02d}.png")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # tiny models: one thread is as fast, and far faster on a busy machine
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data"))
+
+
+def make_config(data: Path, out: Path, **overrides: object) -> Config:
+    base = dict(
+        data_url=str(data), train_dir="train", val_dir="val", arch="conformer_mini_test", num_classes=3,
+        image_size=32, batch_size=8, epochs=2, augment=False, num_parallel_workers=0, warmup_length=1,
+        device_target="cpu", drop_path=0.0, print_loss_every=2, summary_loss_collect_freq=1,
+        ckpt_save_every_seconds=0, ckpt_root_dir=str(out / "checkpoints"), best_ckpt_root_dir=str(out / "best"),
+        summary_root_dir=str(out / "summary"),
+    )  # fmt: skip
+    if overrides.get("epochs") == 1:
+        base["warmup_length"] = 0
+    return load_config(None, {**base, **overrides})
+
+
+def final_state(result) -> dict:
+    return read_checkpoint(result.last_checkpoint)
+
+
+def test_run_writes_config_metrics_events_and_self_describing_checkpoints(data: Path, tmp_path: Path) -> None:
+    cfg = make_config(data, tmp_path / "run", ckpt_save_every_step=2, ckpt_keep_num=2, best_ckpt_num=1, with_ema=True,
+                      ema_decay=0.5)  # fmt: skip
+    result = train(cfg)
+    run_dir = tmp_path / "run"
+    assert result.status == "completed" and result.exit_code == 0 and result.step == 12
+    assert run_dir_of(cfg) == run_dir.absolute()
+    assert load_config(run_dir / "config.yaml").to_dict() == cfg.to_dict()
+    assert json.loads((run_dir / "class_names.json").read_text()) == ["class0", "class1", "class2"]
+    assert list((run_dir / "summary").glob("events.out.tfevents.*"))
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [r for r in lines if r["kind"] == "train"]
+    val_lines = [r for r in lines if r["kind"] == "val"]
+    assert [r["step"] for r in train_lines] == [2, 4, 6, 8, 10, 12] and [r["epoch"] for r in val_lines] == [0, 1]
+    assert {"time", "loss", "lr", "images_per_s"} <= set(train_lines[0])
+    assert {"Loss", "Top1-Acc", "Top5-Acc", "conv_top1", "trans_top1", "ema_Top1-Acc", "ema_trans_loss"} <= set(val_lines[-1])
+    # rotation: every 2 steps and at each epoch end, keep the 2 newest; 1 best
+    latest = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
+    assert latest == ["conformer_mini_test_0_e0001_s00000010.pt", "conformer_mini_test_0_e0002_s00000012.pt"]
+    assert len(list((run_dir / "best").glob("*.pt"))) == 1
+    obj = read_checkpoint(result.last_checkpoint)  # weights_only
+    assert obj["config"] == cfg.to_dict() and obj["class_names"] == ["class0", "class1", "class2"]
+    assert obj["preprocess"]["input_size"] == [32, 32] and obj["ema"] is not None
+    ts = obj["train_state"]
+    assert (ts["epoch"], ts["batch_in_epoch"], ts["step"], ts["sampler_seed"]) == (2, 0, 12, 0)
+    assert {"optimizer", "scheduler", "scaler", "rng"} <= set(ts) and isinstance(ts["rng"][0]["numpy"]["keys"], torch.Tensor)
+    assert obj["metrics"]["Top1-Acc"] == pytest.approx(val_lines[-1]["Top1-Acc"])
+    loaded = load_model(result.last_checkpoint, use_ema=True)
+    assert loaded.class_names == ["class0", "class1", "class2"] and loaded.arch == "conformer_mini_test"
+
+
+def test_timed_checkpoints(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter(range(0, 10_000, 7))  # every call to the clock: 7 more seconds
+    monkeypatch.setattr(ckpt_module.time, "monotonic", lambda: float(next(clock)))
+    result = train(make_config(data, tmp_path / "run", epochs=1, ckpt_save_every_seconds=10, ckpt_keep_num=100))
+    steps = sorted(int(p.stem.rsplit("_s", 1)[1]) for p in (tmp_path / "run" / "checkpoints").glob("*.pt"))
+    assert result.step == 6 and steps[-1] == 6 and len(steps) >= 3  # mid-epoch saves + the epoch end
+
+
+def components(data: Path, tmp_path: Path, **overrides: object) -> Trainer:
+    cfg = make_config(data, tmp_path / "run", **overrides)
+    manager = CheckpointManager(cfg.ckpt_root_dir, cfg.best_ckpt_root_dir, prefix=checkpoint_prefix(cfg))
+    trainer = Trainer(cfg, DistInfo(), torch.device("cpu"), manager, FaultPlan())
+    trainer.setup(None)
+    return trainer
+
+
+def test_options_map_to_components(data: Path, tmp_path: Path) -> None:
+    t = components(data, tmp_path, augment=True, mixup=0.8, cutmix=1.0, mixup_prob=0.5, switch_prob=0.3,
+                   mixup_mode="pair", mixup_off_epoch=1.5, label_smoothing=0.2, optimizer="sgd", momentum=0.8,
+                   base_lr=0.05, with_ema=True, ema_decay=0.99, amp_level="O1", is_dynamic_loss_scale=False,
+                   loss_scale=128, use_clip_grad_norm=True, clip_grad_norm=2.0, sync_bn=True, warmup_length=0)  # fmt: skip
+    p = t.parts
+    assert isinstance(p.criterion.base, SoftTargetCrossEntropy)
+    assert (p.mixup.mixup_alpha, p.mixup.cutmix_alpha, p.mixup.mix_prob, p.mixup.switch_prob, p.mixup.mode,
+            p.mixup.label_smoothing) == (0.8, 1.0, 0.5, 0.3, "pair", 0.2)  # fmt: skip
+    assert p.mixup_off_step == 9  # 1.5 epochs x 6 steps
+    assert isinstance(p.optimizer, torch.optim.SGD) and p.optimizer.defaults["momentum"] == 0.8
+    assert p.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+    assert p.ema.decay == 0.99 and p.clip_grad_norm == 2.0
+    assert p.amp_dtype == torch.float16 and p.scaler.get_scale() == 128 and p.static_loss_scale == 128
+    assert any(isinstance(m, GlooSyncBatchNorm) for m in t.model.modules())
+    t = components(data, tmp_path, augment=True, mixup=0.0, cutmix=0.0, label_smoothing=0.1, amp_level="bf16",
+                   use_clip_grad_norm=False, channels_last=True)  # fmt: skip
+    p = t.parts
+    assert p.mixup is None and isinstance(p.criterion.base, LabelSmoothingCrossEntropy)
+    assert p.amp_dtype == torch.bfloat16 and p.scaler is None and p.ema is None and p.clip_grad_norm is None
+    assert isinstance(p.optimizer, torch.optim.AdamW)
+    assert t.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    t = components(data, tmp_path, amp_level="O2", loss_scale=64)  # dynamic by default
+    assert t.parts.scaler.get_scale() == 64 and t.parts.static_loss_scale is None
+    assert isinstance(t.parts.criterion.base, torch.nn.CrossEntropyLoss)  # augment off: no smoothing
+    with pytest.raises(ConfigError, match="even"):
+        components(data, tmp_path, augment=True, mixup=0.8, batch_size=7)
+    with pytest.raises(ConfigError, match="num_classes is 5"):
+        components(data, tmp_path, num_classes=5)
+
+
+@pytest.mark.parametrize(("amp", "epochs"), [("O0", 2), ("O1", 1)])
+def test_exact_resume_after_sigterm(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, amp: str,
+                                    epochs: int) -> None:  # fmt: skip
+    """Interrupted mid-epoch and resumed: bitwise the weights of an uninterrupted run, with every
+    random augmentation on (crop, flip, RandAugment, erasing, mixup/cutmix, drop path) and EMA."""
+    recipe = dict(augment=True, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.5, mixup=0.8, cutmix=1.0,
+                  drop_path=0.1, with_ema=True, ema_decay=0.9, amp_level=amp, epochs=epochs)  # fmt: skip
+    reference = final_state(train(make_config(data, tmp_path / "a", **recipe)))
+    monkeypatch.setenv("CONFORMER_FAULT_SIGTERM_AT_STEP", "4")
+    stopped = train(make_config(data, tmp_path / "b", **recipe))
+    assert (stopped.status, stopped.exit_code, stopped.step) == ("interrupted", 143, 4)
+    assert read_checkpoint(stopped.last_checkpoint)["train_state"]["batch_in_epoch"] == 4
+    monkeypatch.delenv("CONFORMER_FAULT_SIGTERM_AT_STEP")
+    resumed = final_state(train(make_config(data, tmp_path / "b", checkpoint="auto", **recipe)))
+    for key in ("model", "ema"):
+        assert all(torch.equal(reference[key][k], resumed[key][k]) for k in reference[key]), key
+    assert reference["train_state"]["optimizer"]["state"][0]["exp_avg"].equal(resumed["train_state"]["optimizer"]["state"][0]["exp_avg"])
+    lines = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    for kind in ("train", "val"):  # one history: the lines of the interrupted run after step 4 were dropped
+        steps = [r["step"] for r in lines if r["kind"] == kind]
+        assert steps == sorted(set(steps)), kind
+
+
+def test_nonfinite_loss_is_skipped_then_fatal(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    monkeypatch.setenv("CONFORMER_FAULT_NAN_AT_STEP", "3")
+    with caplog.at_level(logging.WARNING, logger="conformer_vision.train"):
+        result = train(make_config(data, tmp_path / "a", epochs=1))
+    assert result.status == "completed" and "step 3: non-finite loss, update skipped" in caplog.text
+    state = final_state(result)
+    assert state["train_state"]["skipped_steps"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    monkeypatch.setenv("CONFORMER_FAULT_NAN_AT_STEP", "2:3")
+    with pytest.raises(TrainingError, match="3 consecutive steps"):
+        train(make_config(data, tmp_path / "b", epochs=1, max_nonfinite_steps=3, ckpt_save_every_step=1))
+    # the checkpoints written before the failure hold finite weights only (steps 1-4: skipped steps do not update)
+    for path in (tmp_path / "b" / "checkpoints").glob("*.pt"):
+        assert all(torch.isfinite(v).all() for v in read_checkpoint(path)["model"].values() if v.is_floating_point())
+
+
+def test_output_folder_holding_a_run_is_refused_unless_overwrite(data: Path, tmp_path: Path) -> None:
+    train(make_config(data, tmp_path / "run", epochs=1))
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(make_config(data, tmp_path / "run", epochs=1))
+    result = train(make_config(data, tmp_path / "run", epochs=1, overwrite=True, model_postfix="v2"))
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.pt"))
+    assert names == ["conformer_mini_test_v2_e0001_s00000006.pt"] and result.exit_code == 0
+    assert len(list((tmp_path / "run" / "summary").glob("events.*"))) == 1
+
+
+def test_transfer_to_another_class_count(data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    source = train(make_config(data, tmp_path / "src", epochs=1)).last_checkpoint
+    two = write_dataset(tmp_path / "two", classes=2)
+    cfg = make_config(two, tmp_path / "dst", num_classes=2, epochs=1, pretrained=str(source))
+    with caplog.at_level(logging.WARNING):
+        model = build_model(cfg, 2)
+    assert "re-initialised both heads" in caplog.text
+    weights = read_checkpoint(source)["model"]
+    assert torch.equal(model.conv1.weight, weights["conv1.weight"]) and model.trans_cls_head.weight.shape[0] == 2
+    result = train(cfg)
+    assert result.status == "completed" and read_checkpoint(result.last_checkpoint)["class_names"] == ["class0", "class1"]
+    with pytest.raises(ConfigError, match="exclude_epoch_state"):
+        train(make_config(two, tmp_path / "dst2", num_classes=2, pretrained=str(source), exclude_epoch_state=False))
+
+
+@pytest.mark.parametrize("value", ["x", "3:y"])
+def test_fault_variables(value: str) -> None:
+    with pytest.raises(ConfigError):
+        FaultPlan.from_env({"CONFORMER_FAULT_NAN_AT_STEP": value, "CONFORMER_FAULT_KILL_AT_STEP": value})
+    plan = FaultPlan.from_env({"CONFORMER_FAULT_NAN_AT_STEP": "3:2", "CONFORMER_FAULT_KILL_AT_STEP": "7"})
+    assert plan.nan_steps == frozenset({3, 4}) and plan.kill_at == 7 and plan.sigterm_at is None
