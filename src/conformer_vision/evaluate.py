@@ -40,6 +40,7 @@ def evaluate_dataset(
     num_samples: int = -1,
     prefetch: int = 2,
     progress: bool = False,
+    max_bad_fraction: float = 0.01,
 ) -> dict[str, Any]:
     """Metrics of ``predictor`` on the images under ``val_root/<class>/``.
 
@@ -50,6 +51,7 @@ def evaluate_dataset(
         workers: DataLoader worker processes (0 = decode in this process).
         num_samples: -1 for every image, else a fixed subset of this size.
         prefetch: batches decoded ahead of the model, in total over the workers.
+        max_bad_fraction: unreadable images tolerated (skipped and logged) before a DataError.
 
     Returns:
         ``ClassificationMeter.summary()`` ({'Loss', 'Top1-Acc', 'Top5-Acc', 'conv_*', 'trans_*',
@@ -64,9 +66,10 @@ def evaluate_dataset(
     if class_names is None:
         class_names = build_class_list(val_root)
         log.warning("the model file names no classes: taking class i = the i-th sorted folder of %s", val_root)
-    dataset = ImageFolderDataset(val_root, preprocess.eval_transform(), classes=class_names, num_samples=num_samples)
-    loader = _loader(dataset, batch_size, workers, prefetch, pin=getattr(predictor, "device", None) is not None
-                     and getattr(predictor, "device").type == "cuda")  # fmt: skip
+    dataset = ImageFolderDataset(val_root, preprocess.eval_transform(), classes=class_names,
+                                 num_samples=num_samples, max_bad_fraction=max_bad_fraction)  # fmt: skip
+    device = getattr(predictor, "device", None)  # a torch.device for TorchPredictor
+    loader = _loader(dataset, batch_size, workers, prefetch, pin=device is not None and device.type == "cuda")
     meter = ClassificationMeter(len(class_names))
     for images, targets in tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False):
         conv, trans = predictor.heads(images)  # (B, K) each

@@ -169,7 +169,7 @@ every feature map > 1x1 so no size is specialised to 0/1, and non-square so heig
 separate symbols."""
 
 
-def _example(pre: Preprocess) -> torch.Tensor:
+def _trace_example() -> torch.Tensor:
     return torch.randn(*TRACE_SHAPE, generator=torch.Generator().manual_seed(0))
 
 
@@ -180,7 +180,7 @@ def _write_onnx(model: nn.Module, meta: dict[str, Any], pre: Preprocess, path: P
     wrapper = ExportWrapper(model).eval()
     if exporter in ("dynamo", "auto"):
         try:
-            _onnx_dynamo(wrapper, pre, path, opset)
+            _onnx_dynamo(wrapper, path, opset)
         except Exception as e:
             if exporter == "dynamo":
                 raise ConformerError(f"ONNX export (torch.export-based exporter) failed: {str(e)[:500]} "
@@ -188,7 +188,7 @@ def _write_onnx(model: nn.Module, meta: dict[str, Any], pre: Preprocess, path: P
             log.warning("dynamo ONNX exporter failed (%s); falling back to the TorchScript exporter", str(e)[:200])
             exporter = "torchscript"
     if exporter == "torchscript":
-        _onnx_torchscript(wrapper, pre, path, opset)
+        _onnx_torchscript(wrapper, path, opset)
     proto = onnx.load(str(path))
     _name_dynamic_dims(proto)
     del proto.metadata_props[:]
@@ -198,12 +198,12 @@ def _write_onnx(model: nn.Module, meta: dict[str, Any], pre: Preprocess, path: P
     onnx.save(proto, str(path))
 
 
-def _onnx_dynamo(wrapper: nn.Module, pre: Preprocess, path: Path, opset: int | None) -> None:
+def _onnx_dynamo(wrapper: nn.Module, path: Path, opset: int | None) -> None:
     dyn = torch.export.Dim.DYNAMIC
     with warnings.catch_warnings(), _quiet("onnxscript", "onnx_ir", "torch.onnx", "torch.export"):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            wrapper, (_example(pre),), dynamo=True, input_names=[ONNX_INPUT], output_names=list(ONNX_OUTPUTS),
+            wrapper, (_trace_example(),), dynamo=True, input_names=[ONNX_INPUT], output_names=list(ONNX_OUTPUTS),
             dynamic_shapes={"x": {0: dyn, 2: dyn, 3: dyn}}, opset_version=opset, verbose=False,
         )  # fmt: skip
     program.save(str(path))
@@ -223,12 +223,12 @@ def _quiet(*names: str) -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _onnx_torchscript(wrapper: nn.Module, pre: Preprocess, path: Path, opset: int | None) -> None:
+def _onnx_torchscript(wrapper: nn.Module, path: Path, opset: int | None) -> None:
     axes = {ONNX_INPUT: {0: "batch", 2: "height", 3: "width"}, **{name: {0: "batch"} for name in ONNX_OUTPUTS}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation and tracer warnings (the pad is unconditional)
         torch.onnx.export(
-            wrapper, (_example(pre),), str(path), dynamo=False, input_names=[ONNX_INPUT],
+            wrapper, (_trace_example(),), str(path), dynamo=False, input_names=[ONNX_INPUT],
             output_names=list(ONNX_OUTPUTS), dynamic_axes=axes, opset_version=opset or 18,
         )  # fmt: skip
 
@@ -246,7 +246,7 @@ def _name_dynamic_dims(proto: Any) -> None:
 def _write_torchscript(model: nn.Module, meta: dict[str, Any], pre: Preprocess, path: Path, **_: Any) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings: the shape arithmetic is traced, not frozen
-        traced = torch.jit.trace(ExportWrapper(model).eval(), (_example(pre),), check_trace=False)
+        traced = torch.jit.trace(ExportWrapper(model).eval(), (_trace_example(),), check_trace=False)
     torch.jit.save(traced, str(path), _extra_files={EXTRA_FILE: json.dumps(meta)})
 
 
@@ -262,7 +262,7 @@ def _write_exported_program(model: nn.Module, meta: dict[str, Any], pre: Preproc
     lo = _program_min_side(model)
     if min(pre.input_size) >= lo:
         side = dyn(min=lo, max=8192)
-        example, shapes = _example(pre), {"x": {0: dyn, 2: side, 3: side}}
+        example, shapes = _trace_example(), {"x": {0: dyn, 2: side, 3: side}}
     else:  # a model for tiny images: only the batch is dynamic
         log.warning("input size %s is below %d: the exported program takes only that size (batch dynamic)",
                     pre.input_size, lo)  # fmt: skip

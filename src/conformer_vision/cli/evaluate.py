@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     val_root = Path(cfg.data_url) / cfg.val_dir
     result = evaluate_dataset(
         predictor, val_root, batch_size=cfg.batch_size, workers=cfg.num_parallel_workers,
-        num_samples=cfg.val_num_samples, progress=args.progress,
+        num_samples=cfg.val_num_samples, progress=args.progress, max_bad_fraction=cfg.max_bad_files_fraction,
     )  # fmt: skip
     print(format_eval_line(result))
     print(format_report(result))
