@@ -103,7 +103,8 @@ def main() -> None:
     if files:
         s = args.image_size
         result["parity"] = [parity(torch_p, onnx_p, files, size) for size in ((s, s), (s - 24, s + 13))]
-    batch = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    batch = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g)
     result["images_per_second"] = speed({"pytorch": torch_p, "onnxruntime": onnx_p}, batch, args.rounds)
     result["setup"] = {"arch": args.arch, "batch_size": args.batch_size, "image_size": args.image_size,
                        "threads": args.threads, "torch": torch.__version__,

@@ -75,8 +75,8 @@ def test_format_eval_line_is_the_specification_form():
 
 
 def test_eval_cli_checkpoint_and_onnx_agree(base, tmp_path):
-    rc, out, err = T.cli(*_eval_args(base, "--checkpoint", str(T.checkpoint(base)), "--output",
-                                     str(tmp_path / "m.json"), "--confusion_matrix", str(tmp_path / "cm.png")))  # fmt: skip
+    extra = ("--output", str(tmp_path / "m.json"), "--confusion_matrix", str(tmp_path / "cm.png"))
+    rc, out, err = T.cli(*_eval_args(base, "--checkpoint", str(T.checkpoint(base)), *extra))
     assert rc == 0, err
     torch_metrics = ast.literal_eval(SPEC_LINE.search(out).group(1))
     assert re.search(r"^conv head: +top-1 [0-9.]+ +top-5 [0-9.]+", out, re.M)

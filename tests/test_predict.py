@@ -62,7 +62,8 @@ def test_predict_paths_batches_equal_single_images(base):
 def test_predictions_json_shapes():
     results = {"a.png": [{"class": 2, "name": "c", "prob": 0.7}, {"class": 0, "name": "a", "prob": 0.2}]}
     assert predictions_json(results, {}) == {"a.png": 2}
-    assert predictions_json(results, {"b.jpg": "bad"}, topk=1) == {"a.png": results["a.png"][:1], "errors": {"b.jpg": "bad"}}
+    expected = {"a.png": results["a.png"][:1], "errors": {"b.jpg": "bad"}}
+    assert predictions_json(results, {"b.jpg": "bad"}, topk=1) == expected
 
 
 def test_predict_cli_folder_checkpoint_and_onnx_write_the_same_json(base, tmp_path):
@@ -82,7 +83,8 @@ def test_predict_cli_folder_checkpoint_and_onnx_write_the_same_json(base, tmp_pa
                            "--output", str(tmp_path / f"{name}_top3.json"))  # fmt: skip
         assert rc == 0, err
         docs[name] = json.loads((tmp_path / f"{name}_top3.json").read_text())
-    rc, _, _ = T.cli("predict", str(photos), "--checkpoint", str(T.onnx_export(base)), "--output", str(tmp_path / "o.json"))
+    onnx_path = str(T.onnx_export(base))
+    rc, _, _ = T.cli("predict", str(photos), "--checkpoint", onnx_path, "--output", str(tmp_path / "o.json"))
     assert rc == 0 and json.loads((tmp_path / "o.json").read_text()) == plain
     assert docs["ckpt"].keys() == docs["onnx"].keys() == plain.keys()
     for path, top in docs["ckpt"].items():
@@ -113,6 +115,11 @@ def test_unreadable_files_are_reported_and_the_rest_predicted(base, tmp_path):
 def test_predict_usage_errors(base, tmp_path):
     rc, _, err = T.cli("predict", str(tmp_path / "missing"), "--checkpoint", str(T.checkpoint(base)))
     assert rc == 2 and "no such file or folder" in err and "Traceback" not in err
+    good = T.photos(base) / "a_rgb.jpg"  # one missing path among existing ones: an error entry, exit 1
+    rc, _, err = T.cli("predict", str(good), str(tmp_path / "gone.jpg"), "--checkpoint", str(T.checkpoint(base)),
+                       "--output", str(tmp_path / "some.json"))  # fmt: skip
+    doc = json.loads((tmp_path / "some.json").read_text())
+    assert rc == 1 and str(good) in doc and doc["errors"] == {str(tmp_path / "gone.jpg"): "file does not exist"}
     (tmp_path / "empty").mkdir()
     rc, _, err = T.cli("predict", str(tmp_path / "empty"), "--checkpoint", str(T.checkpoint(base)))
     assert rc == 2 and "no image files" in err

@@ -56,7 +56,9 @@ __all__ = [
 
 log = logging.getLogger("conformer_vision.export")
 
-FILE_FORMATS = {"ONNX": ".onnx", "TORCHSCRIPT": ".torchscript.pt", "EXPORTED_PROGRAM": ".pt2", "SAFETENSORS": ".safetensors"}
+FILE_FORMATS = {
+    "ONNX": ".onnx", "TORCHSCRIPT": ".torchscript.pt", "EXPORTED_PROGRAM": ".pt2", "SAFETENSORS": ".safetensors",
+}  # fmt: skip
 EXTRA_FILE = "conformer_vision.json"  # metadata inside TorchScript and .pt2 archives
 RTOL = 1e-4
 
@@ -81,7 +83,9 @@ class ExportWrapper(nn.Module):
         return conv + trans, conv, trans
 
 
-def export_metadata(arch: str, model: nn.Module, class_names: list[str] | None, preprocess: Preprocess) -> dict[str, Any]:
+def export_metadata(
+    arch: str, model: nn.Module, class_names: list[str] | None, preprocess: Preprocess
+) -> dict[str, Any]:
     """What an exported file says about itself (plain JSON values)."""
     return {
         "format": "conformer-vision", "version": 1, "arch": arch, "model_args": model.args.to_dict(),
@@ -292,7 +296,9 @@ def _check_inputs(pre: Preprocess, patch: int, fmt: str) -> list[torch.Tensor]:
     return inputs
 
 
-def check_export(path: str | Path, file_format: str, model: nn.Module, preprocess: Preprocess, rtol: float = RTOL) -> dict[str, Any]:
+def check_export(
+    path: str | Path, file_format: str, model: nn.Module, preprocess: Preprocess, rtol: float = RTOL
+) -> dict[str, Any]:
     """Compare an exported file with ``model`` (eval mode, fp32) on seeded inputs.
 
     Returns {'max_abs_diff', 'max_rel_diff', 'top1_agree', 'inputs'}; raises ConformerError on a

@@ -55,7 +55,8 @@ def collect_images(data: Sequence[str | Path], recursive: bool = False) -> list[
             missing.append(path)
             files.append(path)
     if missing and len(missing) == len(data):
-        raise DataError(f"{missing[0]}: no such file or folder" + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        more = f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(f"{missing[0]}: no such file or folder{more}")
     return files
 
 

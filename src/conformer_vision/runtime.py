@@ -213,7 +213,8 @@ class OnnxPredictor(_Base):
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types for broken files
-            raise CheckpointError(f"{self.path} is not a loadable ONNX model ({str(e).splitlines()[0][:300]})") from None
+            reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            raise CheckpointError(f"{self.path} is not a loadable ONNX model ({reason})") from None
         if providers[0] not in self.session.get_providers():
             raise ConformerError(
                 f"onnxruntime could not start {providers[0]} (CUDA/cuDNN libraries missing or not matching?); "
@@ -272,7 +273,7 @@ def open_predictor(
     channels_last: bool = False,
     image_size: int | tuple[int, int] | None = None,
     threads: int | None = None,
-) -> _Base:
+) -> TorchPredictor | OnnxPredictor:
     """A predictor for any model file: ``.onnx`` -> ``OnnxPredictor``, else ``checkpoint.load_model``.
 
     ``arch`` is needed only for foreign checkpoints that do not name their architecture.
@@ -288,7 +289,7 @@ def open_predictor(
                               "(export with --use_ema to get the EMA weights into ONNX)")  # fmt: skip
         dev = str(device).lower()
         onnx_dev = "GPU" if dev.startswith(("cuda", "gpu")) else "auto" if dev == "auto" else "CPU"
-        predictor: _Base = OnnxPredictor(path, onnx_dev, threads=threads)
+        predictor: TorchPredictor | OnnxPredictor = OnnxPredictor(path, onnx_dev, threads=threads)
     else:
         from .checkpoint import load_model
 

@@ -38,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("nothing to evaluate: pass --checkpoint FILE (a checkpoint or an .onnx export)")
     if checkpoint == "auto":
         raise ConfigError("--checkpoint auto is for resuming training; name the checkpoint file to evaluate")
+    device = "auto" if cfg.device_target == "auto" else str(cfg.device)
     predictor = open_predictor(
-        checkpoint, arch=cfg.arch, device="auto" if cfg.device_target == "auto" else str(cfg.device), use_ema=cfg.use_ema, amp_dtype=cfg.amp_dtype,
+        checkpoint, arch=cfg.arch, device=device, use_ema=cfg.use_ema, amp_dtype=cfg.amp_dtype,
         channels_last=cfg.channels_last,
     )  # fmt: skip
     val_root = Path(cfg.data_url) / cfg.val_dir

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="predictions.json", metavar="FILE.json",
                         help="where to write the predictions (default predictions.json)")  # fmt: skip
     parser.add_argument("--topk", type=int, default=None, metavar="K",
-                        help="write the K best classes with names and probabilities instead of the class id")  # fmt: skip
+                        help="write the K best classes (id, name, probability) instead of the class id")  # fmt: skip
     parser.add_argument("--batch_size", type=int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--workers", type=int, default=0, help="decoding processes (default 0 = in-process)")
     parser.add_argument("--recursive", action="store_true", help="also read images in sub-folders")
@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
     files = collect_images(args.data, recursive=args.recursive)
     predictor = open_predictor(args.checkpoint, arch=args.arch, device=args.device, use_ema=args.use_ema)
-    results, errors = predict_paths(predictor, files, topk=1 if args.topk is None else args.topk, batch_size=args.batch_size,
-                                    workers=args.workers)  # fmt: skip
+    topk = 1 if args.topk is None else args.topk
+    results, errors = predict_paths(predictor, files, topk=topk, batch_size=args.batch_size, workers=args.workers)
     for path, preds in results.items():
         print(f"{path} (class: {preds[0]['class']})")
     for path, reason in errors.items():
