@@ -78,7 +78,8 @@ def sweep(out: Path, threads: int) -> None:
 
 
 def plot_sweep(rows: list[dict], path: Path) -> None:
-    """2x2: images/s and peak RSS against batch size (224 px) and image size (batch 4)."""
+    """2x2: images/s and peak RSS against batch size (224 px) and image size (batch 4). The dotted
+    line is what FLOPs alone predict (the 224 px speed scaled by GFLOPs(224) / GFLOPs(side))."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,16 +90,24 @@ def plot_sweep(rows: list[dict], path: Path) -> None:
                                                   ("size", "image_size", "image side, px (batch 4)")]):  # fmt: skip
         for backend, style in (("eager", "o-"), ("onnxruntime", "s--")):
             pts = sorted((r["spec"][x_key], r) for r in rows if r["kind"] == kind and r["backend"] == backend)
+            if not pts:
+                continue
             xs = [x for x, _ in pts]
             axes[0, col].plot(xs, [r["images_per_s"] for _, r in pts], style, label=f"{backend} fp32")
             axes[1, col].plot(xs, [r["peak_memory_mb"] for _, r in pts], style, label=f"{backend} fp32")
+            ref = [r for x, r in pts if r["spec"]["image_size"] == 224]
+            if kind == "size" and ref:
+                scale = ref[0]["images_per_s"] * ref[0]["gflops_per_image"]
+                axes[0, col].plot(xs, [scale / r["gflops_per_image"] for _, r in pts], ":", color="grey",
+                                  label=f"FLOP-proportional ({backend})" if backend == "eager" else None)  # fmt: skip
         axes[0, col].set_ylabel("images/s (median)")
-        axes[1, col].set_ylabel("peak RSS, MB (first step)")
+        axes[1, col].set_ylabel("process peak RSS, MB")
         for ax in axes[:, col]:
             ax.set_xlabel(x_label)
             ax.grid(alpha=0.3)
-            ax.legend()
-    fig.suptitle("conformer_tiny_patch16 on this CPU: throughput and memory against input")
+            ax.legend(fontsize=8)
+    threads = rows[0]["threads"] if rows else "?"
+    fig.suptitle(f"conformer_tiny_patch16, {threads} CPU thread(s) on a shared machine: throughput and memory")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -110,7 +119,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoint", default=None, help="briefly trained tiny checkpoint for the agreement figures")
     parser.add_argument("--out", default=str(ROOT / "runs" / "benchmarks"))
-    parser.add_argument("--only", nargs="*", choices=["targets", "variants", "sweep"], default=None)
+    parser.add_argument("--only", nargs="*", choices=["targets", "variants", "sweep", "plot"], default=None)
     args = parser.parse_args()
     out = Path(args.out)
     (out / "sweep").mkdir(parents=True, exist_ok=True)
@@ -121,6 +130,8 @@ def main() -> int:
         variants(out, args.threads)
     if "sweep" in steps:
         sweep(out, args.threads)
+    if "plot" in steps:  # redraw from an earlier sweep
+        plot_sweep(json.loads((out / "sweep.json").read_text()), ROOT / "docs" / "benchmark_scaling.png")
     return 0
 
 

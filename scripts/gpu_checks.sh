@@ -14,12 +14,22 @@
 # its fraction of the measured bf16 GEMM peak and of the nominal H200 bf16 peak (NOMINAL_BF16_TFLOPS).
 # Files written (8 at most, so a device tool can fetch them all): gpu_checks.log, peak.json,
 # infer_tiny.json, infer_base.json, train_tiny.json, train_base.json, torchrun.log, summary.md.
+#
+# DRY_RUN=1 checks the plumbing on a CPU in a minute or two: the mini test variant, 32 px inputs,
+# no torch.compile, torchrun on gloo. Nothing else needs setting.
 
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 OUT="${OUT:-runs/gpu_checks}"
 NOMINAL_BF16_TFLOPS="${NOMINAL_BF16_TFLOPS:-790}"  # H200 dense bf16 (device tool docs); set for other GPUs
+if [ "${DRY_RUN:-0}" = 1 ]; then
+    DEVICE=cpu; TINY=conformer_mini_test; BASE=conformer_mini_test; SIZE=32; B1=4; B2=2; COMPILE=""; RUNS=1
+    PEAK_N=512; TRAIN_DEVICE=cpu; TRAIN_ARCH=conformer_mini_test; LIMIT=20
+else
+    DEVICE=cuda; TINY=conformer_tiny_patch16; BASE=conformer_base_patch16; SIZE=224; B1=128; B2=64
+    COMPILE=",compile_bf16_cl"; RUNS=10; PEAK_N=8192; TRAIN_DEVICE=cuda; TRAIN_ARCH=conformer_tiny_patch16; LIMIT=200
+fi
 mkdir -p "$OUT"
 LOG="$OUT/gpu_checks.log"
 : > "$LOG"
@@ -34,36 +44,36 @@ run() {  # run LIMIT_S CMD...: output to the log and the terminal; never stops t
 
 say "machine"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python -c \
-  "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"; } 2>&1 | tee -a "$LOG"
+  "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name())"; } 2>&1 | tee -a "$LOG"
 
 say "GEMM peaks"
-run 120 python - "$OUT/peak.json" <<'EOF'
+run 120 python - "$OUT/peak.json" "$DEVICE" "$PEAK_N" <<'EOF'
 import json, sys
 from conformer_vision.benchmark import gemm_peak
-peaks = {kind: gemm_peak(kind, "cuda", n=8192, reps=10)[0] for kind in ("bf16", "fp16", "fp32")}
+peaks = {kind: gemm_peak(kind, sys.argv[2], n=int(sys.argv[3]), reps=10)[0] for kind in ("bf16", "fp16", "fp32")}
 print({k: f"{v / 1000:.0f} TFLOP/s" for k, v in peaks.items()})
 json.dump(peaks, open(sys.argv[1], "w"))
 EOF
 
-BENCH=(python -m conformer_vision benchmark --device cuda --warmup 3 --runs 10)
-run 300 "${BENCH[@]}" --arch conformer_tiny_patch16 --batch_size 128 --compare reference,eager,bf16,bf16_cl,compile_bf16_cl --json "$OUT/infer_tiny.json"
-run 150 "${BENCH[@]}" --arch conformer_base_patch16 --batch_size 64 --compare reference,eager,bf16,bf16_cl --json "$OUT/infer_base.json"
-run 240 "${BENCH[@]}" --arch conformer_tiny_patch16 --batch_size 64 --mode train --compare reference,eager,bf16,bf16_cl,compile_bf16_cl --json "$OUT/train_tiny.json"
-run 150 "${BENCH[@]}" --arch conformer_base_patch16 --batch_size 32 --mode train --compare reference,eager,bf16,bf16_cl --json "$OUT/train_base.json"
+BENCH=(python -m conformer_vision benchmark --device "$DEVICE" --image_size "$SIZE" --warmup 3 --runs "$RUNS")
+run 300 "${BENCH[@]}" --arch "$TINY" --batch_size "$B1" --compare "reference,eager,bf16,bf16_cl$COMPILE" --json "$OUT/infer_tiny.json"
+run 150 "${BENCH[@]}" --arch "$BASE" --batch_size "$B2" --compare reference,eager,bf16,bf16_cl --json "$OUT/infer_base.json"
+run 240 "${BENCH[@]}" --arch "$TINY" --batch_size "$B2" --mode train --compare "reference,eager,bf16,bf16_cl$COMPILE" --json "$OUT/train_tiny.json"
+run 150 "${BENCH[@]}" --arch "$BASE" --batch_size "$((B2 / 2))" --mode train --compare reference,eager,bf16,bf16_cl --json "$OUT/train_base.json"
 
 say "torchrun smoke run (1 GPU, NCCL)"
 DATA="$(mktemp -d)/fashion_mnist"
 RUN_DIR="$(mktemp -d)"
 if [ -d /usr/share/datasets/fashion-mnist ]; then
-    run 120 python -m conformer_vision prepare fashion-mnist "$DATA" --image_size 32 --limit_per_class 200
+    run 120 python -m conformer_vision prepare fashion-mnist "$DATA" --image_size 32 --limit_per_class "$LIMIT"
 else  # no Debian dataset package on this machine: a synthetic 10-class folder tree of the same shape
-    run 60 python - "$DATA" <<'EOF'
+    run 60 python - "$DATA" "$LIMIT" <<'EOF'
 import sys
 from pathlib import Path
 import numpy as np
 from PIL import Image
 rng = np.random.default_rng(0)
-for split, n in (("train", 200), ("val", 50)):
+for split, n in (("train", int(sys.argv[2])), ("val", int(sys.argv[2]) // 4 + 1)):
     for c in range(10):
         d = Path(sys.argv[1]) / split / f"class_{c}"
         d.mkdir(parents=True, exist_ok=True)
@@ -72,10 +82,10 @@ for split, n in (("train", 200), ("val", 50)):
 EOF
 fi
 run 300 torchrun --nproc_per_node 1 -m conformer_vision train --config configs/quickstart_fashion_mnist.yaml \
-    --device_target cuda --data_url "$DATA" --epochs 1 --warmup_length 0 --batch_size 128 --amp_level bf16 \
+    --device_target "$TRAIN_DEVICE" --arch "$TRAIN_ARCH" --data_url "$DATA" --epochs 1 --warmup_length 0 --batch_size 128 --amp_level bf16 \
     --num_parallel_workers 4 --print_loss_every 5 --summary_root_dir "$RUN_DIR/summary" \
     --ckpt_root_dir "$RUN_DIR/ckpt" --best_ckpt_root_dir "$RUN_DIR/best" --overwrite true
-grep -iE "img/s|images_per_s|nccl|finished|error|Top1" "$LOG" | tail -n 20 > "$OUT/torchrun.log"
+grep -iE "img/s|images_per_s|nccl|gloo|finished|error|Top1" "$LOG" | tail -n 20 > "$OUT/torchrun.log"
 
 say "summary"
 python - "$OUT" "$NOMINAL_BF16_TFLOPS" <<'EOF' 2>&1 | tee -a "$LOG"

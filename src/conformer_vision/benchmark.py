@@ -349,17 +349,15 @@ def _ort_threads() -> int:
     return torch.get_num_threads()
 
 
-def _ort_options(level: str = "all") -> Any:
-    """onnxruntime session options: graph optimisation ``level`` ('all', 'basic', 'default'),
+def _ort_options() -> Any:
+    """The tuned onnxruntime session options: every graph optimisation (ORT_ENABLE_ALL: constant
+    folding, Conv+BatchNorm+ReLU fusion, NCHWc convolution layout, GELU/LayerNorm fusions) and
     intra-op threads = torch's thread count (``--threads``, default the cores)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    if level != "default":
-        options.intra_op_num_threads = _ort_threads()
-        options.graph_optimization_level = {
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        }[level]  # fmt: skip
+    options.intra_op_num_threads = _ort_threads()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return options
 
 
@@ -385,19 +383,17 @@ def _torch_runner(spec: BenchmarkSpec, model: nn.Module, x: torch.Tensor) -> _Ru
     model.set_reference_mode(spec.reference_mode)
     amp = AMP_LEVELS[spec.amp]
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    autocast = lambda: torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None)  # noqa: E731
     if spec.mode == "train":
-        step = _train_step_fn(spec, model, x, autocast)
-        predict = None
+        runner = _Runner(spec, _train_step_fn(spec, model, x), sync, dev)
     else:
         net = torch.compile(model.eval()) if spec.backend == "compile" else model.eval()
 
-        def predict(inp: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode(), autocast():
+        def forward(inp: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode(), torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
                 return net(inp.to(dev))
 
-        step = lambda: predict(x)  # noqa: E731
-    runner = _Runner(spec, step, sync, dev, predict=(lambda inp: predict(inp).float().cpu()) if predict else None)
+        runner = _Runner(spec, lambda: forward(x), sync, dev, predict=lambda inp: forward(inp).float().cpu())
+    step = runner.step
     if spec.backend == "compile":
         start = time.perf_counter()
         step()
@@ -406,9 +402,7 @@ def _torch_runner(spec: BenchmarkSpec, model: nn.Module, x: torch.Tensor) -> _Ru
     return runner
 
 
-def _train_step_fn(
-    spec: BenchmarkSpec, model: nn.Module, x: torch.Tensor, autocast: Callable[[], Any]
-) -> Callable[[], Any]:
+def _train_step_fn(spec: BenchmarkSpec, model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     """The trainer's update (``engine.train_step``): AdamW (lr 1e-4, wd 0.05), mean two-head CE."""
     from .engine import BothHeads, TrainParts, train_step
     from .losses import TwoHeadLoss
@@ -488,7 +482,7 @@ def _onnx_runner(spec: BenchmarkSpec, model: nn.Module, x: torch.Tensor, workdir
         if spec.onnx == "int8":
             path = _quantize_int8(path)
             extra["quantize_s"] = time.perf_counter() - start
-        options = _ort_options("all")
+        options = _ort_options()
         options.log_severity_level = 3  # not the note that a saved NCHWc graph is specific to this CPU
         options.optimized_model_filepath = str(path.with_suffix(".opt.onnx"))  # kept: later sessions start faster
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -564,6 +558,7 @@ def compare(
     of one step each, plus one GEMM-peak product per dtype per round (so model and peak see the
     same machine load). With ``agreement_images`` (N, 3, S, S), the top-1 agreement of every
     inference configuration with the first one is measured on them (``extra['top1_agreement']``).
+    The GEMM peak is the median of 3 products per round: the same load as the model's median.
     """
     if not specs:
         raise ConfigError("nothing to benchmark")
@@ -594,7 +589,7 @@ def compare(
                 runner.sync()
                 times[i].append(time.perf_counter() - start)
             for k, (timer, _, _) in gemms.items():
-                gemm_times[k].append(timer())
+                gemm_times[k] += [timer() for _ in range(3)]
         agreement = _agreement(runners, agreement_images) if agreement_images is not None else {}
     return [
         _result(r, times[i], memory[i], gemms, gemm_times, agreement.get(i)) for i, r in enumerate(runners)

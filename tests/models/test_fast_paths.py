@@ -143,6 +143,13 @@ def test_hooks_tracers_and_flop_counter_see_plain_modules():
         model(torch.randn(1, 3, 64, 64))
     handle.remove()
     assert seen
+    bn = model.conv_trans_2.cnn_block.bn2
+    bn.train()  # a BatchNorm left in training mode inside an eval model keeps its batch statistics
+    before = bn.running_mean.clone()
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 64))
+    assert not torch.equal(bn.running_mean, before)
+    bn.eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on the padding branch
         traced = torch.jit.trace(model, torch.randn(1, 3, 64, 64), check_trace=False)

@@ -215,11 +215,12 @@ class Conformer(nn.Module):
 
     Fast paths, on by default and equal to the reference maths to float32 rounding (measured in
     docs/benchmarks.md): fused ``scaled_dot_product_attention``; channels_last activations on the
-    CPU (oneDNN's faster layout, and the token <-> map reshapes become views); in eval mode without
-    gradients, every conv -> BatchNorm (-> add) -> ReLU chain as one convolution with the BatchNorm
-    folded in (weights cached until a parameter changes; ``state_dict`` and training untouched).
-    Tracing (``torch.compile``, ``torch.export``, ONNX export, ``torch.jit.trace``) sees the plain
-    operators. ``set_reference_mode(True)`` turns all of them off.
+    CPU (oneDNN's faster layout, and the token <-> map reshapes become views); FCUDown pooling
+    before its 1x1 convolution (an exact reorder); in eval mode without gradients, every conv ->
+    BatchNorm (-> add) -> ReLU chain as one convolution with the BatchNorm folded in (weights
+    cached until a parameter changes; ``state_dict`` and training untouched). Tracers
+    (``torch.compile``, ``torch.export``, ONNX export, ``torch.jit.trace``) and ``FlopCounterMode``
+    see plain operators. ``set_reference_mode(True)`` turns all of them off.
     """
 
     fast = True  # see set_reference_mode

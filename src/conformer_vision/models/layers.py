@@ -177,13 +177,16 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, t
         return folded.to(conv.weight.dtype), bias.to(conv.weight.dtype)
 
 
-def _has_hooks(*modules: nn.Module | None) -> bool:
-    """Hooks on these modules (or global module hooks) must see them run: no fusion then."""
+def _must_run_modules(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> bool:
+    """True when the modules themselves must run: hooks on them (or global module hooks) must
+    fire, or the BatchNorm is in training mode / has no running statistics to fold."""
     from torch.nn.modules import module as m
 
     if m._global_forward_hooks or m._global_forward_pre_hooks:
         return True
-    return any(mod is not None and (mod._forward_hooks or mod._forward_pre_hooks) for mod in modules)
+    if bn is not None and (bn.training or bn.running_mean is None or bn._forward_hooks or bn._forward_pre_hooks):
+        return True
+    return bool(conv._forward_hooks or conv._forward_pre_hooks)
 
 
 def _folded_params(
@@ -245,9 +248,10 @@ def fused_conv(
     (B, Cout, H', W'): the eval-mode BatchNorm folded into the convolution, and on a float32 CPU
     tensor the residual add and ReLU applied inside oneDNN's convolution (one pass over the
     output instead of three). Equal to the unfused modules to float32 rounding. Falls back to the
-    plain modules when hooks are registered on them, so hooks always fire."""
+    plain modules when hooks are registered on them (so hooks always fire) or when the BatchNorm
+    itself is in training mode."""
     global _MKLDNN_FUSION
-    if _has_hooks(conv, bn):
+    if _must_run_modules(conv, bn):
         y = conv(x) if bn is None else bn(conv(x))
         y = y if residual is None else y + residual
         return F.relu(y) if relu else y
