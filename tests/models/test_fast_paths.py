@@ -180,3 +180,12 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def test_model_built_under_inference_mode_runs_the_fast_path():
+    with torch.inference_mode():
+        model = create_model("conformer_mini_test", num_classes=3).eval()
+        ref = copy.deepcopy(model)
+        ref.set_reference_mode(True)
+        x = torch.randn(1, 3, 64, 64)
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-4, atol=1e-4)

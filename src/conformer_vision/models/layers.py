@@ -202,7 +202,7 @@ def _folded_params(
     sources = [t for t in (conv.weight, conv.bias) if t is not None]
     if bn is not None:
         sources += [t for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var) if t is not None]
-    key = (tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources), channels_last)
+    key = (tuple((t.data_ptr(), _version(t), t.dtype, t.device) for t in sources), channels_last)
     cached = conv.__dict__.get("_folded_cache")
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -215,6 +215,12 @@ def _folded_params(
             weight = weight.contiguous(memory_format=torch.channels_last)
         conv.__dict__["_folded_cache"] = (key, (weight, bias), [t.detach() for t in sources])
     return weight, bias
+
+
+def _version(t: torch.Tensor) -> int:
+    """In-place version counter; inference tensors (a model built under ``torch.inference_mode``)
+    have none and cannot be updated in place outside it, so they count as never changing."""
+    return -1 if t.is_inference() else t._version
 
 
 def clear_folded_cache(module: nn.Module) -> None:
