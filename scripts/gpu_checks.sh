@@ -24,7 +24,7 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 OUT="${OUT:-runs/gpu_checks}"
 NOMINAL_BF16_TFLOPS="${NOMINAL_BF16_TFLOPS:-790}"  # H200 dense bf16 (device tool docs); set for other GPUs
 if [ "${DRY_RUN:-0}" = 1 ]; then
-    DEVICE=cpu; TINY=conformer_mini_test; BASE=conformer_mini_test; SIZE=32; B1=4; B2=2; COMPILE=""; RUNS=1
+    DEVICE=cpu; TINY=conformer_mini_test; BASE=conformer_mini_test; SIZE=32; B1=4; B2=4; COMPILE=""; RUNS=1
     PEAK_N=512; TRAIN_DEVICE=cpu; TRAIN_ARCH=conformer_mini_test; LIMIT=20
 else
     DEVICE=cuda; TINY=conformer_tiny_patch16; BASE=conformer_base_patch16; SIZE=224; B1=128; B2=64
