@@ -8,7 +8,7 @@
 # 4. evaluates the best checkpoint and draws the training curves (curves.png) and confusion matrix.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+[[ ${SKIP_SETUP:-0} == 1 ]] || bash scripts/setup.sh   # SKIP_SETUP=1: already installed
 PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 # One compute thread: on a small CPU shared with the data-loading worker (or other jobs), more

@@ -68,7 +68,7 @@ def final_state(result) -> dict:
 
 def test_run_writes_config_metrics_events_and_self_describing_checkpoints(data: Path, tmp_path: Path) -> None:
     cfg = make_config(data, tmp_path / "run", ckpt_save_every_step=2, ckpt_keep_num=2, best_ckpt_num=1, with_ema=True,
-                      ema_decay=0.5)  # fmt: skip
+                      ema_decay=0.5, dump_graph=True, collect_input_data=True)  # fmt: skip
     result = train(cfg)
     run_dir = tmp_path / "run"
     assert result.status == "completed" and result.exit_code == 0 and result.step == 12
@@ -76,6 +76,7 @@ def test_run_writes_config_metrics_events_and_self_describing_checkpoints(data: 
     assert load_config(run_dir / "config.yaml").to_dict() == cfg.to_dict()
     assert json.loads((run_dir / "class_names.json").read_text()) == ["class0", "class1", "class2"]
     assert list((run_dir / "summary").glob("events.out.tfevents.*"))
+    assert (run_dir / "model.txt").read_text().startswith("conformer_mini_test: ")
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train_lines = [r for r in lines if r["kind"] == "train"]
     val_lines = [r for r in lines if r["kind"] == "val"]

@@ -25,7 +25,7 @@ def test_fashion_mnist_learns(tmp_path: Path) -> None:
         "data_url": str(tmp_path / "fm"), "val_num_samples": 500, "epochs": 6, "batch_size": 32, "eval_every": 6,
         "num_parallel_workers": 0, "ckpt_root_dir": str(tmp_path / "run" / "checkpoints"),
         "best_ckpt_root_dir": str(tmp_path / "run" / "best"), "summary_root_dir": str(tmp_path / "run" / "summary"),
-        "ckpt_save_every_seconds": 0, "device_target": "cpu",
+        "ckpt_save_every_seconds": 0, "device_target": "cpu", "with_ema": False, "collect_input_data": False,
     })  # fmt: skip
     result = train(cfg)
     assert result.step == 6 * 31  # 186 steps of 32 images

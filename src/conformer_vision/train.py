@@ -62,7 +62,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from . import distributed as D
-from .checkpoint import FORMAT, CheckpointManager, build_checkpoint, find_resumable, read_checkpoint, unwrap
+from .checkpoint import FORMAT, CheckpointManager, build_checkpoint, find_resumable, read_checkpoint
 from .config import Config
 from .data import ImageFolderDataset, Preprocess, build_class_list, build_train_transform, set_loader_epoch
 from .engine import BothHeads, StepRecord, TrainParts, evaluate, train_one_epoch
@@ -381,10 +381,9 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.ema = self._build_ema(resume)
-        module: nn.Module = BothHeads(model)
-        if cfg.compile:
+        module = D.wrap_ddp(BothHeads(model), device)
+        if cfg.compile:  # after DDP, as torch recommends (graph breaks at the gradient buckets)
             module = torch.compile(module)  # type: ignore[assignment]
-        module = D.wrap_ddp(module, device)
         spe = self.data.steps_per_epoch
         optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.base_lr, weight_decay=cfg.weight_decay,
                                     betas=tuple(cfg.beta), eps=cfg.eps, momentum=cfg.momentum)  # type: ignore[arg-type]
@@ -527,6 +526,10 @@ class Trainer:
     def _epoch_end(self, epoch: int) -> None:
         cfg = self.cfg
         last = epoch + 1 == cfg.epochs
+        dataset = self.data.train_loader.dataset
+        if dataset.bad_files:  # each was logged when met; this is the running count
+            log.warning("epoch %d: %d unreadable training image(s) skipped so far (budget %d)", epoch + 1,
+                        len(dataset.bad_files), dataset.bad_budget)  # fmt: skip
         if (epoch + 1) % cfg.eval_every == 0 or last:
             kw = dict(device=self.device, num_classes=len(self.data.class_names), amp_dtype=cfg.amp_dtype,
                       channels_last=cfg.channels_last)  # fmt: skip
