@@ -374,7 +374,8 @@ class Trainer:
                                   f"{self.data.class_names[:5]}...: the data folder changed since the checkpoint")
         model = build_model(cfg, len(self.data.class_names)).to(device)
         if resume is not None:
-            load_state_dict_strict(model, resume["model"], source="checkpoint", allow_new_heads=False)
+            source = f"the checkpoint (arch {resume.get('arch')})"
+            load_state_dict_strict(model, resume["model"], source=source, allow_new_heads=False)
         if cfg.sync_bn and (self.info.enabled or device.type != "cuda"):
             model = D.convert_sync_batchnorm(model, device)
         if cfg.channels_last:
@@ -615,7 +616,12 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device) -> TrainResult:
     if resume is None and cfg.pretrained and not cfg.exclude_epoch_state:
         resume = _pretrained_state(cfg)
     run = Trainer(cfg, info, device, manager, faults)
-    run.setup(resume)
+    try:
+        run.setup(resume)
+    except CheckpointError as e:
+        if resume_path is None:
+            raise
+        raise CheckpointError(f"cannot resume from {resume_path}: {e}") from None
     if resume_path is not None:
         log.info("resumed from %s", resume_path)
     run.log = RunLog(run_dir_of(cfg), Path(cfg.summary_root_dir), enabled=info.is_main,
