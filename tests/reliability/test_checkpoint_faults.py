@@ -197,7 +197,8 @@ def test_7_weights_of_another_architecture_are_a_strict_error_naming_keys_and_fi
     fits = f"{tiny_weights['state_dict']} does not fit conformer_mini_test"
     assert_user_error(result, fits, "mis-shaped keys", holds)
     result = conformer_inprocess(*train_args(dataset, tmp_path / "r2", checkpoint=tiny_weights["checkpoint"]))
-    assert_user_error(result, "does not fit conformer_mini_test", "mis-shaped keys", holds)
+    stored = f"cannot resume from {tiny_weights['checkpoint']}: the checkpoint (arch conformer_tiny_patch16)"
+    assert_user_error(result, f"{stored} does not fit conformer_mini_test", "mis-shaped keys", holds)
     image = tmp_path / "photo.png"
     noise_image(0).save(image)
     mini = tmp_path / "mini_state_dict.pt"
@@ -220,4 +221,5 @@ def test_7_resuming_with_another_class_list_is_refused(dataset, reference_run, t
                 noise_image(k).save(data / split / name / f"{k}.png")
     run = copy_run(reference_run, tmp_path / "run")
     result = conformer_inprocess(*train_args(data, run, num_classes=3, checkpoint="auto"))
-    assert_user_error(result, "the checkpoint's classes ['cat', 'dog']... differ from the data's ['ant', 'bee', 'cow']")
+    assert_user_error(result, f"cannot resume from {checkpoints(run)[-1]}: the checkpoint's classes ['cat', 'dog']... "
+                      "differ from the data's ['ant', 'bee', 'cow']")  # fmt: skip

@@ -72,6 +72,7 @@ def test_8_to_12_training_on_dirty_data_skips_and_counts_bad_files(dirty_data, r
     for kind, reason in reasons.items():
         assert f"skipping unreadable image {dirty_data.bad[kind]}: {reason}" in log, kind
     assert f"skipping {dirty_data.bad['directory']}: has an image name but is not a file" in log
+    assert "epoch 1: 5 unreadable training image(s) skipped so far (budget 6)" in log
     # 9: Pillow's pixel limit is never raised or disabled.
     assert f"MAX_IMAGE_PIXELS {Image.MAX_IMAGE_PIXELS}" in result.stdout and Image.MAX_IMAGE_PIXELS == 89478485
     # 10: the odd modes are read, not skipped.
