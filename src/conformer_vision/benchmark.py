@@ -12,15 +12,16 @@ What one step is:
 * ``infer``, eager/compile: ``model(x)`` under ``torch.inference_mode()`` (and autocast), the call
   a user writes. ``reference_mode`` = ``Conformer.set_reference_mode(True)``: explicit attention,
   NCHW, no BatchNorm folding or fused convolutions; the default uses every fast path.
-* ``infer``, onnxruntime: ``session.run`` on the exported graph (``ONNX_VARIANTS``: plain = the
-  graph and a default session; tuned = ORT_ENABLE_ALL, intra-op threads = ``threads``, optimised
-  graph saved and reloaded; int8 = ``onnxruntime.quantization.quantize_dynamic`` of the MatMuls).
+* ``infer``, onnxruntime: ``session.run`` (``ONNX_VARIANTS``): 'plain' = ``torch.onnx.export`` of
+  the reference-mode network in a default session; 'tuned' = this project's export of the default
+  network (``export.export_model``) in a session with ORT_ENABLE_ALL and intra-op threads =
+  ``threads``; 'int8' = the tuned graph after ``onnxruntime.quantization.quantize_dynamic``.
 * ``train``: ``engine.train_step``, the trainer's own update: autocast ``forward_heads``, the
   two-head cross-entropy (mean of the heads), backward, global grad norm, AdamW step.
 
 GFLOPs are counted by ``torch.utils.flop_counter`` (a multiply-add = 2 FLOPs; convolutions and
-matrix products only, attention included: the count runs the explicit attention) on the meta device: the forward pass for ``infer``, forward + backward for
-``train``. The GEMM peak is measured in the same process: ``torch.mm`` of two 2048x2048 matrices
+matrix products only, attention included) on the meta device for the reference-mode network: the
+forward pass for ``infer``, forward + backward for ``train``. The GEMM peak is measured in the same process: ``torch.mm`` of two 2048x2048 matrices
 in the step's dtype (8192 on a GPU), or an onnxruntime ``MatMul`` (fp32) / ``MatMulInteger``
 (int8) graph built with ``onnx.helper``; ``peak_fraction`` = achieved model GFLOP/s / that peak.
 
@@ -35,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import resource
 import statistics
 import tempfile
@@ -57,8 +57,6 @@ __all__ = [
     "run_benchmark", "compare", "gemm_peak", "count_gflops", "format_result", "format_comparison", "parse_preset",
     "fashion_mnist_batch", "export_onnx",
 ]  # fmt: skip
-
-log = logging.getLogger("conformer_vision.benchmark")
 
 MODES = ("infer", "train")
 BACKENDS = ("eager", "compile", "onnxruntime")
@@ -424,8 +422,8 @@ def _train_step_fn(spec: BenchmarkSpec, model: nn.Module, x: torch.Tensor) -> Ca
 
 def export_onnx(model: nn.Module, path: Path) -> Path:
     """``model`` -> ONNX at ``path`` through the project's exporter (``export.export_model`` from a
-    temporary checkpoint, legacy TorchScript exporter: the graph is the same, the export is ~10x
-    faster than the dynamo exporter), without its self-check (the export tests cover it)."""
+    temporary checkpoint, with the TorchScript exporter: as fast a graph as the dynamo exporter's,
+    exported ~10x faster), without its self-check (the export tests cover it)."""
     from .checkpoint import build_checkpoint
     from .export import export_model
     from .serialization import atomic_save
@@ -482,10 +480,7 @@ def _onnx_runner(spec: BenchmarkSpec, model: nn.Module, x: torch.Tensor, workdir
         if spec.onnx == "int8":
             path = _quantize_int8(path)
             extra["quantize_s"] = time.perf_counter() - start
-        options = _ort_options()
-        options.log_severity_level = 3  # not the note that a saved NCHWc graph is specific to this CPU
-        options.optimized_model_filepath = str(path.with_suffix(".opt.onnx"))  # kept: later sessions start faster
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), _ort_options(), providers=["CPUExecutionProvider"])
     extra["session_s"] = time.perf_counter() - start
     name = session.get_inputs()[0].name
     feed = {name: x.numpy()}
@@ -554,11 +549,10 @@ def compare(
     workdir: str | Path | None = None,
 ) -> list[BenchmarkResult]:
     """Time ``specs`` side by side in this process: build all (compile/export timed), run each
-    ``max(warmup, 1)`` untimed steps (the first one's peak memory is measured), then ``runs`` interleaved rounds
-    of one step each, plus one GEMM-peak product per dtype per round (so model and peak see the
-    same machine load). With ``agreement_images`` (N, 3, S, S), the top-1 agreement of every
+    ``max(warmup, 1)`` untimed steps (the first one's peak memory is measured), then ``runs``
+    interleaved rounds of one step each, plus three GEMM-peak products per dtype per round (so model
+    and peak see the same machine load). With ``agreement_images`` (N, 3, S, S), the top-1 agreement of every
     inference configuration with the first one is measured on them (``extra['top1_agreement']``).
-    The GEMM peak is the median of 3 products per round: the same load as the model's median.
     """
     if not specs:
         raise ConfigError("nothing to benchmark")
