@@ -198,29 +198,33 @@ def _folded_params(
     in-place update: optimizer steps, ``load_state_dict``, BatchNorm statistics in training), and
     the cache holds aliases of the sources, so a freed storage cannot be reused at the same
     address while its key is alive. The cache is a plain attribute: ``state_dict`` never sees it.
+    Inference tensors (a model built under ``torch.inference_mode``) have no version counter, so
+    for them nothing is cached: the fold is recomputed on every call (still correct, a little slower).
     """
     sources = [t for t in (conv.weight, conv.bias) if t is not None]
     if bn is not None:
         sources += [t for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var) if t is not None]
-    key = (tuple((t.data_ptr(), _version(t), t.dtype, t.device) for t in sources), channels_last)
+    if any(t.is_inference() for t in sources):
+        return _fold(conv, bn, channels_last)
+    key = (tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources), channels_last)
     cached = conv.__dict__.get("_folded_cache")
     if cached is not None and cached[0] == key:
         return cached[1]
-    with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, usable outside inference mode
+    with torch.inference_mode(False):  # ordinary tensors, usable outside inference mode
+        folded = _fold(conv, bn, channels_last)
+        conv.__dict__["_folded_cache"] = (key, folded, [t.detach() for t in sources])
+    return folded
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    with torch.no_grad():
         if bn is None:
             weight, bias = conv.weight.detach().clone(), None if conv.bias is None else conv.bias.detach()
         else:
             weight, bias = fold_batchnorm(conv, bn)
         if channels_last:
             weight = weight.contiguous(memory_format=torch.channels_last)
-        conv.__dict__["_folded_cache"] = (key, (weight, bias), [t.detach() for t in sources])
     return weight, bias
-
-
-def _version(t: torch.Tensor) -> int:
-    """In-place version counter; inference tensors (a model built under ``torch.inference_mode``)
-    have none and cannot be updated in place outside it, so they count as never changing."""
-    return -1 if t.is_inference() else t._version
 
 
 def clear_folded_cache(module: nn.Module) -> None:
