@@ -2,8 +2,8 @@
 test_export): a small Fashion-MNIST ImageFolder, photos written with Pillow's real encoders in the
 odd modes, a conformer_mini_test checkpoint trained for a few SGD steps, and its ONNX export.
 
-Each test module loads this file under one module name (``MODULE_NAME``, via ``sys.modules``), so
-the ``functools.cache``d artifacts are built once per session whichever modules run.
+Test modules ``import inference_testlib`` (pytest puts tests/ on the path), so the
+``functools.cache``d artifacts are built once per session whichever modules run.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-MODULE_NAME = "conformer_vision_inference_testlib"
 REPO = Path(__file__).resolve().parents[1]
 PER_CLASS = 6  # Fashion-MNIST images per class and split
 SIZE = 32  # side of the prepared images and the checkpoint's input size

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import onnx
@@ -20,17 +18,7 @@ from conformer_vision.models import create_model
 from conformer_vision.runtime import open_predictor
 
 
-def _testlib():
-    """tests/inference_testlib.py, loaded once per session under one name (shared cached artifacts)."""
-    name = "conformer_vision_inference_testlib"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("inference_testlib.py"))
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return sys.modules[name]
-
-
-T = _testlib()
+import inference_testlib as T  # tests/inference_testlib.py (pytest pythonpath: tests)
 
 
 @pytest.fixture(autouse=True)

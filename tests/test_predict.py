@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,17 +15,7 @@ from conformer_vision.predict import collect_images, predict_paths, predictions_
 from conformer_vision.runtime import open_predictor
 
 
-def _testlib():
-    """tests/inference_testlib.py, loaded once per session under one name (shared cached artifacts)."""
-    name = "conformer_vision_inference_testlib"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("inference_testlib.py"))
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return sys.modules[name]
-
-
-T = _testlib()
+import inference_testlib as T  # tests/inference_testlib.py (pytest pythonpath: tests)
 
 
 @pytest.fixture(autouse=True)
