@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import load_model
+from .checkpoint import FORMAT, VERSION, load_model
 from .data.transforms import Preprocess
 from .errors import ConfigError, ConformerError
 from .runtime import ONNX_INPUT, ONNX_OUTPUTS, OnnxPredictor, TorchPredictor, default_preprocess
@@ -88,7 +88,7 @@ def export_metadata(
 ) -> dict[str, Any]:
     """What an exported file says about itself (plain JSON values)."""
     return {
-        "format": "conformer-vision", "version": 1, "arch": arch, "model_args": model.args.to_dict(),
+        "format": FORMAT, "version": VERSION, "arch": arch, "model_args": model.args.to_dict(),
         "class_names": class_names, "preprocess": preprocess.to_dict(), "outputs": list(ONNX_OUTPUTS),
     }  # fmt: skip
 

@@ -247,7 +247,9 @@ class OnnxPredictor(_Base):
 
 def read_onnx_metadata(props: Mapping[str, str]) -> dict[str, Any]:
     """Our ONNX ``metadata_props`` (JSON strings) decoded; {} for a file without them."""
-    if props.get("format") != json.dumps("conformer-vision"):
+    from .checkpoint import FORMAT  # lazy: keeps the ONNX-only path free of the model code
+
+    if props.get("format") != json.dumps(FORMAT):
         return {}
     out: dict[str, Any] = {}
     for key in ONNX_METADATA_KEYS:
