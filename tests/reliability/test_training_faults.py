@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -132,10 +133,11 @@ def test_2_sigterm_to_one_rank_of_torchrun_stops_all_ranks_at_the_same_step(data
     log.seek(0)
     output = log.read()
     assert rc != 0, output[-3000:]
-    stops = [line for line in output.splitlines() if line.startswith("training stopped at step")]
+    # both ranks print to one pipe, so their lines can interleave without a newline between them
+    stops = [int(s) for s in re.findall(r"training stopped at step (\d+);", output)]
     assert len(stops) == 2, output[-3000:]  # one line per rank
-    step = int(stops[0].split()[4].rstrip(";"))
-    assert all(int(s.split()[4].rstrip(";")) == step for s in stops), stops
+    step = stops[0]
+    assert all(s == step for s in stops), stops
     assert step < 18, "the run finished before the signal arrived"
     newest = checkpoints(run)[-1]
     assert step_of(newest) == step and read_checkpoint(newest)["train_state"]["step"] == step
