@@ -38,6 +38,38 @@ def test_optimizers(model) -> None:
     assert [g["weight_decay"] for g in sgd.param_groups] == [1e-4, 0.0]
 
 
+def test_fused_kernels_match_the_loop_and_honour_the_grad_scaler() -> None:
+    """The fused AdamW/SGD the trainer uses give the loop implementation's update, and under a
+    GradScaler skip the step on non-finite gradients like it."""
+    for name in ("adamw", "sgd"):
+        nets = [create_model("conformer_mini_test", num_classes=4) for _ in range(2)]
+        nets[1].load_state_dict(nets[0].state_dict())
+        fused = build_optimizer(nets[0], name, lr=1e-2, weight_decay=0.05)
+        assert fused.defaults["fused"] is True
+        extra = {"momentum": 0.9} if name == "sgd" else {}
+        loop = type(fused)(param_groups(nets[1], 0.05), lr=1e-2, fused=False, **extra)
+        for step in range(3):
+            g = torch.Generator().manual_seed(step)
+            for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+                a.grad = torch.randn(a.shape, generator=g)
+                b.grad = a.grad.clone()
+            fused.step()
+            loop.step()
+        for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+        before = [p.detach().clone() for p in nets[0].parameters()]
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        scaler.scale(torch.ones(()))
+        for p in nets[0].parameters():
+            p.grad = torch.full_like(p, float("inf"))
+        scaler.unscale_(fused)
+        scaler.step(fused)
+        scaler.update()
+        assert all(torch.equal(a, b) for a, b in zip(before, nets[0].parameters()))
+        assert scaler.get_scale() == 512.0
+
+
 def lr_at(name: str, steps: list[int], **kwargs) -> list[float]:
     """The learning rate used by the update at each global step (0-based) of a 10-epoch run with
     10 steps per epoch, 2 warm-up epochs from 1e-4 to base 1e-2."""

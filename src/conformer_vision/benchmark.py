@@ -401,7 +401,9 @@ def _torch_runner(spec: BenchmarkSpec, model: nn.Module, x: torch.Tensor) -> _Ru
 
 
 def _train_step_fn(spec: BenchmarkSpec, model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
-    """The trainer's update (``engine.train_step``): AdamW (lr 1e-4, wd 0.05), mean two-head CE."""
+    """The trainer's update (``engine.train_step``): AdamW (lr 1e-4, wd 0.05), mean two-head CE.
+    Reference mode uses PyTorch's default AdamW (a per-tensor loop on the CPU), the rest the
+    trainer's fused one."""
     from .engine import BothHeads, TrainParts, train_step
     from .losses import TwoHeadLoss
     from .optim import build_optimizer
@@ -413,7 +415,7 @@ def _train_step_fn(spec: BenchmarkSpec, model: nn.Module, x: torch.Tensor) -> Ca
     scaler = torch.amp.GradScaler(x.device.type) if spec.amp == "fp16" else None
     parts = TrainParts(
         model=net, criterion=TwoHeadLoss(nn.CrossEntropyLoss()), scheduler=None, device=x.device,
-        optimizer=build_optimizer(model, "adamw", lr=1e-4, weight_decay=0.05),
+        optimizer=build_optimizer(model, "adamw", lr=1e-4, weight_decay=0.05, fused=not spec.reference_mode),
         amp_dtype=AMP_LEVELS[spec.amp], scaler=scaler,
     )  # fmt: skip
     target = torch.randint(0, spec.num_classes, (x.shape[0],), generator=torch.Generator().manual_seed(0)).to(x.device)
