@@ -15,6 +15,7 @@ itself, so eval, predict and export rebuild the model from the file alone:
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import re
@@ -192,6 +193,21 @@ class CheckpointManager:
         for _, old in self.best_files()[self.best_keep :]:
             old.unlink(missing_ok=True)
         return path
+
+    def remove_partial_writes(self) -> list[Path]:
+        """Delete the hidden temporary files (``.<prefix>_...pt.XXXX.tmp``, see ``atomic_save``) that
+        a run killed in the middle of a checkpoint write left in this run's folders; they are never
+        complete checkpoints. Returns the removed paths."""
+        if not self.enabled:
+            return []
+        removed = []
+        for folder in dict.fromkeys((self.ckpt_dir, self.best_dir)):
+            for tmp in folder.glob(f".{glob.escape(self.prefix)}_*.pt.*.tmp") if folder.is_dir() else []:
+                size = tmp.stat().st_size
+                tmp.unlink(missing_ok=True)
+                log.info("removed %s (%.1f MB): a checkpoint write an earlier run did not finish", tmp, size / 1e6)
+                removed.append(tmp)
+        return removed
 
     def latest_files(self) -> list[Path]:
         """This run's rotating checkpoints, oldest first (by step in the name)."""

@@ -612,6 +612,7 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device) -> TrainResult:
                                 keep=cfg.ckpt_keep_num, best_keep=cfg.best_ckpt_num, every_steps=cfg.ckpt_save_every_step,
                                 every_seconds=cfg.ckpt_save_every_seconds, enabled=info.is_main)  # fmt: skip
     resume, resume_path = find_start(cfg, manager)
+    manager.remove_partial_writes()
     prepare_output(cfg, resuming=resume is not None, is_main=info.is_main)
     if resume is None and cfg.pretrained and not cfg.exclude_epoch_state:
         resume = _pretrained_state(cfg)

@@ -65,6 +65,7 @@ def test_3_kill_while_a_checkpoint_is_written_keeps_the_previous_one_and_resume_
     resumed = conformer(*command)
     assert resumed.rc == 0, resumed.output[-3000:]
     assert f"resumed from {run / 'checkpoints' / checkpoints(reference_run)[2].name}" in resumed.stderr
+    assert f"removed {temp[0]}" in resumed.stderr and not temp[0].exists()  # the half write is cleaned up
     assert_same_weights(load(checkpoints(run)[-1]), load(checkpoints(reference_run)[-1]))
 
 
