@@ -186,6 +186,29 @@ def test_13_a_real_divergence_is_skipped_without_poisoning_batchnorm_then_stops(
     assert_same_weights(left[1], left[0])
 
 
+def test_13_fp16_overflows_are_the_dynamic_scalers_to_handle_but_stop_a_static_scale(dataset, tmp_path):
+    """fp16 autocast with a loss scale of 2**40: every scaled gradient overflows float16. With dynamic
+    scaling the scaler skips each step and halves the scale; those skips are counted, never fatal,
+    and change no weight. With the same scale fixed, the overflows are a divergence: the run stops
+    after ``max_nonfinite_steps`` in a row with a clear error."""
+    fp16 = dict(amp_level="O1", loss_scale=2.0**40, max_nonfinite_steps=2, use_clip_grad_norm="false")
+    run = tmp_path / "dynamic"
+    result = conformer(*train_args(dataset, run, is_dynamic_loss_scale="true", **fp16))
+    assert result.rc == 0, result.output[-3000:]
+    assert "training diverged" not in result.stderr
+    left = [load(p) for p in checkpoints(run)]
+    assert [c["train_state"]["step"] for c in left] == list(range(1, 7))
+    assert [c["train_state"]["skipped_steps"] for c in left] == list(range(1, 7))
+    assert [c["train_state"]["scaler"]["scale"] for c in left] == [2.0 ** (40 - k) for k in range(1, 7)]
+    for ckpt in left:
+        assert_all_finite(ckpt)
+        assert_same_weights(ckpt, left[0])
+
+    result = conformer(*train_args(dataset, tmp_path / "static", is_dynamic_loss_scale="false", **fp16))
+    assert_user_error(result, "training diverged: 2 consecutive steps with a non-finite loss or gradients")
+    assert "step 1: non-finite gradients, update skipped (1 in a row, limit 2)" in result.stderr
+
+
 def test_15_a_directory_holding_a_run_is_refused_without_resume_or_overwrite(dataset, reference_run, tmp_path):
     run = copy_run(reference_run, tmp_path / "run")
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
