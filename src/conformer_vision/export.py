@@ -25,6 +25,14 @@ ONNX exporter: ``exporter='dynamo'`` (``torch.onnx.export(dynamo=True)``, the de
 ``'torchscript'`` (the legacy tracer with ``dynamic_axes``; faster to run the export, deprecated by
 PyTorch); ``'auto'`` tries dynamo and falls back to the tracer if dynamo fails. Both give graphs with
 dynamic batch and spatial size that match PyTorch to ~1e-7 relative.
+
+int8 ONNX (``quantize='int8_dynamic'`` or ``'int8_static'``, see ``quantize``): the float graph is
+exported as above, then quantised by onnxruntime's tools (static: calibrated on ``calibration``
+images preprocessed with the export's own ``Preprocess``). Its self-check cannot hold int8 to the
+float tolerance: it reports top-1 agreement and the largest logit difference against the float
+PyTorch model (on the seeded inputs plus up to 16 calibration images) and fails only on a gross
+mismatch: non-finite output, a logit off by more than ``QUANT_MAX_REL`` of the logit scale, a top-1
+flipped where the reference's top-2 margin exceeds that, or agreement below ``QUANT_MIN_AGREEMENT``.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from torch import nn
 from .checkpoint import FORMAT, VERSION, load_model
 from .data.transforms import Preprocess
 from .errors import ConfigError, ConformerError
+from .quantize import DEFAULT_CALIBRATION_SIZE, QUANTIZE_MODES, calibration_files, calibration_images, quantize_onnx
 from .runtime import ONNX_INPUT, ONNX_OUTPUTS, OnnxPredictor, TorchPredictor, default_preprocess
 
 __all__ = [
@@ -61,6 +70,9 @@ FILE_FORMATS = {
 }  # fmt: skip
 EXTRA_FILE = "conformer_vision.json"  # metadata inside TorchScript and .pt2 archives
 RTOL = 1e-4
+QUANT_MAX_REL = 0.25  # int8 self-check: a logit off by more than this x logit scale is a gross mismatch
+QUANT_MIN_AGREEMENT = 0.5  # ... and so is top-1 agreement below this (with >= 10 inputs)
+QUANT_CHECK_IMAGES = 16  # calibration images the int8 self-check adds to the seeded inputs
 
 
 class ExportWrapper(nn.Module):
@@ -109,12 +121,18 @@ def export_model(
     use_ema: bool = False,
     preprocess: Preprocess | None = None,
     exporter: str = "dynamo",
+    quantize: str = "none",
+    calibration: str | Path | None = None,
+    calibration_size: int = DEFAULT_CALIBRATION_SIZE,
 ) -> Path:
     """Export the model in ``checkpoint`` (anything ``checkpoint.load_model`` reads; foreign files need
     ``arch``) to ``file_format`` at ``output`` (default ``default_output``; a name without a suffix
-    gets the format's). ``preprocess`` is used only when the file records none. Returns the path."""
+    gets the format's). ``preprocess`` is used only when the file records none. ONNX only:
+    ``quantize`` 'int8_dynamic' or 'int8_static' (the latter calibrated on up to ``calibration_size``
+    images of the folder ``calibration``). Returns the path."""
     return export_with_report(checkpoint, arch, file_format, output, opset, check, use_ema=use_ema,
-                              preprocess=preprocess, exporter=exporter)[0]  # fmt: skip
+                              preprocess=preprocess, exporter=exporter, quantize=quantize, calibration=calibration,
+                              calibration_size=calibration_size)[0]  # fmt: skip
 
 
 def export_with_report(
@@ -128,6 +146,9 @@ def export_with_report(
     use_ema: bool = False,
     preprocess: Preprocess | None = None,
     exporter: str = "dynamo",
+    quantize: str = "none",
+    calibration: str | Path | None = None,
+    calibration_size: int = DEFAULT_CALIBRATION_SIZE,
 ) -> tuple[Path, dict[str, Any] | None]:
     """``export_model`` that also returns the self-check figures (``check_export``; None unchecked)."""
     fmt = file_format.upper()
@@ -135,6 +156,7 @@ def export_with_report(
         raise ConfigError(f"file_format must be one of {', '.join(FILE_FORMATS)}, got {file_format!r}")
     if exporter not in ("dynamo", "torchscript", "auto"):
         raise ConfigError(f"exporter must be dynamo, torchscript or auto, got {exporter!r}")
+    _check_quantize_options(fmt, quantize, calibration, calibration_size)
     try:
         loaded = load_model(checkpoint, arch=arch, use_ema=use_ema)
     except ValueError as e:  # unknown arch name
@@ -145,6 +167,7 @@ def export_with_report(
     out = Path(output) if output is not None else default_output(arch or loaded.arch, fmt)
     if not out.suffix:
         out = out.with_name(out.name + FILE_FORMATS[fmt])
+    images = calibration_images(calibration, pre, calibration_size) if quantize == "int8_static" else None
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = {"ONNX": _write_onnx, "TORCHSCRIPT": _write_torchscript,
               "EXPORTED_PROGRAM": _write_exported_program, "SAFETENSORS": _write_safetensors}[fmt]  # fmt: skip
@@ -152,11 +175,18 @@ def export_with_report(
     # name), checked there, then moved into place: a reader never sees an unchecked file.
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as folder:
         tmp = Path(folder) / out.name
-        writer(model, meta, pre, tmp, opset=opset, exporter=exporter)
+        if quantize == "none":
+            writer(model, meta, pre, tmp, opset=opset, exporter=exporter)
+        else:
+            float_path = Path(folder) / f"float.{out.name}"
+            writer(model, meta, pre, float_path, opset=opset, exporter=exporter)
+            quantize_onnx(float_path, tmp, quantize, images)
+            float_path.unlink()
         report = None
         if check:
             try:
-                report = check_export(tmp, fmt, model, pre)
+                report = check_export(tmp, fmt, model, pre, quantized=quantize != "none",
+                                      images=None if images is None else images[:QUANT_CHECK_IMAGES])  # fmt: skip
             except BaseException:
                 failed = out.with_name(out.name + ".failed")
                 os.replace(tmp, failed)
@@ -165,6 +195,23 @@ def export_with_report(
             log.info("export check passed: %s", report)
         os.replace(tmp, out)
     return out, report
+
+
+def _check_quantize_options(fmt: str, quantize: str, calibration: str | Path | None, calibration_size: int) -> None:
+    """Usage errors of the int8 options, before anything is loaded or exported."""
+    if quantize not in QUANTIZE_MODES:
+        raise ConfigError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
+    if quantize != "none" and fmt != "ONNX":
+        raise ConfigError(f"--quantize {quantize} applies to ONNX exports only, not --file_format {fmt}; "
+                          "use --file_format ONNX or drop --quantize")  # fmt: skip
+    if quantize == "int8_static" and calibration is None:
+        raise ConfigError("--quantize int8_static needs calibration images: pass --calibration DIR (a folder or "
+                          "ImageFolder tree of images like the ones the model will see), or use --quantize "
+                          "int8_dynamic, which needs none")  # fmt: skip
+    if calibration is not None and quantize != "int8_static":
+        raise ConfigError(f"--calibration is used only with --quantize int8_static (got --quantize {quantize})")
+    if quantize == "int8_static":
+        calibration_files(calibration, calibration_size)  # an empty or missing folder fails here, not after export
 
 
 TRACE_SHAPE = (2, 3, 224, 192)
@@ -297,37 +344,84 @@ def _check_inputs(pre: Preprocess, patch: int, fmt: str) -> list[torch.Tensor]:
 
 
 def check_export(
-    path: str | Path, file_format: str, model: nn.Module, preprocess: Preprocess, rtol: float = RTOL
+    path: str | Path,
+    file_format: str,
+    model: nn.Module,
+    preprocess: Preprocess,
+    rtol: float = RTOL,
+    *,
+    quantized: bool = False,
+    images: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Compare an exported file with ``model`` (eval mode, fp32) on seeded inputs.
 
     Returns {'max_abs_diff', 'max_rel_diff', 'top1_agree', 'inputs'}; raises ConformerError on a
-    mismatch (module docstring). ONNX files also pass ``onnx.checker.check_model`` first.
+    mismatch (module docstring). ONNX files also pass ``onnx.checker.check_model`` first. With
+    ``quantized`` (an int8 ONNX file) only gross mismatches fail, and ``images`` (N, 3, H, W), real
+    preprocessed images, are checked too (the report's 'images' is their count).
     """
     path, fmt = Path(path), file_format.upper()
     reference = TorchPredictor(model, "cpu", preprocess=preprocess)
     run = _runner(path, fmt)
-    worst_abs, worst_rel, agree, total, shapes = 0.0, 0.0, 0, 0, []
-    for x in _check_inputs(preprocess, int(model.patch_size), fmt):
-        ref_conv, ref_trans = reference.heads(x)
-        ref = ref_conv + ref_trans  # (B, K)
-        outs = run(x)  # (fused, conv, trans)
-        scale = max(float(ref.abs().max()), 1e-6)
-        diff = max(float((o - r).abs().max()) for o, r in zip(outs, (ref, ref_conv, ref_trans)))
-        top2 = ref.topk(min(2, ref.shape[1]), dim=1).values
-        margin = top2[:, 0] - top2[:, -1] if ref.shape[1] > 1 else torch.full((ref.shape[0],), float("inf"))
-        decided = margin > 2 * rtol * scale
-        same = outs[0].argmax(1) == ref.argmax(1)
-        worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, diff / scale)
-        agree, total = agree + int(same.sum()), total + ref.shape[0]
-        shapes.append(list(x.shape))
-        if diff > rtol * scale or bool((decided & ~same).any()):
+    inputs = _check_inputs(preprocess, int(model.patch_size), fmt)
+    if quantized and images is not None and len(images):
+        inputs.append(images)
+    worst_abs, worst_rel, agree, total = 0.0, 0.0, 0, 0
+    for x in inputs:
+        c = _compare_outputs(x, reference, run)
+        worst_abs, worst_rel = max(worst_abs, c["diff"]), max(worst_rel, c["diff"] / c["scale"])
+        agree, total = agree + int(c["same"].sum()), total + len(c["same"])
+        fail = _quantized_failure(c) if quantized else _float_failure(c, rtol)
+        if fail:
             raise ConformerError(
-                f"{fmt} export of {path.name} does not match PyTorch on input {list(x.shape)}: max |diff| "
-                f"{diff:.3g} (logit scale {scale:.3g}, allowed {rtol:g} x scale), top-1 agreement "
-                f"{int(same.sum())}/{ref.shape[0]}"
+                f"{fmt}{' int8' if quantized else ''} export of {path.name} does not match PyTorch on input "
+                f"{list(x.shape)}: {fail}; max |diff| {c['diff']:.3g} (logit scale {c['scale']:.3g}), top-1 "
+                f"agreement {int(c['same'].sum())}/{len(c['same'])}"
             )
-    return {"max_abs_diff": worst_abs, "max_rel_diff": worst_rel, "top1_agree": f"{agree}/{total}", "inputs": shapes}
+    if quantized and total >= 10 and agree < QUANT_MIN_AGREEMENT * total:
+        raise ConformerError(f"{fmt} int8 export of {path.name}: top-1 agreement with the float model only "
+                             f"{agree}/{total} (< {QUANT_MIN_AGREEMENT:.0%}); the quantisation failed")  # fmt: skip
+    report = {"max_abs_diff": worst_abs, "max_rel_diff": worst_rel, "top1_agree": f"{agree}/{total}",
+              "inputs": [list(x.shape) for x in inputs]}  # fmt: skip
+    if quantized:
+        report.update(quantized=True, images=0 if images is None else len(images))
+    return report
+
+
+def _compare_outputs(x: torch.Tensor, reference: TorchPredictor, run: Any) -> dict[str, Any]:
+    """Figures of one input: 'diff' (largest |logit diff| over the three outputs), 'scale' (largest
+    |fused logit| of the reference), 'margin' (reference top-2 margin, (B,)), 'same' (top-1 equal,
+    (B,) bool), 'finite' (every output finite)."""
+    ref_conv, ref_trans = reference.heads(x)
+    ref = ref_conv + ref_trans  # (B, K)
+    outs = run(x)  # (fused, conv, trans)
+    top2 = ref.topk(min(2, ref.shape[1]), dim=1).values
+    margin = top2[:, 0] - top2[:, -1] if ref.shape[1] > 1 else torch.full((ref.shape[0],), float("inf"))
+    return {
+        "diff": max(float((o - r).abs().max()) for o, r in zip(outs, (ref, ref_conv, ref_trans))),
+        "scale": max(float(ref.abs().max()), 1e-6), "margin": margin, "same": outs[0].argmax(1) == ref.argmax(1),
+        "finite": all(bool(torch.isfinite(o).all()) for o in outs),
+    }  # fmt: skip
+
+
+def _float_failure(c: dict[str, Any], rtol: float) -> str | None:
+    """Float exports: logits within ``rtol`` x scale, top-1 equal wherever the margin exceeds 2 x that."""
+    if not c["finite"] or c["diff"] > rtol * c["scale"]:
+        return f"logits differ by more than {rtol:g} x the logit scale"
+    if bool(((c["margin"] > 2 * rtol * c["scale"]) & ~c["same"]).any()):
+        return "top-1 differs on a clearly decided input"
+    return None
+
+
+def _quantized_failure(c: dict[str, Any]) -> str | None:
+    """int8 exports: only gross mismatches (module docstring)."""
+    if not c["finite"]:
+        return "non-finite output"
+    if c["diff"] > QUANT_MAX_REL * c["scale"]:
+        return f"int8 logits differ by more than {QUANT_MAX_REL:g} x the logit scale"
+    if bool(((c["margin"] > QUANT_MAX_REL * c["scale"]) & ~c["same"]).any()):
+        return f"top-1 flipped where the float model's top-2 margin exceeds {QUANT_MAX_REL:g} x the logit scale"
+    return None
 
 
 def _runner(path: Path, fmt: str) -> Any:
