@@ -19,16 +19,19 @@ FIELDS = ["images/s", "latency/batch", "peak memory", "parameters", "GFLOPs/imag
 
 def test_inference_backends_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     out = tmp_path / "bench.json"
-    code = main(["benchmark", *SMALL, "--compare", "reference,eager,onnxruntime,onnx_int8", "--agreement", "10",
-                 "--json", str(out)])  # fmt: skip
+    code = main(["benchmark", *SMALL, "--compare", "reference,eager,onnxruntime,onnx_int8,onnx_int8_static",
+                 "--agreement", "10", "--json", str(out)])  # fmt: skip
     text = capsys.readouterr().out
     assert code == 0
     for field in FIELDS + ["| reference | infer |", "| eager fp32 |", "| onnxruntime tuned |", "| onnxruntime int8 |",
-                           "ONNX export", "top-1 agreement", "onnxruntime MatMulInteger"]:  # fmt: skip
+                           "| onnxruntime int8_static |", "ONNX export", "int8_static quantisation", "top-1 agreement",
+                           "onnxruntime MatMulInteger"]:  # fmt: skip
         assert field in text, field
     results = json.loads(out.read_text())
     params = sum(p.numel() for p in create_model("conformer_mini_test", num_classes=10).parameters())
-    assert [r["label"] for r in results] == ["reference", "eager fp32", "onnxruntime tuned", "onnxruntime int8"]
+    assert [r["label"] for r in results] == ["reference", "eager fp32", "onnxruntime tuned", "onnxruntime int8",
+                                             "onnxruntime int8_static"]  # fmt: skip
+    assert results[4]["extra"]["calibration_images"] == 64
     for r in results:
         assert r["images_per_s"] > 0 and r["params"] == params
         assert r["flop_counter"] == "torch.utils.flop_counter" and 0 < r["peak_fraction"]

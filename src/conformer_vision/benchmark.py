@@ -15,7 +15,9 @@ What one step is:
 * ``infer``, onnxruntime: ``session.run`` (``ONNX_VARIANTS``): 'plain' = ``torch.onnx.export`` of
   the reference-mode network in a default session; 'tuned' = this project's export of the default
   network (``export.export_model``) in a session with ORT_ENABLE_ALL and intra-op threads =
-  ``threads``; 'int8' = the tuned graph after ``onnxruntime.quantization.quantize_dynamic``.
+  ``threads``; 'int8' = the tuned graph after int8 dynamic quantisation, 'int8_static' = after int8
+  static (QDQ) quantisation calibrated on real images (``quantize.quantize_onnx``, the implementation
+  ``conformer export --quantize`` uses; calibration: ``compare``).
 * ``train``: ``engine.train_step``, the trainer's own update: autocast ``forward_heads``, the
   two-head cross-entropy (mean of the heads), backward, global grad norm, AdamW step.
 
@@ -33,9 +35,7 @@ process); on CUDA ``torch.cuda.max_memory_allocated``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
 import resource
 import statistics
 import tempfile
@@ -61,7 +61,9 @@ __all__ = [
 MODES = ("infer", "train")
 BACKENDS = ("eager", "compile", "onnxruntime")
 AMP_LEVELS = {"O0": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-ONNX_VARIANTS = ("tuned", "plain", "int8")
+ONNX_VARIANTS = ("tuned", "plain", "int8", "int8_static")
+ONNX_QUANTIZE = {"int8": "int8_dynamic", "int8_static": "int8_static"}  # ONNX variant -> quantize.quantize_onnx mode
+CALIBRATION_IMAGES = 64  # Fashion-MNIST *train* images calibrating 'int8_static' (agreement uses test images)
 FLOP_COUNTER = "torch.utils.flop_counter"
 
 COMPARE_PRESETS: dict[str, dict[str, Any]] = {
@@ -76,6 +78,7 @@ COMPARE_PRESETS: dict[str, dict[str, Any]] = {
     "onnx_plain": {"backend": "onnxruntime", "onnx": "plain"},
     "onnxruntime": {"backend": "onnxruntime", "onnx": "tuned"},
     "onnx_int8": {"backend": "onnxruntime", "onnx": "int8"},
+    "onnx_int8_static": {"backend": "onnxruntime", "onnx": "int8_static"},
 }
 """Names for ``--compare``: overrides applied to the command's base configuration."""
 
@@ -92,7 +95,7 @@ class BenchmarkSpec:
         backend: 'eager', 'compile' (``torch.compile``) or 'onnxruntime' (infer only, CPU).
         amp: 'O0' (float32), 'bf16' or 'fp16' autocast (eager/compile only).
         reference_mode: the plain reference implementation (no fast paths).
-        onnx: for onnxruntime: 'tuned', 'plain' or 'int8' (see the module docstring).
+        onnx: for onnxruntime: 'tuned', 'plain', 'int8' (dynamic) or 'int8_static' (module docstring).
         device: 'cpu' or 'cuda' ('cuda:N').
         channels_last: store the weights and inputs channels_last (eager/compile; the model already
             runs its activations channels_last on the CPU unless in reference mode).
@@ -274,7 +277,7 @@ def _ort_gemm_timer(kind: str, n: int) -> tuple[Callable[[], float], float, str]
 
 def _gemm_kind(spec: BenchmarkSpec) -> str:
     if spec.backend == "onnxruntime":
-        return "ort_int8" if spec.onnx == "int8" else "ort_fp32"
+        return "ort_int8" if spec.onnx in ONNX_QUANTIZE else "ort_fp32"
     return {"O0": "fp32", "bf16": "bf16", "fp16": "fp16"}[spec.amp]
 
 
@@ -470,8 +473,10 @@ def _plain_export(model: nn.Module, path: Path, image_size: int) -> Path:
 
 
 def _onnx_runner(spec: BenchmarkSpec, model: nn.Module, x: torch.Tensor, workdir: Path, cache: dict[str, Any]) -> _Runner:
-    """onnxruntime on the CPU: 'plain' default session, 'tuned' session, 'int8' dynamic quantisation."""
+    """onnxruntime on the CPU: 'plain' default session, 'tuned' session, 'int8' / 'int8_static' quantised."""
     import onnxruntime as ort
+
+    from .quantize import quantize_onnx
 
     path, export_s = _onnx_file(spec, model, workdir, cache)
     extra: dict[str, Any] = {"export_s": export_s}
@@ -479,9 +484,13 @@ def _onnx_runner(spec: BenchmarkSpec, model: nn.Module, x: torch.Tensor, workdir
     if spec.onnx == "plain":
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     else:
-        if spec.onnx == "int8":
-            path = _quantize_int8(path)
+        if spec.onnx in ONNX_QUANTIZE:
+            mode = ONNX_QUANTIZE[spec.onnx]
+            calibration = cache.get("calibration") if mode == "int8_static" else None
+            path = quantize_onnx(path, path.with_name(f"{path.stem}.{mode}.onnx"), mode, calibration)
             extra["quantize_s"] = time.perf_counter() - start
+            if calibration is not None:
+                extra["calibration_images"] = len(calibration)
         session = ort.InferenceSession(str(path), _ort_options(), providers=["CPUExecutionProvider"])
     extra["session_s"] = time.perf_counter() - start
     name = session.get_inputs()[0].name
@@ -491,32 +500,9 @@ def _onnx_runner(spec: BenchmarkSpec, model: nn.Module, x: torch.Tensor, workdir
         return torch.from_numpy(session.run(["logits"], {name: inp.numpy().astype(np.float32)})[0])
 
     step = lambda: session.run(["logits"], feed)  # noqa: E731
-    label = "ONNX export" + (" + int8 quantisation" if spec.onnx == "int8" else "")
+    label = "ONNX export" + (f" + {ONNX_QUANTIZE[spec.onnx]} quantisation" if spec.onnx in ONNX_QUANTIZE else "")
     return _Runner(spec, step, lambda: None, torch.device("cpu"), predict, export_s + extra.get("quantize_s", 0.0),
                    label, extra)  # fmt: skip
-
-
-def _quantize_int8(path: Path) -> Path:
-    """Dynamic int8 quantisation of the MatMul/Gemm weights (activations quantised per batch at run
-    time); convolutions stay float32 (onnxruntime's ConvInteger is slower than its float conv)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    out = path.with_name(path.stem + ".int8.onnx")
-    if not out.exists():
-        with warnings.catch_warnings(), _quiet_logging():
-            warnings.simplefilter("ignore")
-            quantize_dynamic(str(path), str(out), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
-    return out
-
-
-@contextlib.contextmanager
-def _quiet_logging() -> Any:
-    """The quantiser logs every tensor it skips: keep the command's output readable."""
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)
 
 
 def _build(spec: BenchmarkSpec, models: dict[str, nn.Module], workdir: Path, cache: dict[str, Any]) -> _Runner:
@@ -549,12 +535,16 @@ def compare(
     runs: int = 5,
     agreement_images: torch.Tensor | None = None,
     workdir: str | Path | None = None,
+    calibration_images: torch.Tensor | None = None,
 ) -> list[BenchmarkResult]:
     """Time ``specs`` side by side in this process: build all (compile/export timed), run each
     ``max(warmup, 1)`` untimed steps (the first one's peak memory is measured), then ``runs``
     interleaved rounds of one step each, plus three GEMM-peak products per dtype per round (so model
     and peak see the same machine load). With ``agreement_images`` (N, 3, S, S), the top-1 agreement of every
     inference configuration with the first one is measured on them (``extra['top1_agreement']``).
+    ``calibration_images`` (N, 3, S, S) calibrate the 'int8_static' ONNX variant; by default
+    ``CALIBRATION_IMAGES`` Fashion-MNIST train images (``fashion_mnist_batch(split='train')``), so they
+    never overlap the agreement images, which are test images.
     """
     if not specs:
         raise ConfigError("nothing to benchmark")
@@ -563,6 +553,10 @@ def compare(
     with tempfile.TemporaryDirectory(prefix="conformer-bench-") as tmp:
         models: dict[str, nn.Module] = {}
         cache: dict[str, Any] = {}
+        if any(s.backend == "onnxruntime" and s.onnx == "int8_static" for s in specs):
+            size = specs[0].image_size
+            cache["calibration"] = (calibration_images if calibration_images is not None
+                                    else fashion_mnist_batch(CALIBRATION_IMAGES, size, split="train"))  # fmt: skip
         runners = [_build(spec, models, Path(workdir or tmp), cache) for spec in specs]
         models.clear()
         kinds = {(_gemm_kind(r.spec), r.spec.device) for r in runners}
@@ -659,10 +653,13 @@ def parse_preset(base: BenchmarkSpec, names: Sequence[str]) -> list[BenchmarkSpe
     return specs
 
 
-def fashion_mnist_batch(n: int, image_size: int, source_dir: str | Path | None = None) -> torch.Tensor:
-    """``n`` real images (N, 3, S, S) for agreement checks: Fashion-MNIST test images, the same number
-    per class, upsampled (bicubic) to ``image_size`` by ``data.prepare_fashion_mnist`` and put
-    through the default eval preprocessing (resize, centre crop, ImageNet mean/std)."""
+def fashion_mnist_batch(
+    n: int, image_size: int, source_dir: str | Path | None = None, split: str = "val"
+) -> torch.Tensor:
+    """``n`` real images (N, 3, S, S) for agreement checks: Fashion-MNIST test images (``split='val'``;
+    'train': training images, for calibration), the same number per class, upsampled (bicubic) to
+    ``image_size`` by ``data.prepare_fashion_mnist`` and put through the default eval preprocessing
+    (resize, centre crop, ImageNet mean/std)."""
     from .data import Preprocess, load_rgb, prepare_fashion_mnist, preprocess_image
     from .data.fashion_mnist import DEFAULT_SOURCE_DIR
 
@@ -671,7 +668,7 @@ def fashion_mnist_batch(n: int, image_size: int, source_dir: str | Path | None =
     with tempfile.TemporaryDirectory(prefix="conformer-fmnist-") as tmp:
         info = prepare_fashion_mnist(Path(tmp) / "fm", image_size=image_size, source_dir=source_dir or DEFAULT_SOURCE_DIR,
                                      limit_per_class=per_class, num_workers=1)  # fmt: skip
-        files = sorted(Path(info["val_dir"]).glob("*/*.png"))
+        files = sorted(Path(info[f"{split}_dir"]).glob("*/*.png"))
         by_class = [files[i::per_class] for i in range(per_class)]  # round-robin over the sorted classes
         chosen = [f for group in by_class for f in group][:n]
         return torch.stack([preprocess_image(load_rgb(f), pre) for f in chosen])

@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--amp", choices=list(AMP_LEVELS), default="O0", help="O0 = float32, or bf16/fp16 autocast")
     a("--reference_mode", action="store_true", help="the plain reference implementation: no fast paths")
     a("--onnx", choices=ONNX_VARIANTS, default="tuned",
-      help="onnxruntime graph: tuned session (default), plain export + default session, int8 dynamic quantisation")
+      help="onnxruntime graph: tuned session (default), plain export + default session, int8 dynamic quantisation, "
+           "int8_static (QDQ, calibrated on 64 Fashion-MNIST train images)")
     a("--device", default="cpu", help="cpu or cuda[:N] (eager/compile)")
     a("--channels_last", action="store_true", help="store weights and inputs channels_last (eager/compile)")
     a("--threads", type=int, default=None, help="intra-op threads for torch and onnxruntime (default: all cores)")
