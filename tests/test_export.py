@@ -87,6 +87,27 @@ def test_torchscript_runs_any_size_and_carries_metadata(base, tmp_path):
         _compare(module, reference, _photo_batch(base, size)[:batch])
 
 
+def test_a_model_in_memory_exports_from_a_copy(base, tmp_path):
+    """export_model(model): a Conformer in memory (here mid-training, with inference caches built)
+    exports with the given class names; the caller's model keeps its mode and weights."""
+    model = create_model("conformer_mini_test", num_classes=3)
+    with torch.inference_mode():
+        expected = model.eval()(torch.randn(2, 3, 32, 32))  # builds the folded-weights caches
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    path = export_model(model, file_format="ONNX", output=tmp_path / "m.onnx", exporter="torchscript",
+                        class_names=["a", "b", "c"])  # fmt: skip
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    meta = describe_export(path)
+    assert meta["arch"] == "conformer_mini_test" and meta["class_names"] == ["a", "b", "c"]
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        torch.testing.assert_close(open_predictor(path).heads(x)[0], model.eval().forward_heads(x)[0], rtol=1e-4, atol=1e-4)
+    assert expected.shape == (2, 3)
+    with pytest.raises(ConformerError, match="takes a Conformer or a checkpoint path"):
+        export_model(torch.nn.Linear(2, 2), output=tmp_path / "x.onnx")
+
+
 def test_exported_program_of_a_small_input_model(base, tmp_path):
     """Input size 32 (< 2 x patch + 1): the program is exported for 32x32, batch dynamic."""
     rc, out, err = T.cli("export", "--checkpoint", str(T.checkpoint(base)), "--file_format", "EXPORTED_PROGRAM",

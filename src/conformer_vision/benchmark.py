@@ -426,20 +426,14 @@ def _train_step_fn(spec: BenchmarkSpec, model: nn.Module, x: torch.Tensor) -> Ca
 
 
 def export_onnx(model: nn.Module, path: Path) -> Path:
-    """``model`` -> ONNX at ``path`` through the project's exporter (``export.export_model`` from a
-    temporary checkpoint, with the TorchScript exporter: as fast a graph as the dynamo exporter's,
-    exported ~10x faster), without its self-check (the export tests cover it)."""
-    from .checkpoint import build_checkpoint
+    """``model`` -> ONNX at ``path`` through the project's exporter (``export.export_model`` with the
+    TorchScript exporter: as fast a graph as the dynamo exporter's, exported ~10x faster), without
+    its self-check (the export tests cover it)."""
     from .export import export_model
-    from .serialization import atomic_save
 
-    ckpt = atomic_save(build_checkpoint(model), path.with_suffix(".ckpt.pt"))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return export_model(ckpt, file_format="ONNX", output=path, check=False, exporter="torchscript")
-    finally:
-        ckpt.unlink(missing_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return export_model(model, file_format="ONNX", output=path, check=False, exporter="torchscript")
 
 
 def _onnx_file(spec: BenchmarkSpec, model: nn.Module, workdir: Path, cache: dict[str, Any]) -> tuple[Path, float]:

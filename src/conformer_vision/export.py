@@ -38,6 +38,7 @@ flipped where the reference's top-2 margin exceeds that, or agreement below ``QU
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -52,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import FORMAT, VERSION, load_model
+from .checkpoint import FORMAT, VERSION, LoadedModel, load_model, unwrap
 from .data.transforms import Preprocess
 from .errors import ConfigError, ConformerError
 from .quantize import DEFAULT_CALIBRATION_SIZE, QUANTIZE_MODES, calibration_files, calibration_images, quantize_onnx
@@ -111,7 +112,7 @@ def default_output(arch: str, file_format: str) -> Path:
 
 
 def export_model(
-    checkpoint: str | Path,
+    checkpoint: str | Path | nn.Module,
     arch: str | None = None,
     file_format: str = "ONNX",
     output: str | Path | None = None,
@@ -124,19 +125,22 @@ def export_model(
     quantize: str = "none",
     calibration: str | Path | None = None,
     calibration_size: int = DEFAULT_CALIBRATION_SIZE,
+    class_names: list[str] | None = None,
 ) -> Path:
     """Export the model in ``checkpoint`` (anything ``checkpoint.load_model`` reads; foreign files need
-    ``arch``) to ``file_format`` at ``output`` (default ``default_output``; a name without a suffix
-    gets the format's). ``preprocess`` is used only when the file records none. ONNX only:
+    ``arch``), or a Conformer in memory (exported from a copy, so the caller's model is left as it
+    is), to ``file_format`` at ``output`` (default ``default_output``; a name without a suffix gets
+    the format's). ``preprocess`` and ``class_names`` are used only when the source records none
+    (a model in memory records neither). ONNX only:
     ``quantize`` 'int8_dynamic' or 'int8_static' (the latter calibrated on up to ``calibration_size``
     images of the folder ``calibration``). Returns the path."""
     return export_with_report(checkpoint, arch, file_format, output, opset, check, use_ema=use_ema,
                               preprocess=preprocess, exporter=exporter, quantize=quantize, calibration=calibration,
-                              calibration_size=calibration_size)[0]  # fmt: skip
+                              calibration_size=calibration_size, class_names=class_names)[0]  # fmt: skip
 
 
 def export_with_report(
-    checkpoint: str | Path,
+    checkpoint: str | Path | nn.Module,
     arch: str | None = None,
     file_format: str = "ONNX",
     output: str | Path | None = None,
@@ -149,6 +153,7 @@ def export_with_report(
     quantize: str = "none",
     calibration: str | Path | None = None,
     calibration_size: int = DEFAULT_CALIBRATION_SIZE,
+    class_names: list[str] | None = None,
 ) -> tuple[Path, dict[str, Any] | None]:
     """``export_model`` that also returns the self-check figures (``check_export``; None unchecked)."""
     fmt = file_format.upper()
@@ -157,13 +162,10 @@ def export_with_report(
     if exporter not in ("dynamo", "torchscript", "auto"):
         raise ConfigError(f"exporter must be dynamo, torchscript or auto, got {exporter!r}")
     _check_quantize_options(fmt, quantize, calibration, calibration_size)
-    try:
-        loaded = load_model(checkpoint, arch=arch, use_ema=use_ema)
-    except ValueError as e:  # unknown arch name
-        raise ConfigError(str(e)) from None
+    loaded = _load_source(checkpoint, arch, use_ema)
     model = loaded.model.float().eval()
     pre = Preprocess.from_dict(loaded.preprocess) if loaded.preprocess else preprocess or default_preprocess(model)
-    meta = export_metadata(loaded.arch, model, loaded.class_names, pre)
+    meta = export_metadata(loaded.arch, model, loaded.class_names or class_names, pre)
     out = Path(output) if output is not None else default_output(arch or loaded.arch, fmt)
     if not out.suffix:
         out = out.with_name(out.name + FILE_FORMATS[fmt])
@@ -195,6 +197,21 @@ def export_with_report(
             log.info("export check passed: %s", report)
         os.replace(tmp, out)
     return out, report
+
+
+def _load_source(source: str | Path | nn.Module, arch: str | None, use_ema: bool) -> LoadedModel:
+    """The model to export: rebuilt from a file, or a copy of a Conformer in memory (unwrapped from
+    DDP / torch.compile)."""
+    if isinstance(source, nn.Module):
+        model = unwrap(source)
+        if not hasattr(model, "args") or not hasattr(model, "forward_heads"):
+            raise ConfigError(f"export_model takes a Conformer or a checkpoint path, got a {type(model).__name__}")
+        name = arch or getattr(model, "variant", None) or "conformer"
+        return LoadedModel(model=copy.deepcopy(model), arch=name, class_names=None, preprocess=None)
+    try:
+        return load_model(source, arch=arch, use_ema=use_ema)
+    except ValueError as e:  # unknown arch name
+        raise ConfigError(str(e)) from None
 
 
 def _check_quantize_options(fmt: str, quantize: str, calibration: str | Path | None, calibration_size: int) -> None:
