@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,3 +20,20 @@ def reference_vector() -> dict:
 @pytest.fixture(autouse=True)
 def _few_threads() -> None:
     torch.set_num_threads(2)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """torch on one thread for a test; modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")`` (runs after ``_few_threads``)."""
+    import inference_testlib as T  # tests/inference_testlib.py (pytest pythonpath: tests)
+
+    with T.one_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of the inference tests' shared artefacts (``inference_testlib``: the briefly
+    trained model, its checkpoint and exports, photos, Fashion-MNIST images), built on first use."""
+    return tmp_path_factory.getbasetemp() / "inference"

@@ -20,15 +20,7 @@ import inference_testlib as T  # tests/inference_testlib.py (pytest pythonpath: 
 SPEC_LINE = re.compile(r"^eval results: (\{'Loss': [0-9.]+, 'Top1-Acc': [0-9.]+, 'Top5-Acc': [0-9.]+\})$", re.M)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with T.one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    return tmp_path_factory.getbasetemp() / "inference"
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _eval_args(base: Path, *extra: str) -> list[str]:

@@ -21,15 +21,7 @@ from conformer_vision.runtime import open_predictor
 import inference_testlib as T  # tests/inference_testlib.py (pytest pythonpath: tests)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with T.one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    return tmp_path_factory.getbasetemp() / "inference"
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _photo_batch(base: Path, size: tuple[int, int]) -> torch.Tensor:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,15 +17,7 @@ from conformer_vision.runtime import open_predictor
 import inference_testlib as T  # tests/inference_testlib.py (pytest pythonpath: tests)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with T.one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    return tmp_path_factory.getbasetemp() / "inference"
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_predict_paths_batches_equal_single_images(base):

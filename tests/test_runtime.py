@@ -21,11 +21,6 @@ from conformer_vision.runtime import (
 import inference_testlib as T  # tests/inference_testlib.py (pytest pythonpath: tests)
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    return tmp_path_factory.getbasetemp() / "inference"
-
-
 def test_torch_predictor_from_checkpoint_carries_classes_and_preprocessing(base):
     ckpt = T.checkpoint(base)
     model, classes, pre = T.trained_model(base)
