@@ -74,6 +74,25 @@ def test_predict_cli_folder_checkpoint_and_onnx_write_the_same_json(base, tmp_pa
         assert top[0]["class"] == plain[path]
 
 
+def test_predict_with_autocast(base, tmp_path):
+    """--amp bf16 / fp16 run the checkpoint under autocast: the same classes as float32 (top-3
+    probabilities within autocast rounding); ONNX files refuse it with a clear message."""
+    photos, ckpt = T.photos(base), str(T.checkpoint(base))
+    docs = {}
+    for amp in ("O0", "bf16", "fp16"):
+        rc, _, err = T.cli("predict", str(photos), "--checkpoint", ckpt, "--topk", "3", "--amp", amp,
+                           "--output", str(tmp_path / f"{amp}.json"))  # fmt: skip
+        assert rc == 0, err
+        docs[amp] = json.loads((tmp_path / f"{amp}.json").read_text())
+    for amp, tolerance in (("bf16", 0.05), ("fp16", 0.01)):
+        for path, top in docs["O0"].items():
+            other = {p["class"]: p["prob"] for p in docs[amp][path]}
+            assert top[0]["class"] == docs[amp][path][0]["class"] or top[0]["prob"] - top[1]["prob"] < tolerance
+            assert all(abs(p["prob"] - other[p["class"]]) < tolerance for p in top if p["class"] in other)
+    rc, _, err = T.cli("predict", str(photos), "--checkpoint", str(T.onnx_export(base)), "--amp", "bf16")
+    assert rc == 2 and "applies to checkpoints run by PyTorch" in err and "Traceback" not in err
+
+
 def test_unreadable_files_are_reported_and_the_rest_predicted(base, tmp_path):
     folder = T.broken_folder(tmp_path)
     out_json = tmp_path / "p.json"

@@ -289,6 +289,9 @@ def open_predictor(
         if use_ema:
             raise ConfigError("--use_ema applies to checkpoints; an ONNX file holds one set of weights "
                               "(export with --use_ema to get the EMA weights into ONNX)")  # fmt: skip
+        if amp_dtype is not None:
+            raise ConfigError("mixed precision (--amp) applies to checkpoints run by PyTorch; an ONNX file runs "
+                              "in the precision it was exported in (export with --quantize for int8)")  # fmt: skip
         dev = str(device).lower()
         onnx_dev = "GPU" if dev.startswith(("cuda", "gpu")) else "auto" if dev == "auto" else "CPU"
         predictor: TorchPredictor | OnnxPredictor = OnnxPredictor(path, onnx_dev, threads=threads)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 HELP = "classify images (a file or a folder) with a checkpoint or an ONNX export"
+AMP_DTYPES = {"O0": None, "bf16": "bfloat16", "fp16": "float16"}  # --amp -> torch dtype name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,16 +28,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recursive", action="store_true", help="also read images in sub-folders")
     parser.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto (ONNX: cuda = the CUDA provider)")
     parser.add_argument("--use_ema", action="store_true", help="use the checkpoint's EMA weights")
+    parser.add_argument("--amp", choices=tuple(AMP_DTYPES), default="O0",
+                        help="checkpoints only: O0 float32 (default), bf16 or fp16 autocast (faster on GPUs; on a "
+                             "CPU only with AMX or AVX512-FP16, see docs/benchmarks.md)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    import torch
+
     from ..predict import collect_images, predict_paths, predictions_json, write_json
     from ..runtime import open_predictor
 
     files = collect_images(args.data, recursive=args.recursive)
-    predictor = open_predictor(args.checkpoint, arch=args.arch, device=args.device, use_ema=args.use_ema)
+    amp = AMP_DTYPES[args.amp]
+    predictor = open_predictor(args.checkpoint, arch=args.arch, device=args.device, use_ema=args.use_ema,
+                               amp_dtype=None if amp is None else getattr(torch, amp))  # fmt: skip
     topk = 1 if args.topk is None else args.topk
     results, errors = predict_paths(predictor, files, topk=topk, batch_size=args.batch_size, workers=args.workers)
     for path, preds in results.items():
