@@ -13,9 +13,10 @@ What one step is:
   a user writes. ``reference_mode`` = ``Conformer.set_reference_mode(True)``: explicit attention,
   NCHW, no BatchNorm folding or fused convolutions; the default uses every fast path.
 * ``infer``, onnxruntime: ``session.run`` (``ONNX_VARIANTS``): 'plain' = ``torch.onnx.export`` of
-  the reference-mode network in a default session; 'tuned' = this project's export of the default
-  network (``export.export_model``) in a session with ORT_ENABLE_ALL and intra-op threads =
-  ``threads``; 'int8' = the tuned graph after int8 dynamic quantisation, 'int8_static' = after int8
+  the reference-mode network in a default session (only its intra-op threads set to ``threads``,
+  like every other row: onnxruntime's own default is one thread per core); 'tuned' = this project's
+  export of the default network (``export.export_model``) in a session with ORT_ENABLE_ALL and
+  intra-op threads = ``threads``; 'int8' = the tuned graph after int8 dynamic quantisation, 'int8_static' = after int8
   static (QDQ) quantisation calibrated on real images (``quantize.quantize_onnx``, the implementation
   ``conformer export --quantize`` uses; calibration: ``compare``).
 * ``train``: ``engine.train_step``, the trainer's own update: autocast ``forward_heads``, the
@@ -467,7 +468,7 @@ def _plain_export(model: nn.Module, path: Path, image_size: int) -> Path:
 
 
 def _onnx_runner(spec: BenchmarkSpec, model: nn.Module, x: torch.Tensor, workdir: Path, cache: dict[str, Any]) -> _Runner:
-    """onnxruntime on the CPU: 'plain' default session, 'tuned' session, 'int8' / 'int8_static' quantised."""
+    """onnxruntime on the CPU: 'plain' default session (same threads), 'tuned' session, 'int8' / 'int8_static' quantised."""
     import onnxruntime as ort
 
     from .quantize import quantize_onnx
@@ -476,7 +477,9 @@ def _onnx_runner(spec: BenchmarkSpec, model: nn.Module, x: torch.Tensor, workdir
     extra: dict[str, Any] = {"export_s": export_s}
     start = time.perf_counter()
     if spec.onnx == "plain":
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = _ort_threads()  # the only setting: compare graphs on equal cores
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     else:
         if spec.onnx in ONNX_QUANTIZE:
             mode = ONNX_QUANTIZE[spec.onnx]
