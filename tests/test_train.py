@@ -145,14 +145,17 @@ def test_options_map_to_components(data: Path, tmp_path: Path) -> None:
         components(data, tmp_path, num_classes=5)
 
 
-@pytest.mark.parametrize(("amp", "epochs"), [("O0", 2), ("O1", 1)])
+@pytest.mark.parametrize(("amp", "epochs", "workers"), [("O0", 2, 0), ("O1", 1, 0), ("O0", 2, 2)])
 def test_exact_resume_after_sigterm(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, amp: str,
-                                    epochs: int) -> None:  # fmt: skip
+                                    epochs: int, workers: int) -> None:  # fmt: skip
     """Interrupted mid-epoch and resumed: bitwise the weights of an uninterrupted run, with every
-    random augmentation on (crop, flip, RandAugment, erasing, mixup/cutmix, drop path) and EMA."""
+    random augmentation on (crop, flip, RandAugment, erasing, mixup/cutmix, drop path) and EMA.
+    The interrupted run may use loader workers: each image's augmentation depends on (seed, epoch,
+    index) only, so the reference run without workers is matched bit for bit too."""
     recipe = dict(augment=True, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.5, mixup=0.8, cutmix=1.0,
                   drop_path=0.1, with_ema=True, ema_decay=0.9, amp_level=amp, epochs=epochs)  # fmt: skip
     reference = final_state(train(make_config(data, tmp_path / "a", **recipe)))
+    recipe["num_parallel_workers"] = workers
     monkeypatch.setenv("CONFORMER_FAULT_SIGTERM_AT_STEP", "4")
     stopped = train(make_config(data, tmp_path / "b", **recipe))
     assert (stopped.status, stopped.exit_code, stopped.step) == ("interrupted", 143, 4)

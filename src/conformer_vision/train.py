@@ -33,9 +33,9 @@ Run directory
 Resume and faults
     Checkpoints hold the model, optimizer, scheduler, loss scaler, EMA, epoch, global step, batch
     position in the epoch, sampler seed and every RNG state (Python, NumPy, torch CPU and CUDA, per
-    rank). ``checkpoint: auto`` (or a path) continues exactly: with ``num_parallel_workers: 0`` the
-    final weights equal an uninterrupted run's bit for bit on CPU (with loader workers, exactly when
-    resuming at an epoch boundary). SIGTERM/SIGINT finish the current step, write a checkpoint and
+    rank). ``checkpoint: auto`` (or a path) continues exactly: the final weights equal an
+    uninterrupted run's bit for bit on CPU, from any step and with any number of loader workers
+    (each image's augmentation is seeded by (seed, epoch, index): ``ResumableSampler``). SIGTERM/SIGINT finish the current step, write a checkpoint and
     return exit code 143/130; all ranks stop at the same step. A step whose loss or gradients are not
     finite is skipped and logged; ``max_nonfinite_steps`` consecutive ones stop the run with an error.
     Fault injection for tests (environment): ``CONFORMER_FAULT_KILL_AT_STEP=N`` (SIGKILL itself after
@@ -65,6 +65,7 @@ from . import distributed as D
 from .checkpoint import FORMAT, CheckpointManager, build_checkpoint, find_resumable, read_checkpoint
 from .config import Config
 from .data import ImageFolderDataset, Preprocess, build_class_list, build_train_transform, set_loader_epoch
+from .data.datasets import sample_seed
 from .engine import BothHeads, StepRecord, TrainParts, evaluate, train_one_epoch
 from .errors import CheckpointError, ConfigError, ConformerError, DataError
 from .losses import build_criterion
@@ -205,8 +206,12 @@ class StopOnSignal:
 
 
 class ResumableSampler(DistributedSampler):
-    """A ``DistributedSampler`` that can skip the first ``skip`` indices of its next pass only
-    (how a run resumes in the middle of an epoch without loading the skipped images)."""
+    """A ``DistributedSampler`` whose items are pairs (index, augmentation seed), the seed a
+    function of (run seed, epoch, index) alone (``sample_seed``; ``ImageFolderDataset`` seeds the
+    transform's RNGs with it). Every image is therefore augmented the same way whichever loader
+    worker, rank or resumed run draws it, and the next pass can skip its first ``skip`` items (how
+    a run resumes in the middle of an epoch, bit-exact with loader workers too, without loading the
+    skipped images)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -215,7 +220,8 @@ class ResumableSampler(DistributedSampler):
     def __iter__(self):  # type: ignore[override]
         indices = list(super().__iter__())
         skip, self.skip = self.skip, 0
-        return iter(indices[skip:])
+        seed, epoch = self.seed, self.epoch
+        return ((i, sample_seed(seed, epoch, i)) for i in indices[skip:])
 
 
 @dataclass

@@ -8,7 +8,9 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
-from conformer_vision.data.datasets import ImageFolderDataset, build_class_list, build_loader, set_loader_epoch
+from conformer_vision.data.datasets import (
+    ImageFolderDataset, build_class_list, build_loader, sample_seed, seeded_rngs, set_loader_epoch,
+)  # fmt: skip
 from conformer_vision.errors import ConfigError, DataError
 
 LOGGER = "conformer_vision.data"
@@ -181,6 +183,32 @@ def test_loader_order_depends_on_seed_and_epoch_only(make_tree):
     assert order(other) == epoch0
     plain = build_loader(ds, 5, shuffle=False, num_workers=0, seed=3, drop_last=False)
     assert order(plain) == [(i // 8, i % 8) for i in range(16)]
+
+
+def test_an_index_seed_pair_augments_the_same_way_anywhere_and_leaves_global_rngs_alone(make_tree):
+    """dataset[(index, seed)]: the transform's python / numpy / torch randomness comes from `seed`
+    (same item in any process or worker), and the caller's RNG streams do not move."""
+    import random
+
+    import numpy as np
+
+    def noisy(image: Image.Image) -> tuple[float, float, float]:
+        return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+    ds = ImageFolderDataset(make_tree("train", {"a": 3}), transform=noisy)
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    first = ds[(2, sample_seed(0, 1, 2))]
+    after = random.random(), float(np.random.rand()), float(torch.rand(()))
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == after  # untouched by ds[...]
+    assert ds[(2, sample_seed(0, 1, 2))] == first and ds[(2, sample_seed(0, 2, 2))] != first
+    assert ds[(1, sample_seed(0, 1, 1))][1] == 0 and ds[1][1] == 0
+    seeds = {sample_seed(s, e, i) for s in range(3) for e in range(3) for i in range(200)}
+    assert len(seeds) == 1800 and all(0 <= x < 2**63 for x in seeds)
+    with seeded_rngs(5):
+        a = torch.rand(3)
+    with seeded_rngs(5):
+        assert torch.equal(torch.rand(3), a)
 
 
 def test_loader_shards_by_rank_when_a_process_group_is_up(make_tree, monkeypatch):

@@ -19,12 +19,15 @@ re-raises it in the main process. `verify()` finds bad files up front without tr
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable, Sequence
+import random
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image
@@ -33,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from conformer_vision.data.images import check_image, is_hidden, is_image_file, load_rgb
 from conformer_vision.errors import ConfigError, DataError, ImageDecodeError
 
-__all__ = ["ImageFolderDataset", "build_class_list", "build_loader", "set_loader_epoch"]
+__all__ = ["ImageFolderDataset", "build_class_list", "build_loader", "sample_seed", "seeded_rngs", "set_loader_epoch"]
 
 _LOG = logging.getLogger("conformer_vision.data")
 
@@ -97,8 +100,16 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, idx: int) -> tuple[Any, int]:
-        """(transform(image), target) of `idx`, or of the next readable index if it is bad."""
+    def __getitem__(self, idx: int | tuple[int, int]) -> tuple[Any, int]:
+        """(transform(image), target) of `idx`, or of the next readable index if it is bad.
+
+        `idx` may be a pair (index, seed): the transform then draws its randomness from RNGs seeded
+        with `seed` (`seeded_rngs`), so the augmentation is a function of the pair alone, in any
+        process or loader worker."""
+        if isinstance(idx, tuple):
+            index, seed = idx
+            with seeded_rngs(seed):
+                return self[index]
         for step in range(self.max_substitutions + 1):
             i = (idx + step) % len(self.samples)
             path, target = self.samples[i]
@@ -223,6 +234,35 @@ def _subset(samples: list[tuple[Path, int]], num_samples: int) -> list[tuple[Pat
     generator = torch.Generator().manual_seed(SUBSET_SEED)
     chosen = torch.randperm(len(samples), generator=generator)[:num_samples]
     return [samples[i] for i in sorted(chosen.tolist())]
+
+
+_MASK64 = 2**64 - 1
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 63-bit seed for the augmentation of sample `index` in `epoch` of a run seeded
+    `seed` (splitmix64's finaliser over a linear combination; cheap enough for every sample)."""
+    x = (seed * 0x9E3779B97F4A7C15 + (epoch + 1) * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (x ^ (x >> 31)) >> 1
+
+
+@contextlib.contextmanager
+def seeded_rngs(seed: int) -> Iterator[None]:
+    """Seed the global RNGs image transforms draw from (python's `random`, numpy's, torch's CPU
+    generator; CUDA's are left alone) with `seed` for the block, and put their states back after:
+    the caller's random streams (dropout, mixup) do not move."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
 
 
 def build_loader(
