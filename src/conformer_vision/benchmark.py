@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .runtime import AMP_LEVELS
 
 __all__ = [
     "BenchmarkSpec", "BenchmarkResult", "MODES", "BACKENDS", "AMP_LEVELS", "ONNX_VARIANTS", "COMPARE_PRESETS",
@@ -61,7 +62,6 @@ __all__ = [
 
 MODES = ("infer", "train")
 BACKENDS = ("eager", "compile", "onnxruntime")
-AMP_LEVELS = {"O0": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 ONNX_VARIANTS = ("tuned", "plain", "int8", "int8_static")
 ONNX_QUANTIZE = {"int8": "int8_dynamic", "int8_static": "int8_static"}  # ONNX variant -> quantize.quantize_onnx mode
 CALIBRATION_IMAGES = 64  # Fashion-MNIST *train* images calibrating 'int8_static' (agreement uses test images)

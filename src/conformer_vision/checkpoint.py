@@ -30,7 +30,7 @@ from torch import nn
 from .errors import CheckpointError
 from .models import Conformer, ConformerArgs, canonical_name, create_model
 from .models.convert import extract_state_dict, load_state_dict_strict
-from .serialization import atomic_save, read_checkpoint
+from .serialization import atomic_save, partial_writes, read_checkpoint
 
 __all__ = [
     "FORMAT", "build_checkpoint", "load_model", "CheckpointManager", "find_resumable", "read_checkpoint", "atomic_save",
@@ -202,7 +202,7 @@ class CheckpointManager:
             return []
         removed = []
         for folder in dict.fromkeys((self.ckpt_dir, self.best_dir)):
-            for tmp in folder.glob(f".{glob.escape(self.prefix)}_*.pt.*.tmp") if folder.is_dir() else []:
+            for tmp in partial_writes(folder, f"{glob.escape(self.prefix)}_*.pt"):
                 size = tmp.stat().st_size
                 tmp.unlink(missing_ok=True)
                 log.info("removed %s (%.1f MB): a checkpoint write an earlier run did not finish", tmp, size / 1e6)

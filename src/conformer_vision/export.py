@@ -56,7 +56,7 @@ from torch import nn
 from .checkpoint import FORMAT, VERSION, LoadedModel, load_model, unwrap
 from .data.transforms import Preprocess
 from .errors import ConfigError, ConformerError
-from .quantize import DEFAULT_CALIBRATION_SIZE, QUANTIZE_MODES, calibration_files, calibration_images, quantize_onnx
+from .quantize import DEFAULT_CALIBRATION_SIZE, QUANTIZE_MODES, calibration_images, quantize_onnx
 from .runtime import ONNX_INPUT, ONNX_OUTPUTS, OnnxPredictor, TorchPredictor, default_preprocess
 
 __all__ = [
@@ -161,7 +161,7 @@ def export_with_report(
         raise ConfigError(f"file_format must be one of {', '.join(FILE_FORMATS)}, got {file_format!r}")
     if exporter not in ("dynamo", "torchscript", "auto"):
         raise ConfigError(f"exporter must be dynamo, torchscript or auto, got {exporter!r}")
-    _check_quantize_options(fmt, quantize, calibration, calibration_size)
+    _check_quantize_options(fmt, quantize, calibration)
     loaded = _load_source(checkpoint, arch, use_ema)
     model = loaded.model.float().eval()
     pre = Preprocess.from_dict(loaded.preprocess) if loaded.preprocess else preprocess or default_preprocess(model)
@@ -214,8 +214,9 @@ def _load_source(source: str | Path | nn.Module, arch: str | None, use_ema: bool
         raise ConfigError(str(e)) from None
 
 
-def _check_quantize_options(fmt: str, quantize: str, calibration: str | Path | None, calibration_size: int) -> None:
-    """Usage errors of the int8 options, before anything is loaded or exported."""
+def _check_quantize_options(fmt: str, quantize: str, calibration: str | Path | None) -> None:
+    """Usage errors of the int8 options, before anything is loaded (the calibration folder itself is
+    read by ``calibration_images``, before anything is written)."""
     if quantize not in QUANTIZE_MODES:
         raise ConfigError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
     if quantize != "none" and fmt != "ONNX":
@@ -227,8 +228,6 @@ def _check_quantize_options(fmt: str, quantize: str, calibration: str | Path | N
                           "int8_dynamic, which needs none")  # fmt: skip
     if calibration is not None and quantize != "int8_static":
         raise ConfigError(f"--calibration is used only with --quantize int8_static (got --quantize {quantize})")
-    if quantize == "int8_static":
-        calibration_files(calibration, calibration_size)  # an empty or missing folder fails here, not after export
 
 
 TRACE_SHAPE = (2, 3, 224, 192)

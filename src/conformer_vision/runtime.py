@@ -32,6 +32,9 @@ from torch import nn
 from .data.transforms import Preprocess
 from .errors import CheckpointError, ConfigError, ConformerError
 
+AMP_LEVELS = {"O0": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""Autocast choices of inference and benchmarks: name -> ``amp_dtype`` (None = float32)."""
+
 __all__ = [
     "Predictor", "TorchPredictor", "OnnxPredictor", "open_predictor", "default_preprocess", "resolve_device",
     "onnx_providers", "ONNX_INPUT", "ONNX_OUTPUTS", "ONNX_METADATA_KEYS",

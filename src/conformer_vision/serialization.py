@@ -72,6 +72,15 @@ def _first_line(e: BaseException) -> str:
     return text[0][:200] if text else type(e).__name__
 
 
+TEMP_SUFFIX = ".tmp"
+
+
+def partial_writes(folder: Path, name_glob: str) -> list[Path]:
+    """The hidden temporary files ``atomic_save`` left in ``folder`` (``.<name>.XXXX.tmp``) for final
+    names matching ``name_glob``: what a process killed in the middle of a write leaves behind."""
+    return sorted(folder.glob(f".{name_glob}.*{TEMP_SUFFIX}")) if folder.is_dir() else []
+
+
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to ``path`` atomically: temp file in the same folder, fsync, rename.
 
@@ -80,7 +89,7 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)

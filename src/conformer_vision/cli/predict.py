@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 
 HELP = "classify images (a file or a folder) with a checkpoint or an ONNX export"
-AMP_DTYPES = {"O0": None, "bf16": "bfloat16", "fp16": "float16"}  # --amp -> torch dtype name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..runtime import AMP_LEVELS
+
     parser.add_argument("data", nargs="+", metavar="DATA", help="image file(s) or folder(s) of images")
     parser.add_argument("--checkpoint", "--onnx_path", dest="checkpoint", required=True, metavar="FILE",
                         help="checkpoint, weights file (with --arch) or .onnx export")  # fmt: skip
@@ -28,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recursive", action="store_true", help="also read images in sub-folders")
     parser.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto (ONNX: cuda = the CUDA provider)")
     parser.add_argument("--use_ema", action="store_true", help="use the checkpoint's EMA weights")
-    parser.add_argument("--amp", choices=tuple(AMP_DTYPES), default="O0",
+    parser.add_argument("--amp", choices=list(AMP_LEVELS), default="O0",
                         help="checkpoints only: O0 float32 (default), bf16 or fp16 autocast (faster on GPUs; on a "
                              "CPU only with AMX or AVX512-FP16, see docs/benchmarks.md)")  # fmt: skip
 
@@ -36,15 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    import torch
-
     from ..predict import collect_images, predict_paths, predictions_json, write_json
-    from ..runtime import open_predictor
+    from ..runtime import AMP_LEVELS, open_predictor
 
     files = collect_images(args.data, recursive=args.recursive)
-    amp = AMP_DTYPES[args.amp]
     predictor = open_predictor(args.checkpoint, arch=args.arch, device=args.device, use_ema=args.use_ema,
-                               amp_dtype=None if amp is None else getattr(torch, amp))  # fmt: skip
+                               amp_dtype=AMP_LEVELS[args.amp])  # fmt: skip
     topk = 1 if args.topk is None else args.topk
     results, errors = predict_paths(predictor, files, topk=topk, batch_size=args.batch_size, workers=args.workers)
     for path, preds in results.items():
