@@ -153,3 +153,26 @@ def test_same_pad_maxpool_matches_tf_semantics():
     # TF "same" on 4x4, k3 s2: pads one row/column at the bottom/right only.
     assert pool(x).flatten().tolist() == [10.0, 11.0, 14.0, 15.0]
     assert pool(torch.zeros(1, 1, 7, 9)).shape[-2:] == (4, 5)
+
+
+def test_same_pad_maxpool_padding_is_recorded_by_the_tracer():
+    """The padding is shape arithmetic a tracer records (issue 11, point 7): the TF formula for
+    every size, and a pool traced at one size pads every other size as the eager module does."""
+    import math
+    import warnings
+
+    from conformer_vision.models.layers import SamePadMaxPool2d
+
+    for k in range(1, 6):
+        for s in range(1, 4):
+            pool = SamePadMaxPool2d(k, s)
+            for n in range(1, 41):
+                total = max((math.ceil(n / s) - 1) * s + k - n, 0)  # TensorFlow's definition
+                assert pool._pad(n) == (total // 2, total - total // 2), (n, k, s)
+    pool = SamePadMaxPool2d(3, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic
+        traced = torch.jit.trace(pool, torch.randn(1, 2, 10, 12))
+    for size in ((7, 9), (8, 8), (5, 6), (33, 47)):
+        x = torch.randn(1, 2, *size)
+        assert torch.equal(traced(x), pool(x)), size

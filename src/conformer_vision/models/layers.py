@@ -107,15 +107,32 @@ class TransformerBlock(nn.Module):
 
 class SamePadMaxPool2d(nn.Module):
     """Max pool with TensorFlow/MindSpore "same" padding: output = ceil(input / stride),
-    extra padding on the bottom/right. Differs from PyTorch's symmetric padding on even sizes."""
+    extra padding on the bottom/right. Differs from PyTorch's symmetric padding on even sizes.
+
+    The padding is computed from the input size in integer arithmetic on the size itself (no
+    ``math.ceil`` / ``max`` on Python numbers), so ``torch.jit.trace`` and the TorchScript ONNX
+    exporter record it as shape operations and a traced graph pads every input size correctly
+    instead of freezing the example's padding.
+    """
 
     def __init__(self, kernel_size: int = 3, stride: int = 2) -> None:
         super().__init__()
+        if kernel_size < 1 or stride < 1:
+            raise ValueError(f"kernel_size and stride must be >= 1, got {kernel_size} and {stride}")
         self.kernel_size = kernel_size
         self.stride = stride
 
-    def _pad(self, size: int) -> tuple[int, int]:
-        total = max((math.ceil(size / self.stride) - 1) * self.stride + self.kernel_size - size, 0)
+    def _pad(self, size: int | torch.Tensor) -> tuple[int | torch.Tensor, int | torch.Tensor]:
+        """(before, after) padding of one side of length ``size`` (an int, or a traced size).
+
+        TensorFlow's total is max((ceil(n / s) - 1) * s + k - n, 0). With k >= s the bracket is
+        k - s + ((-n) mod s) >= 0, which needs neither ceil nor max; k < s (a pool that skips
+        pixels) keeps the general form and is then specialised to the size by a tracer."""
+        k, s = self.kernel_size, self.stride
+        if k >= s:
+            total = (-size) % s + (k - s)
+        else:
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
         return total // 2, total - total // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
