@@ -14,6 +14,7 @@ import yaml
 from conformer_vision.config import (
     EXTRA_OPTIONS,
     FALLBACK_MODEL_NAMES,
+    OPTION_ALIASES,
     SPEC_OPTIONS,
     Config,
     add_config_arguments,
@@ -79,8 +80,9 @@ def test_unknown_yaml_key_suggests_and_names_file_and_line(tmp_path):
 
 @pytest.mark.parametrize("tokens, suggestion", [
     (["--batchsize", "8"], "batch_size"),
-    (["--lr", "0.1"], "base_lr"),  # another codebase's name for the option
-    (["--lerning-rate", "0.1"], "base_lr"),
+    (["--sched", "cosine"], "lr_scheduler"),  # another codebase's name for the option
+    (["--lerning-rate", "0.1"], "base_lr"),  # close to the alias learning_rate: its option is suggested
+    (["--epoch", "1"], "epochs"),  # an abbreviation is not accepted, but suggested
     (["--drop_path_rate=0.2"], "drop_path"),
 ])
 def test_unknown_cli_key_suggests(tokens, suggestion):
@@ -93,6 +95,70 @@ def test_unknown_override_dict_key_and_from_dict_key():
     with pytest.raises(ConfigError, match="did you mean 'seed'"):
         Config.from_dict({"sed": 1})
     assert Config.from_dict({"sed": 1, "seed": 2}, strict=False).seed == 2
+
+
+@pytest.mark.parametrize("alias, option, value", [("lr", "base_lr", 0.05), ("learning_rate", "base_lr", 0.05),
+                                                  ("warmup_epochs", "warmup_length", 1)])  # fmt: skip
+def test_aliases_are_accepted_alike_in_yaml_tokens_and_dicts_and_stored_canonical(tmp_path, alias, option, value):
+    assert OPTION_ALIASES[alias] == option
+    from_yaml = load_config(write(tmp_path, f"{alias}: {value}\n"))
+    from_tokens = load_config(None, [f"--{alias}", str(value)])
+    from_dict = load_config(None, {alias: value})
+    for cfg in (from_yaml, from_tokens, from_dict, Config.from_dict({alias: value})):
+        assert getattr(cfg, option) == value
+        assert alias not in cfg.to_dict()
+    msg = error_of(write(tmp_path, f"{alias}: -1\n"))  # a bad value names the option and the spelling used
+    assert f"{option}: " in msg and f"run.yaml:1 as '{alias}'" in msg
+
+
+def test_an_alias_and_its_option_together_are_an_error(tmp_path):
+    msg = error_of(write(tmp_path, "base_lr: 0.1\nepochs: 3\nlr: 0.2\n"))
+    assert "option 'base_lr' is given twice, as 'base_lr' [" in msg and "run.yaml:3]" in msg
+    assert "'lr' is an alias of 'base_lr'" in msg
+    assert "given twice" in error_of(None, ["--lr", "0.1", "--learning_rate", "0.2"])
+    with pytest.raises(ConfigError, match="'--lr' is an alias of 'base_lr'"):
+        make_parser().parse_args(["--base_lr", "0.1", "--lr", "0.2"])
+    cfg = config_from_args(vars(make_parser().parse_args(["--lr", "0.1", "--lr", "0.2"])))  # one spelling: last wins
+    assert cfg.base_lr == 0.2
+    yaml_then_cli = config_from_args(vars(make_parser().parse_args(["--config", str(write(tmp_path, "lr: 0.1\n")),
+                                                                    "--base_lr", "0.3"])))  # fmt: skip
+    assert yaml_then_cli.base_lr == 0.3  # the command line overrides the YAML, whatever the spelling
+
+
+def test_the_parser_takes_no_abbreviation_and_the_aliases():
+    parser = add_config_arguments(argparse.ArgumentParser(allow_abbrev=False))
+    args, unknown = parser.parse_known_args(["--epoch", "1", "--batch", "4", "--lr", "0.1", "--warmup_epochs", "0"])
+    assert unknown == ["--epoch", "1", "--batch", "4"]
+    assert (args.base_lr, args.warmup_length) == ("0.1", "0") and not hasattr(args, "epochs")
+    help_text = " ".join(parser.format_help().split())
+    assert "alias: --lr, --learning_rate" in help_text and "--lr BASE_LR" not in help_text
+
+
+@pytest.mark.parametrize("policy", ["rand-m9-mstd0.5-inc1", "rand-m9-n3-mstd0.5", "rand-mstd1-tweights",
+                                    "augmix-m5-w4-d2", "original", "original-mstd0.5", "originalr", "v0", "v0r",
+                                    "3a"])  # fmt: skip
+def test_timm_policy_strings_are_accepted(policy):
+    assert Config(auto_augment=policy).auto_augment == policy
+
+
+@pytest.mark.parametrize("policy, why", [
+    ("rand-bogus", "section 'bogus' holds no value, so timm would ignore it"),
+    ("original-", "section '' holds no value"),
+    ("rand-tbogus", "timm knows no RandAugment op set 'bogus'"),
+    ("rand-m9x", "timm refuses it (ValueError"),
+    ("augmix-q3", "timm refuses it (AssertionError: Unknown AugMix config section)"),
+    ("v1", "timm refuses it (AssertionError: Unknown AA policy v1)"),
+    ("randaugment", "timm refuses it (AssertionError)"),
+])  # fmt: skip
+def test_policy_strings_timm_would_refuse_or_ignore_are_errors(policy, why):
+    msg = error_of(None, {"auto_augment": policy})
+    assert f"auto_augment: {policy!r} is not a timm auto-augment policy: {why}" in msg
+    assert "e.g. rand-m9-mstd0.5-inc1" in msg
+
+
+def test_docs_list_every_alias():
+    text = (ROOT / "docs" / "options.md").read_text()
+    assert all(f"`{alias}` -> `{option}`" in text for alias, option in OPTION_ALIASES.items())
 
 
 # ---------------------------------------------------------------- types, ranges, choices
@@ -123,9 +189,8 @@ def test_wrong_type(tmp_path, text, key, expected):
     (["--train_num_samples", "0"], "-1 (all) or a positive count"),
     (["--min_lr", "0.1"], "above base_lr"),
     (["--start_epoch", "300"], "must be below epochs"),
-    (["--warmup_length", "300"], "warm-up"),
     (["--compile", "--pynative_mode", "true"], "contradicts"),
-    (["--auto_augment", "randaug-m9"], "timm policy"),
+    (["--auto_augment", "randaug-m9"], "not a timm auto-augment policy"),
 ])
 def test_out_of_range(tokens, expected):
     assert expected in error_of(None, tokens)

@@ -4,7 +4,13 @@
 variants in timm's registry, so ``timm.create_model("conformer_tiny_patch16")`` works.
 """
 
-from .models import Conformer, ConformerArgs, create_model, list_models
+try:
+    from .models import Conformer, ConformerArgs, create_model, list_models
+except KeyboardInterrupt:  # Ctrl-C while torch loads: the `conformer` command exits 130 in one line
+    from .cli import exit_if_interrupted_command
+
+    exit_if_interrupted_command()
+    raise
 
 __version__ = "0.1.0"
 __all__ = ["Conformer", "ConformerArgs", "create_model", "list_models", "__version__"]

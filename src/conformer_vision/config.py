@@ -6,6 +6,8 @@ One flat dataclass field per option of the specification's YAML (the MindSpore C
 policy, augmentation master switch, ...).
 
 Options come from a YAML file and from ``--key value`` command-line tokens (the command line wins).
+A few names other codebases use are true aliases (:data:`OPTION_ALIASES`: ``lr`` for ``base_lr``,
+...), accepted alike in YAML and on the command line and stored under the canonical name.
 Everything is checked before any data or model work: unknown keys get a "did you mean"
 suggestion and the list of valid keys, values are coerced to the field's type and checked against
 their range or choices, and every problem is reported in one :class:`ConfigError` that names the
@@ -22,7 +24,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -35,12 +37,15 @@ __all__ = [
     "ConfigError",
     "FALLBACK_MODEL_NAMES",
     "ARCH_ALIASES",
+    "OPTION_ALIASES",
     "SPEC_OPTIONS",
     "EXTRA_OPTIONS",
     "available_archs",
     "load_config",
     "add_config_arguments",
     "config_from_args",
+    "suggest_names",
+    "unknown_options_error",
 ]
 
 # Model names known without importing the model package (which pulls in torch). The runtime list
@@ -154,7 +159,6 @@ _HW = "Hardware setup"
 _CB = "Callbacks setup"
 
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # PIL filters timm accepts
-_AA_POLICIES = ("rand", "augmix", "original", "originalr", "v0", "v0r", "3a")
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,11 +380,6 @@ class Config:
         for key in ("train_num_samples", "val_num_samples"):
             if getattr(self, key) == 0 or getattr(self, key) < -1:
                 out.append((key, f"{getattr(self, key)} must be -1 (all) or a positive count"))
-        if self.auto_augment is not None:
-            policy = self.auto_augment.split("-")[0]
-            if policy not in _AA_POLICIES:
-                out.append(("auto_augment", f"{self.auto_augment!r} is not a timm policy string; it must start "
-                            f"with one of {', '.join(_AA_POLICIES)} (e.g. rand-m9-mstd0.5-inc1), or be null"))
         if self.min_lr > self.base_lr:
             out.append(("min_lr", f"{self.min_lr:g} is above base_lr {self.base_lr:g}"))
         if self.start_epoch >= self.epochs:
@@ -462,18 +461,25 @@ class Config:
             raise ConfigError(f"{source}: expected a mapping of options, got {type(d).__name__}")
         if strict:
             _check_unknown_keys(d.keys(), {k: source for k in d})
-        values = {k: v for k, v in d.items() if k in _FIELDS}
-        return _build(values, {k: source for k in values}, source)
+        values, sources = _resolve_aliases({k: v for k, v in d.items() if k in _FIELDS or k in OPTION_ALIASES},
+                                           {k: source for k in d})
+        return _build(values, sources, source)
 
 
 SPEC_OPTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config) if f.metadata["spec"])
 EXTRA_OPTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config) if not f.metadata["spec"])
 _FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
 
-# Names other training codebases (DeiT, timm, the reference) use for our options.
+# True aliases: other codebases' names (DeiT, timm, most tutorials) for exactly our option, accepted
+# in YAML and on the command line alike and stored under the canonical name. Kept small on purpose:
+# only names whose meaning and unit are ours. Giving an alias and its option together is an error.
+OPTION_ALIASES: dict[str, str] = {"lr": "base_lr", "learning_rate": "base_lr", "warmup_epochs": "warmup_length"}
+
+# Other names other training codebases use for our options: not accepted (their meaning or unit
+# differs in detail), but pointed to ours by the "did you mean" of an unknown option.
 _FOREIGN_NAMES: dict[str, str] = {
-    "lr": "base_lr", "learning_rate": "base_lr", "opt": "optimizer", "opt_eps": "eps", "opt_betas": "beta",
-    "betas": "beta", "sched": "lr_scheduler", "scheduler": "lr_scheduler", "warmup_epochs": "warmup_length",
+    "opt": "optimizer", "opt_eps": "eps", "opt_betas": "beta",
+    "betas": "beta", "sched": "lr_scheduler", "scheduler": "lr_scheduler",
     "warmup_lr_init": "warmup_lr", "smoothing": "label_smoothing", "reprob": "re_prob", "remode": "re_mode",
     "recount": "re_count", "aa": "auto_augment", "mixup_switch_prob": "switch_prob",
     "train_interpolation": "interpolation", "drop_path_rate": "drop_path", "drop_rate": "drop",
@@ -622,8 +628,13 @@ def _check_field(f: dataclasses.Field, value: Any) -> Any:
                             + (f" (aliases: {', '.join(md['aliases'])})" if md["aliases"] else "")
                             + _suggest(value, list(table)))
         return table[key]
-    if f.name == "auto_augment" and isinstance(value, str) and value.strip().lower() in ("", *_NULL):
-        return None
+    if f.name == "auto_augment" and isinstance(value, str):
+        if value.strip().lower() in ("", *_NULL):
+            return None
+        problem = _auto_augment_problem(value)
+        if problem:
+            raise _BadValue(f"{value!r} is not a timm auto-augment policy: {problem}; e.g. rand-m9-mstd0.5-inc1, "
+                            "augmix-m5-w4, original-mstd0.5, or null for none")
     if isinstance(value, list) and md["length"] is not None and len(value) != md["length"]:
         raise _BadValue(f"expected {md['length']} values, got {value!r}")
     rng = md["range"]
@@ -634,31 +645,105 @@ def _check_field(f: dataclasses.Field, value: Any) -> Any:
     return value
 
 
+def _auto_augment_problem(policy: str) -> str | None:
+    """Why timm would not build the augmentation ``policy`` names, or ``None`` when it would.
+
+    The transform is built by the timm function that ``timm.data.create_transform`` picks for the
+    string (``rand...``, ``augmix...``, else AutoAugment), so timm's own parser judges it: an unknown
+    policy or section key, or an unreadable number, fails there. timm skips without a word a section
+    from which it reads no value (``bogus`` in ``rand-bogus``) and falls back to its default op set
+    for an unknown RandAugment op-set name (``tbogus``); both would silently train something other
+    than what was asked, so both are refused too.
+    """
+    from timm.data import auto_augment as aa  # lazy: imports torch
+
+    head, *sections = policy.split("-")
+    if head.startswith("rand"):
+        build = aa.rand_augment_transform
+    elif head.startswith("augmix"):
+        build = aa.augment_and_mix_transform
+    else:
+        build = aa.auto_augment_transform
+    try:
+        build(policy, None)
+    except (AssertionError, ValueError, KeyError, IndexError) as e:  # timm's parser asserts
+        return f"timm refuses it ({type(e).__name__}{': ' + str(e) if str(e) else ''})"
+    for section in sections:
+        if head == "rand" and section.startswith("t"):
+            name = section[1:]  # an op-set name; timm knows it when the result ignores ``increasing``
+            if aa.rand_augment_choices(name, increasing=True) != aa.rand_augment_choices(name, increasing=False):
+                return f"timm knows no RandAugment op set {name!r} (section {section!r}) and would use its default"
+        elif not re.search(r"\d", section):
+            return f"section {section!r} holds no value, so timm would ignore it"
+    return None
+
+
 def _suggest(word: str, candidates: Iterable[str]) -> str:
     close = difflib.get_close_matches(str(word), list(candidates), n=3)
     return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
-def _check_unknown_keys(keys: Iterable[Any], where: Mapping[Any, str]) -> None:
-    unknown = [k for k in keys if k not in _FIELDS]
-    if not unknown:
-        return
-    lines = []
+def suggest_names(name: str, valid: Collection[str]) -> list[str]:
+    """Up to three names in ``valid`` the user may have meant by the unknown ``name`` (dashes and
+    underscores alike): the option another codebase means by it (``resume`` -> ``checkpoint``), then
+    close spellings. An alias found is given as its canonical name."""
+    name = name.lstrip("-").replace("-", "_")
+    if not name:
+        return []
+    guesses: list[str] = []
+    foreign = {k: v for k, v in _FOREIGN_NAMES.items() if v in valid}
+    longer = [v for v in valid if v.startswith(name) and v != name]  # an abbreviation, no longer accepted
+    for g in ([name] if name in foreign else []) + longer + difflib.get_close_matches(name, [*valid, *foreign], n=4):
+        g = foreign.get(g, g)
+        g = OPTION_ALIASES.get(g, g) if OPTION_ALIASES.get(g) in valid else g
+        if g not in guesses:
+            guesses.append(g)
+    return guesses[:3]
+
+
+def unknown_options_error(unknown: Sequence[Any], where: Mapping[Any, str], valid: Collection[str], *,
+                          header: str = "unknown configuration option(s):",
+                          listing: str | None = None) -> ConfigError:
+    """The error for ``unknown`` option names: one line per name with where it came from and a "did
+    you mean" among ``valid``, then the valid names (``listing``, default: the configuration's)."""
+    lines = [header]
     for k in unknown:
-        name = str(k).lstrip("-").replace("-", "_")
-        # Close spellings of our names and of other codebases' names for the same options.
-        candidates = [*_FIELDS, *_FOREIGN_NAMES]
-        guesses: list[str] = []
-        for g in ([name] if name in _FOREIGN_NAMES else []) + difflib.get_close_matches(name, candidates, n=4):
-            g = _FOREIGN_NAMES.get(g, g)
-            if g not in guesses:
-                guesses.append(g)
-        hint = f"did you mean {' or '.join(repr(g) for g in guesses[:3])}?" if guesses else "no similar option"
+        guesses = suggest_names(str(k), valid)
+        hint = f"did you mean {' or '.join(repr(g) for g in guesses)}?" if guesses else "no similar option"
         lines.append(f"  - unknown option {k!r} [{where.get(k, '?')}]: {hint}")
-    raise ConfigError("\n".join([
-        "unknown configuration option(s):", *lines,
-        f"  valid options: {', '.join(_FIELDS)} (see docs/options.md or --help)",
-    ]))
+    lines.append(f"  valid options: {listing or ', '.join(_FIELDS) + ' (see docs/options.md or --help)'}")
+    return ConfigError("\n".join(lines))
+
+
+def _check_unknown_keys(keys: Iterable[Any], where: Mapping[Any, str]) -> None:
+    unknown = [k for k in keys if k not in _FIELDS and k not in OPTION_ALIASES]
+    if unknown:
+        raise unknown_options_error(unknown, where, [*_FIELDS, *OPTION_ALIASES])
+
+
+def _both_given(canonical: str, names: tuple[str, str], where: tuple[str, str]) -> str:
+    """The message for one option given twice in one source, under two of its names."""
+    shown = " and ".join(f"{n!r}" + (f" [{w}]" if w else "") for n, w in zip(names, where))
+    aliases = [repr(n) for n in dict.fromkeys(names) if n.lstrip("-") != canonical]
+    return (f"option {canonical!r} is given twice, as {shown} ({' and '.join(aliases)} "
+            f"{'is an alias' if len(aliases) == 1 else 'are aliases'} of {canonical!r}); give it once")
+
+
+def _resolve_aliases(values: Mapping[str, Any], where: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``values`` with every alias key renamed to its option, and where each came from (an alias
+    noted: ``run.yaml:3 as 'lr'``). Two names of one option in ``values`` are a :class:`ConfigError`."""
+    out: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    given_as: dict[str, str] = {}
+    for key, value in values.items():
+        canonical = OPTION_ALIASES.get(key, key)
+        if canonical in given_as:
+            names = (given_as[canonical], key)
+            raise ConfigError(_both_given(canonical, names, (where.get(names[0], "?"), where.get(key, "?"))))
+        given_as[canonical] = key
+        out[canonical] = value
+        sources[canonical] = where.get(key, "?") + (f" as {key!r}" if key != canonical else "")
+    return out, sources
 
 
 def _plain(value: Any) -> Any:
@@ -762,6 +847,12 @@ def load_config(path: str | os.PathLike[str] | None = None,
     a document that is not a mapping, unknown keys (with suggestions and the valid keys), values of
     the wrong type, out of range or not among the choices.
     """
+    return _load(path, overrides, "override")
+
+
+def _load(path: str | os.PathLike[str] | None, overrides: Mapping[str, object] | Sequence[str] | None,
+          label: str) -> Config:
+    """:func:`load_config`, with ``label`` naming where a mapping of overrides came from."""
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     origin = ""
@@ -769,26 +860,43 @@ def load_config(path: str | os.PathLike[str] | None = None,
         path = os.fspath(path)
         data, lines = _read_yaml(path)
         _check_unknown_keys(data, lines)
+        data, lines = _resolve_aliases(data, lines)
         values.update(data)
         sources.update(lines)
         origin = path
     if overrides is not None:
         if isinstance(overrides, Mapping):
-            over, label = dict(overrides), "override"
+            over = dict(overrides)
         elif isinstance(overrides, (str, bytes)):
             raise TypeError("overrides must be a mapping or a list of command-line tokens, not a string")
         else:
             over, label = _parse_cli_tokens(list(overrides)), "command line"
         _check_unknown_keys(over, {k: label for k in over})
+        over, labels = _resolve_aliases(over, {k: label for k in over})
         values.update(over)
-        sources.update({k: label for k in over})
+        sources.update(labels)
     return _build(values, sources, origin)
+
+
+class _OptionAction(argparse.Action):
+    """Stores a configuration option given as ``--name`` or as an alias (``--lr``), remembering the
+    spelling: an alias and its option (or two aliases of one option) on one command line are an
+    error, as in one YAML file; repeating the same spelling keeps the last value, as argparse does."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        spellings: dict[str, str] = vars(namespace).setdefault("_option_spellings", {})
+        first = spellings.setdefault(self.dest, option_string or self.dest)
+        if option_string is not None and first != option_string:
+            raise ConfigError(_both_given(self.dest, (first, option_string), ("command line", "command line")))
+        setattr(namespace, self.dest, values)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, *, exclude: Iterable[str] = ()) -> argparse.ArgumentParser:
     """Add ``--config PATH`` and one ``--<option>`` per field (grouped as in the specification's
-    YAML), each with its meaning, default and choices in the help. Options not given on the command
-    line are absent from the parsed namespace, so the YAML value is kept; use
+    YAML), each with its meaning, default and choices in the help, plus the :data:`OPTION_ALIASES`
+    (``--lr``: named in their option's help, not listed on their own). Options not given on the
+    command line are absent from the parsed namespace, so the YAML value is kept; use
     :func:`config_from_args` on ``vars(namespace)``."""
     skip = set(exclude)
     parser.add_argument("--config", metavar="PATH", default=None,
@@ -810,9 +918,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, exclude: Iterable[s
             extra.append(f"must be {md['range']}")
         if not md["spec"]:
             extra.append("PyTorch port only")
+        aliases = [f"--{a}" for a, c in OPTION_ALIASES.items() if c == f.name]
+        if aliases:
+            extra.append(f"alias: {', '.join(aliases)}")
         text = f"{md['help']} ({'; '.join(extra)})".replace("%", "%%")
         tp = hints[f.name]
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text, "action": _OptionAction}
         if tp is bool:
             kwargs.update(nargs="?", const="true", metavar="BOOL")
         elif typing.get_origin(tp) is list or (typing.get_origin(tp) in (Union, types.UnionType)
@@ -821,6 +932,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, exclude: Iterable[s
         else:
             kwargs.update(metavar=f.name.upper())
         group.add_argument(f"--{f.name}", **kwargs)
+        for alias in aliases:
+            group.add_argument(alias, **{**kwargs, "help": argparse.SUPPRESS})
     return parser
 
 
@@ -835,4 +948,4 @@ def config_from_args(args: Mapping[str, Any], *, config_key: str = "config") -> 
                 value = value[0]
             overrides[key] = value
     path = args.get(config_key)
-    return load_config(path, overrides)
+    return _load(path, overrides, "command line")
