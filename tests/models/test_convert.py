@@ -115,14 +115,18 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path):
         create_model("conformer_mini_test", 10, pretrained=str(path))
 
 
-@pytest.mark.parametrize("content", [b"", b"hello, I am not a checkpoint\n", None], ids=["empty", "text", "truncated"])
-def test_unreadable_files_give_clear_errors(tmp_path, content):
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty (0 bytes)"),
+    (b"hello, I am not a checkpoint\n", "is not a checkpoint: it is a text file (first line 'hello, I am not"),
+    (None, "is truncated or corrupt: a PyTorch checkpoint whose content is incomplete or damaged"),
+], ids=["empty", "text", "truncated"])  # fmt: skip
+def test_unreadable_files_give_clear_errors(tmp_path, content, message):
     path = tmp_path / "model.pth"
     if content is None:
         torch.save(_reference_sd(), path)
         content = path.read_bytes()[: os.path.getsize(path) // 2]
     path.write_bytes(content)
-    with pytest.raises(CheckpointError, match="truncated or not a checkpoint|empty"):
+    with pytest.raises(CheckpointError, match=re.escape(f"{path} {message}")):
         create_model("conformer_mini_test", 10, pretrained=str(path))
 
 
@@ -161,3 +165,25 @@ def test_describe_state_dict():
     text = describe_state_dict(sd)
     assert text.startswith("conformer_small_patch32") and "5 classes" in text
     assert describe_state_dict({}).startswith("no Conformer weights")
+
+
+def test_load_pretrained_checks_a_built_model_against_a_self_describing_file(tmp_path, caplog):
+    """``load_pretrained`` (``train --pretrained``) into a model built beforehand: another structure
+    that the tensors cannot show (num_heads) is an error, other numerics are logged, an unknown
+    ``model_args`` field (a newer writer) is an error, never dropped."""
+    from conformer_vision.checkpoint import build_checkpoint
+    from conformer_vision.models import load_pretrained
+
+    ckpt = build_checkpoint(create_model("conformer_mini_test", num_classes=3, approximate_gelu=True))
+    path = tmp_path / "ckpt.pt"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=re.escape("num_heads=4 (the file has 2) contradicts it")):
+        load_pretrained(create_model("conformer_mini_test", num_classes=3, num_heads=4), path)
+    exact_gelu = create_model("conformer_mini_test", num_classes=3)
+    load_pretrained(exact_gelu, path)
+    assert "was trained with approximate_gelu=True; using approximate_gelu=False" in caplog.text
+    assert all(torch.equal(v, ckpt["model"][k]) for k, v in exact_gelu.state_dict().items())
+    ckpt["model_args"]["future_option"] = 1
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="future_option.*newer conformer-vision"):
+        create_model("conformer_mini_test", pretrained=str(path))

@@ -110,14 +110,14 @@ def bad_checkpoints(reference_run: Path, tmp_path: Path) -> dict[str, Path]:
 
 
 def test_5_resume_from_a_truncated_empty_or_foreign_file_is_a_clear_error(dataset, bad_checkpoints, tmp_path):
-    for name, message in (("truncated", "is truncated or not a checkpoint"), ("empty", "is empty (0 bytes)"),
-                          ("text", "is truncated or not a checkpoint"), ("weights_only", "holds no training state")):
+    for name, message in (("truncated", "is truncated or corrupt"), ("empty", "is empty (0 bytes)"),
+                          ("text", "is not a checkpoint: it is a text file"), ("weights_only", "holds no training state")):
         result = conformer_inprocess(*train_args(dataset, tmp_path / name, checkpoint=bad_checkpoints[name]))
         assert_user_error(result, str(bad_checkpoints[name]), message)
         assert not (tmp_path / name).exists()  # nothing written
     # One real process as well: the error is the whole output, no traceback.
     result = conformer(*train_args(dataset, tmp_path / "run", checkpoint=bad_checkpoints["truncated"]))
-    assert_user_error(result, f"{bad_checkpoints['truncated']} is truncated or not a checkpoint")
+    assert_user_error(result, f"{bad_checkpoints['truncated']} is truncated or corrupt")
 
 
 def test_5_auto_resume_skips_a_truncated_newest_checkpoint_with_a_warning(dataset, reference_run, tmp_path):
@@ -126,7 +126,7 @@ def test_5_auto_resume_skips_a_truncated_newest_checkpoint_with_a_warning(datase
     newest.write_bytes(newest.read_bytes()[:100_000])  # e.g. copied by a tool that is not atomic
     result = conformer(*train_args(dataset, run, checkpoint="auto"))
     assert result.rc == 0, result.output[-3000:]
-    assert f"skipping unreadable checkpoint: {newest} is truncated or not a checkpoint" in result.stderr
+    assert f"skipping unreadable checkpoint: {newest} is truncated or corrupt" in result.stderr
     assert f"resumed from {checkpoints(run)[-2]}" in result.stderr
     assert_same_weights(load(newest), load(checkpoints(reference_run)[-1]))  # step 6 redone exactly
 
@@ -221,6 +221,7 @@ def test_7_resuming_with_another_class_list_is_refused(dataset, reference_run, t
             for k in range(8 if split == "train" else 2):
                 noise_image(k).save(data / split / name / f"{k}.png")
     run = copy_run(reference_run, tmp_path / "run")
-    result = conformer_inprocess(*train_args(data, run, num_classes=3, checkpoint="auto"))
+    # epochs 3: the run is extended (resuming its 2 finished epochs alone would only say it is finished)
+    result = conformer_inprocess(*train_args(data, run, num_classes=3, checkpoint="auto", epochs=3))
     assert_user_error(result, f"cannot resume from {checkpoints(run)[-1]}: the checkpoint's classes ['cat', 'dog']... "
                       "differ from the data's ['ant', 'bee', 'cow']")  # fmt: skip
