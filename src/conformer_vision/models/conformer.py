@@ -457,19 +457,25 @@ def list_models() -> list[str]:
     return list(VARIANTS)
 
 
-_TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+_TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "pretrained_model_args")
 
 
 def create_model(
-    name: str, num_classes: int = 1000, pretrained: str | None = None, **overrides: Any
+    name: str, num_classes: int | None = None, pretrained: str | None = None, **overrides: Any
 ) -> Conformer:
     """Build a Conformer variant, optionally loading weights from ``pretrained`` (a file path).
 
     ``pretrained`` accepts the authors' checkpoints, mmpretrain's, safetensors files and this
-    project's own checkpoints (layout detected from the keys; see ``convert.py``). When the file's
-    heads have another number of classes, everything else is loaded and both heads are
-    re-initialised (transfer learning). ``overrides`` are ``ConformerArgs`` fields, e.g.
-    ``drop_path_rate=0.1``.
+    project's own checkpoints and safetensors exports (layout detected from the keys; see
+    ``convert.py``). ``overrides`` are ``ConformerArgs`` fields, e.g. ``drop_path_rate=0.1``.
+
+    A file of this project describes its model (``model_args``) and is rebuilt as it says: its
+    numerics (``approximate_gelu``, ``same_pad_maxpool``, ``trans_norm_eps``), class count and
+    structure, so the model gives the checkpoint's own outputs. What an explicit argument that
+    contradicts the file does is ``convert.reconcile_model_args``'s: another structure or variant
+    is a CheckpointError, other numerics are used and logged, another ``num_classes`` gets both
+    heads re-initialised (transfer learning, logged). Foreign files: the variant's arguments with
+    ``overrides``; ``num_classes`` defaults to the file's head count (1000 without a file).
     """
     for key in _TIMM_ONLY_KWARGS:
         overrides.pop(key, None)
@@ -479,16 +485,29 @@ def create_model(
     unknown = set(overrides) - set(ConformerArgs.__dataclass_fields__)
     if unknown:
         raise TypeError(f"unknown model option(s) {sorted(unknown)}; valid: {sorted(ConformerArgs.__dataclass_fields__)}")
-    args = variant_args(name, num_classes=num_classes, **overrides)
+    variant = canonical_name(name)
+    explicit = {**overrides, **({} if num_classes is None else {"num_classes": num_classes})}
+    sd = None
+    if pretrained:
+        from .convert import infer_architecture, read_weights, reconcile_model_args
+
+        sd, meta = read_weights(pretrained)
+        if meta.get("model_args") is not None:
+            args = reconcile_model_args(meta["model_args"], explicit, str(pretrained), meta.get("arch"), variant)
+        else:
+            held = infer_architecture(sd).get("num_classes")
+            args = variant_args(variant, **{"num_classes": held or 1000, **explicit})
+    else:
+        args = variant_args(variant, **{"num_classes": 1000, **explicit})
     with torch.device(device) if device is not None else contextlib.nullcontext():
         model = Conformer(args)
-    model.pretrained_cfg = dict(default_cfgs[canonical_name(name)].default.to_dict())
-    model.pretrained_cfg["num_classes"] = num_classes
-    model.variant = canonical_name(name)
-    if pretrained:
-        from .convert import load_pretrained
+    model.pretrained_cfg = dict(default_cfgs[variant].default.to_dict())
+    model.pretrained_cfg["num_classes"] = args.num_classes
+    model.variant = variant
+    if sd is not None:
+        from .convert import load_state_dict_strict
 
-        load_pretrained(model, pretrained)
+        load_state_dict_strict(model, sd, source=str(pretrained))
     return model
 
 

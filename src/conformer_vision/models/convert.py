@@ -4,7 +4,10 @@ Layouts understood (detected from the keys, never from the file name):
 
 - ``reference``: the authors' files, ``{'model': sd, 'model_ema': ..., ...}`` or a bare state dict.
   Our parameter names are the reference's, so nothing is renamed.
-- ``conformer-vision``: this project's checkpoints (``format == 'conformer-vision'``).
+- ``conformer-vision``: this project's checkpoints (``format == 'conformer-vision'``), and its
+  safetensors exports (the same description as JSON strings in the header). They describe the model
+  (``arch``, ``model_args``): ``reconcile_model_args`` rebuilds it and says what an explicit
+  argument that contradicts the file does (``create_model(pretrained=...)``, ``load_pretrained``).
 - ``mmpretrain``: ``{'state_dict': sd}`` with ``backbone.``/``head.`` prefixes and renamed
   transformer norms and MLP (``ln1``, ``ln2``, ``ffn.layers.0.0``, ``ffn.layers.1``).
 - ``mindspore``: state dicts with MindSpore names (``conv_trans_blocks.{0..10}``, ``gamma``/``beta``/
@@ -14,6 +17,7 @@ Layouts understood (detected from the keys, never from the file name):
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -22,11 +26,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..serialization import read_checkpoint
 from ..errors import CheckpointError
-from .conformer import VARIANTS
+from ..serialization import read_checkpoint
+from .conformer import ALIASES, VARIANTS, ConformerArgs, variant_args
 
-__all__ = ["detect_layout", "to_reference_keys", "extract_state_dict", "describe_state_dict", "load_pretrained"]
+__all__ = [
+    "detect_layout", "to_reference_keys", "extract_state_dict", "describe_state_dict", "load_pretrained",
+    "read_weights", "reconcile_model_args", "STRUCTURE_FIELDS", "NUMERICS_FIELDS",
+]  # fmt: skip
 
 log = logging.getLogger("conformer_vision.models")
 
@@ -36,6 +43,15 @@ _MMPRETRAIN_RENAMES = [
     (re.compile(r"\.ffn\.layers\.0\.0\."), ".mlp.fc1."),
     (re.compile(r"\.ffn\.layers\.1\."), ".mlp.fc2."),
 ]
+FORMAT = "conformer-vision"
+
+STRUCTURE_FIELDS = ("patch_size", "channel_ratio", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
+                    "in_chans", "base_channel")  # fmt: skip
+"""ConformerArgs fields that define the network: a checkpoint's are the only ones its weights fit
+(``num_heads`` has no tensor of its own: a different value would load and compute something else)."""
+NUMERICS_FIELDS = ("approximate_gelu", "same_pad_maxpool", "trans_norm_eps")
+"""Fields that change the outputs of the same weights (MindSpore's numerics): the checkpoint's are
+what it was trained with; an explicit different value is honoured with a warning."""
 _MINDSPORE_NORMS = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
 
 
@@ -166,14 +182,105 @@ def load_state_dict_strict(
     return False
 
 
-def load_pretrained(model: nn.Module, path: str | Path, use_ema: bool = False) -> dict[str, Any]:
-    """Load weights of any known layout from ``path`` into ``model``; returns the file's metadata
-    (plus ``heads_reinitialised``). Always ``weights_only`` loading (see ``read_checkpoint``)."""
+def read_weights(path: str | Path, use_ema: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The state dict (reference key names) and metadata (``extract_state_dict``) of any weights
+    file: this project's checkpoints, its safetensors exports (their header's description is read
+    too), the authors', mmpretrain's and plain state dicts. Errors name ``path``."""
     obj = read_checkpoint(path)
+    if Path(path).suffix == ".safetensors":
+        obj = _safetensors_checkpoint(path, obj)
     try:
-        sd, meta = extract_state_dict(obj, use_ema=use_ema)
+        return extract_state_dict(obj, use_ema=use_ema)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
+
+
+def _safetensors_checkpoint(path: str | Path, sd: dict[str, Any]) -> dict[str, Any]:
+    """A safetensors state dict as a checkpoint dict when its header carries this project's
+    description (JSON strings written by ``conformer export --file_format SAFETENSORS``)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        header = f.metadata() or {}
+    if header.get("format") != json.dumps(FORMAT):
+        return sd
+    try:
+        meta = {k: json.loads(header[k]) for k in ("arch", "model_args", "class_names", "preprocess") if k in header}
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: its safetensors metadata is not valid JSON ({e})") from None
+    return {"format": FORMAT, "config": None, "ema": None, "model": sd, **meta}
+
+
+def reconcile_model_args(
+    stored: dict[str, Any],
+    explicit: dict[str, Any],
+    source: str,
+    stored_arch: str | None = None,
+    name: str | None = None,
+) -> ConformerArgs:
+    """The ConformerArgs of the model a self-describing checkpoint describes (``stored``: its
+    ``model_args``; ``stored_arch``: its ``arch``), with the caller's ``explicit`` arguments applied.
+
+    - Structure (``STRUCTURE_FIELDS``): the checkpoint's. The variant ``name`` asked for must be the
+      checkpoint's (same name, or the same structure); an explicit structural value that differs
+      is a CheckpointError naming both (the weights would not fit, or silently compute another net).
+    - Numerics (``NUMERICS_FIELDS``): the checkpoint's unless given; a different explicit value is
+      used and logged as an override of what the model was trained with.
+    - ``num_classes``: the checkpoint's unless given; another count means new heads (transfer
+      learning; ``load_state_dict_strict`` re-initialises and logs them).
+    - Training-time options (drop rates, ``fused_attn``): the caller's if given, else the checkpoint's.
+    """
+    fields = ConformerArgs.__dataclass_fields__
+    unknown = sorted(set(stored) - set(fields))
+    if unknown:
+        raise CheckpointError(f"{source}: its model_args hold options this version does not know ({', '.join(unknown)}); "
+                              "it was written by a newer conformer-vision: upgrade to load it")  # fmt: skip
+    held = ConformerArgs(**stored)
+    if name is not None:
+        _check_variant(held, stored_arch, name, explicit, source)
+    clash = [f"{k}={explicit[k]!r} (the file has {getattr(held, k)!r})" for k in STRUCTURE_FIELDS
+             if k in explicit and explicit[k] != getattr(held, k)]  # fmt: skip
+    if clash:
+        verb = "contradicts" if len(clash) == 1 else "contradict"
+        raise CheckpointError(f"{source} describes its own network; {', '.join(clash)} {verb} it: drop "
+                              "these options (the file's are used) or use weights trained with them")  # fmt: skip
+    for k in NUMERICS_FIELDS:
+        if k in explicit and explicit[k] != getattr(held, k):
+            log.warning("%s was trained with %s=%r; using %s=%r as asked (its outputs will differ from the "
+                        "trained model's)", source, k, getattr(held, k), k, explicit[k])  # fmt: skip
+    return ConformerArgs(**{**held.to_dict(), **explicit})
+
+
+def _check_variant(held: ConformerArgs, stored_arch: str | None, name: str, explicit: dict[str, Any],
+                   source: str) -> None:  # fmt: skip
+    """``name`` must be the checkpoint's variant: the same name (aliases included), or a variant
+    whose structure (with the explicit structural options) is the checkpoint's."""
+    stored_name = ALIASES.get(stored_arch, stored_arch) if stored_arch else None
+    if stored_name is not None and stored_name == ALIASES.get(name, name):
+        return
+    wanted = variant_args(name, **{k: v for k, v in explicit.items() if k in STRUCTURE_FIELDS})
+    differ = [k for k in STRUCTURE_FIELDS if getattr(wanted, k) != getattr(held, k)]
+    if not differ:
+        return
+    have = ", ".join(f"{k} {getattr(held, k)}" for k in differ)
+    want = ", ".join(f"{k} {getattr(wanted, k)}" for k in differ)
+    label = stored_name or "a Conformer"
+    hint = f"ask for {stored_name}" if stored_name in VARIANTS else "ask for the variant it was trained as"
+    raise CheckpointError(f"{source} holds {label} ({have}), not {name} ({want}): {hint}, or use weights of {name}")
+
+
+def load_pretrained(model: nn.Module, path: str | Path, use_ema: bool = False) -> dict[str, Any]:
+    """Load weights of any known layout from ``path`` into ``model``; returns the file's metadata
+    (plus ``heads_reinitialised``). Always ``weights_only`` loading (see ``read_checkpoint``).
+
+    A self-describing file (``model_args``) is checked against ``model.args`` first
+    (``reconcile_model_args``): another structure is an error naming both, other numerics are
+    logged (the model keeps its own, as built)."""
+    sd, meta = read_weights(path, use_ema=use_ema)
+    if meta.get("model_args") is not None and isinstance(getattr(model, "args", None), ConformerArgs):
+        own = model.args.to_dict()
+        reconcile_model_args(meta["model_args"], {k: own[k] for k in (*STRUCTURE_FIELDS, *NUMERICS_FIELDS)},
+                             str(path), meta.get("arch"), getattr(model, "variant", None))  # fmt: skip
     file_classes = infer_architecture(sd).get("num_classes")
     meta["heads_reinitialised"] = load_state_dict_strict(model, sd, source=str(path))
     meta["file_num_classes"] = file_classes
