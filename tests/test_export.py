@@ -193,3 +193,27 @@ def test_export_errors(base, tmp_path, monkeypatch):
         export_model(T.checkpoint(base), file_format="SAFETENSORS", output=out)
     assert not out.exists() and (tmp_path / "bad.safetensors.failed").exists()
     assert not any(p.name.endswith(".tmp.safetensors") for p in tmp_path.iterdir())
+
+
+def test_a_rejected_export_never_replaces_an_existing_file(tmp_path, monkeypatch):
+    """The self-check's rejected file is kept beside the output, under a name no file holds yet:
+    a user's own ``<output>.failed`` (or an earlier rejected export) stays as it was."""
+    import conformer_vision.export as export
+
+    real = export._runner
+
+    def off_by_a_bit(path, fmt):  # a broken exporter: logits off by 1% of their scale
+        run = real(path, fmt)
+        return lambda x: tuple(t + 0.01 * t.abs().max() for t in run(x))
+
+    monkeypatch.setattr(export, "_runner", off_by_a_bit)
+    model = create_model("conformer_mini_test", num_classes=3).eval()
+    out = tmp_path / "w.safetensors"
+    mine = tmp_path / "w.safetensors.failed"
+    mine.write_text("my notes\n")
+    for expected in ("w.safetensors.failed.2", "w.safetensors.failed.3"):
+        with pytest.raises(ConformerError, match="does not match PyTorch"):
+            export_model(model, file_format="SAFETENSORS", output=out)
+        assert (tmp_path / expected).stat().st_size > 1000
+    assert mine.read_text() == "my notes\n" and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [mine.name, "w.safetensors.failed.2", "w.safetensors.failed.3"]

@@ -14,8 +14,9 @@ Each export checks itself before it gets its final name: ONNX with ``onnx.checke
 format against the PyTorch model on seeded inputs (a batch of 2 at the model's input size and one
 non-square image whose sides are not multiples of the patch size). Logits must agree within
 ``rtol`` (1e-4) of the logit scale (the largest |fused logit|) and the top-1 class must agree
-wherever the reference's top-2 margin exceeds that tolerance. On a mismatch the file is renamed
-``<output>.failed`` and a ``ConformerError`` gives the figures.
+wherever the reference's top-2 margin exceeds that tolerance. On a mismatch the file is kept as
+``<output>.failed`` (``.failed.2``, ... when that name is taken: no existing file is replaced) and a
+``ConformerError`` gives the figures.
 
 EXPORTED_PROGRAM limitation: torch.export keeps guards that the last feature map is larger than 1x1, so
 the program takes heights and widths from 2 x patch + 1 (33 for patch 16) up; a model whose input
@@ -190,13 +191,33 @@ def export_with_report(
                 report = check_export(tmp, fmt, model, pre, quantized=quantize != "none",
                                       images=None if images is None else images[:QUANT_CHECK_IMAGES])  # fmt: skip
             except BaseException:
-                failed = out.with_name(out.name + ".failed")
-                os.replace(tmp, failed)
+                failed = _keep_rejected(tmp, out)
                 log.error("kept the rejected export as %s for inspection", failed)
                 raise
             log.info("export check passed: %s", report)
         os.replace(tmp, out)
     return out, report
+
+
+def _keep_rejected(tmp: Path, out: Path) -> Path:
+    """Move a rejected export ``tmp`` out of the temporary folder to ``<out>.failed`` or, when a
+    file of that name exists (a user's, or an earlier rejected export), ``<out>.failed.2``, ``.3``...:
+    never over an existing file (a hard link claims the name atomically; where links are not
+    supported, the name is checked and then renamed to)."""
+    for n in range(1, 1000):
+        failed = out.with_name(f"{out.name}.failed" + (f".{n}" if n > 1 else ""))
+        try:
+            os.link(tmp, failed)
+        except FileExistsError:
+            continue
+        except OSError:  # no hard links on this filesystem
+            if failed.exists():
+                continue
+            os.replace(tmp, failed)
+            return failed
+        tmp.unlink()
+        return failed
+    raise ConformerError(f"could not keep the rejected export: {out}.failed .. .failed.999 all exist")
 
 
 def _load_source(source: str | Path | nn.Module, arch: str | None, use_ema: bool) -> LoadedModel:
