@@ -23,7 +23,7 @@ APT_UPDATED=0
 
 apt_install() {  # apt_install PACKAGE...: Debian packages, the package lists updated once
   if [[ $APT_UPDATED == 0 ]]; then $SUDO apt-get update -qq; APT_UPDATED=1; fi
-  $SUDO apt-get install -y -qq "$@" >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null  # no prompt without a terminal
 }
 
 die() { echo "setup: $*" >&2; exit 2; }

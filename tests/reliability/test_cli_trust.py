@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+import conformer_vision
+
 from .conftest import (
     REPO, assert_user_error, checkpoints, child_env, conformer, conformer_inprocess, load, train_args, wait_for,
 )  # fmt: skip
@@ -113,6 +115,7 @@ def test_33_conformer_alone_is_a_usage_error_and_version_is_printed():
     assert helped.rc == 0 and "--version" in helped.stdout
     expected = (f"conformer-vision {importlib.metadata.version('conformer-vision')} "
                 f"(torch {importlib.metadata.version('torch')})")  # fmt: skip
+    assert conformer_vision.__version__ == importlib.metadata.version("conformer-vision")  # one version
     version = conformer("--version")  # the real entry point
     assert (version.rc, version.stdout, version.stderr) == (0, expected + "\n", "")
     assert conformer_inprocess("-V").stdout == expected + "\n"
