@@ -9,7 +9,7 @@ import torch.distributed as dist
 from PIL import Image
 
 from conformer_vision.data.datasets import (
-    ImageFolderDataset, build_class_list, build_loader, sample_seed, seeded_rngs, set_loader_epoch,
+    ImageFolderDataset, build_class_list, build_loader, eval_loader, sample_seed, seeded_rngs, set_loader_epoch,
 )  # fmt: skip
 from conformer_vision.errors import ConfigError, DataError
 
@@ -162,6 +162,34 @@ def test_budget_exceeded_in_a_worker_reaches_the_main_process(make_tree, make_ba
     loader = build_loader(ds, 2, shuffle=False, num_workers=1, seed=0, drop_last=False, persistent_workers=False)
     with pytest.raises(DataError, match="too many unreadable"):
         list(loader)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_drop_policy_leaves_unreadable_images_out_once_each(make_tree, make_bad, caplog, workers):
+    """Evaluation's policy: every readable image exactly once, no stand-in for a bad one, a batch of
+    only bad files skipped; the bad files counted in the main process, also from workers."""
+    root = make_tree("val", {"a": 4, "b": 3})
+    bad = [make_bad(root / "a" / f"00{k}.png", "text") for k in (0, 1)] + [make_bad(root / "b" / "002.png", "empty")]
+    ds = ImageFolderDataset(root, transform=to_tensor, max_bad_files=3, bad_policy="drop")
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        batches = list(eval_loader(ds, 2, num_workers=workers, prefetch=2))
+    seen = [tuple(x.tolist()) for images, _ in batches for x in images]
+    assert seen == [(0, 2), (0, 3), (1, 0), (1, 1)]  # in order, the first batch (two bad files) skipped
+    assert [t for _, targets in batches for t in targets.tolist()] == [0, 0, 1, 1]
+    assert ds.bad_files == sorted(bad) and ds[0] is None
+    if workers == 0:
+        assert "dropping unreadable image" in caplog.text and "(not counted)" in caplog.text
+
+
+def test_bad_file_budget_error_names_the_option(make_tree, make_bad):
+    root = make_tree("val", {"a": 10})
+    make_bad(root / "a" / "003.png", "text")
+    with pytest.raises(DataError) as info:
+        ImageFolderDataset(root, max_bad_fraction=0.05, bad_policy="drop")[3]
+    message = str(info.value)
+    assert "1 of 10 (budget 0: max_bad_files_fraction 0.05 of the entries)" in message
+    assert "raise --max_bad_files_fraction (e.g. --max_bad_files_fraction 0.1)" in message
+    assert "max_bad_fraction" not in message
 
 
 # ---- loader ---------------------------------------------------------------------------------- #

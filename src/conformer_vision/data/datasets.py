@@ -9,13 +9,20 @@ the list is an error; a train class without val images only warns.
 
 Bad files (truncated, empty, not an image, decompression bomb, a directory named `x.jpg`): a directory
 with an image name is found while indexing and dropped from the samples. A file that fails to decode
-in `__getitem__` is logged (logger `conformer_vision.data`) and replaced by the next index
-((idx + 1) % len, then idx + 2, ...), so every rank still yields its full share of samples and
-distributed batches stay aligned; the label returned is the substitute's own. Failures are marked in
-a byte mask held in shared memory, so `bad_files` read in the main process also sees what
-DataLoader worker processes found (fork or spawn). Once more than the budget (`max_bad_files`, or
-else `max_bad_fraction` of all entries) is known bad, `DataError` is raised; in a worker the loader
-re-raises it in the main process. `verify()` finds bad files up front without training.
+in `__getitem__` is logged (logger `conformer_vision.data`) and then handled by `bad_policy`:
+
+* `"replace"` (training): replaced by the next index ((idx + 1) % len, then idx + 2, ...), so every
+  rank still yields its full share of samples and distributed batches stay aligned; the label
+  returned is the substitute's own.
+* `"drop"` (evaluation): the item is None, and `drop_failed` (the collate function of
+  `eval_loader`) leaves it out of its batch, so metrics count every readable image exactly once and
+  no unreadable one; a duplicated neighbour would be counted twice.
+
+Failures are marked in a byte mask held in shared memory, so `bad_files` read in the main process
+also sees what DataLoader worker processes found (fork or spawn). Once more than the budget
+(`max_bad_files`, or else `max_bad_fraction` of all entries: the `max_bad_files_fraction` option of
+the commands) is known bad, `DataError` is raised; in a worker the loader re-raises it in the main
+process. `verify()` finds bad files up front without training.
 """
 from __future__ import annotations
 
@@ -31,17 +38,26 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from conformer_vision.data.images import check_image, is_hidden, is_image_file, load_rgb
 from conformer_vision.errors import ConfigError, DataError, ImageDecodeError
 
-__all__ = ["ImageFolderDataset", "build_class_list", "build_loader", "sample_seed", "seeded_rngs", "set_loader_epoch"]
+__all__ = [
+    "BAD_POLICIES", "EvalLoader", "ImageFolderDataset", "build_class_list", "build_loader", "drop_failed",
+    "eval_loader", "sample_seed", "seeded_rngs", "set_loader_epoch",
+]  # fmt: skip
 
 _LOG = logging.getLogger("conformer_vision.data")
 
 SUBSET_SEED = 0
 """Seed of the fixed `num_samples` subset; independent of the run seed so subsets never move."""
+
+BAD_POLICIES = ("replace", "drop")
+"""What `ImageFolderDataset` does with an unreadable file: training replaces it, evaluation drops it."""
+
+BUDGET_OPTION = "max_bad_files_fraction"
+"""The command-line / config option that sets the bad-file budget, named in the over-budget error."""
 
 
 def build_class_list(train_root: str | Path) -> list[str]:
@@ -66,9 +82,12 @@ class ImageFolderDataset(Dataset):
         transform: PIL RGB image -> tensor; None returns the PIL image.
         classes: the run's class list (from `build_class_list` on train); None builds it from `root`.
         num_samples: -1 for all samples, else a fixed subset of this size (same files every time).
-        max_bad_fraction: abort when more than this fraction of entries is found bad.
+        max_bad_fraction: abort when more than this fraction of entries is found bad (the commands'
+            `max_bad_files_fraction` option).
         max_bad_files: absolute budget that replaces `max_bad_fraction` when given.
-        max_substitutions: consecutive bad indices tried before giving up on one item.
+        max_substitutions: consecutive bad indices tried before giving up on one item ("replace").
+        bad_policy: "replace" (training: the next readable index stands in) or "drop" (evaluation:
+            the item is None; batch with `eval_loader`, which leaves it out).
     """
 
     def __init__(
@@ -81,7 +100,11 @@ class ImageFolderDataset(Dataset):
         max_bad_fraction: float = 0.01,
         max_bad_files: int | None = None,
         max_substitutions: int = 10,
+        bad_policy: str = "replace",
     ) -> None:
+        if bad_policy not in BAD_POLICIES:
+            raise ValueError(f"bad_policy must be one of {BAD_POLICIES}, got {bad_policy!r}")
+        self.bad_policy = bad_policy
         self.root = _existing_dir(root, "data folder")
         self.transform = transform
         self.classes = list(classes) if classes is not None else build_class_list(self.root)
@@ -100,8 +123,9 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, idx: int | tuple[int, int]) -> tuple[Any, int]:
-        """(transform(image), target) of `idx`, or of the next readable index if it is bad.
+    def __getitem__(self, idx: int | tuple[int, int]) -> tuple[Any, int] | None:
+        """(transform(image), target) of `idx`; if it is unreadable, that of the next readable index
+        ("replace") or None ("drop").
 
         `idx` may be a pair (index, seed): the transform then draws its randomness from RNGs seeded
         with `seed` (`seeded_rngs`), so the augmentation is a function of the pair alone, in any
@@ -110,6 +134,14 @@ class ImageFolderDataset(Dataset):
             index, seed = idx
             with seeded_rngs(seed):
                 return self[index]
+        if self.bad_policy == "drop":
+            path, target = self.samples[idx]
+            try:
+                image = load_rgb(path)
+            except ImageDecodeError as err:
+                self._record_bad(idx, err)
+                return None
+            return (self.transform(image) if self.transform else image), target
         for step in range(self.max_substitutions + 1):
             i = (idx + step) % len(self.samples)
             path, target = self.samples[i]
@@ -133,7 +165,7 @@ class ImageFolderDataset(Dataset):
         """How many bad entries are tolerated; one more raises DataError."""
         if self.max_bad_files is not None:
             return self.max_bad_files
-        return math.floor(self.max_bad_fraction * self._num_entries)
+        return math.floor(self.max_bad_fraction * self.num_entries)
 
     def verify(self, full: bool = False) -> list[Path]:
         """Check every sample now; return the bad files (raises DataError over budget).
@@ -149,25 +181,34 @@ class ImageFolderDataset(Dataset):
         return self.bad_files
 
     @property
-    def _num_entries(self) -> int:
+    def num_entries(self) -> int:
+        """Samples plus the image-named entries dropped while indexing: what the budget is a fraction of."""
         return len(self.samples) + len(self._index_bad)
 
     def _record_bad(self, i: int, err: ImageDecodeError) -> None:
         """Log and mark sample `i` bad (once), then enforce the budget."""
         if not self._bad_mask[i]:
             self._bad_mask[i] = 1
-            _LOG.warning("skipping unreadable image %s: %s", err.path, err.reason)
+            if self.bad_policy == "drop":
+                _LOG.warning("dropping unreadable image %s (not counted): %s", err.path, err.reason)
+            else:
+                _LOG.warning("skipping unreadable image %s: %s", err.path, err.reason)
         self._check_budget()
 
     def _check_budget(self) -> None:
         num_bad = len(self._index_bad) + int(self._bad_mask.sum())
         if num_bad > self.bad_budget:
             shown = ", ".join(str(p) for p in self.bad_files[:5])
+            if self.max_bad_files is not None:
+                budget = f"budget {self.bad_budget} unreadable files"
+                fix = "raise the budget"
+            else:
+                budget = f"budget {self.bad_budget}: {BUDGET_OPTION} {self.max_bad_fraction:g} of the entries"
+                fix = f"raise --{BUDGET_OPTION} (e.g. --{BUDGET_OPTION} {_roomier_fraction(num_bad, self.num_entries)})"
+            # With loader workers the count can include a file another worker marked meanwhile.
             raise DataError(
-                f"too many unreadable images under {self.root}: {num_bad} of {self._num_entries} "
-                f"(budget {self.bad_budget}; max_bad_fraction={self.max_bad_fraction}, "
-                f"max_bad_files={self.max_bad_files}). First: {shown}. Fix or remove them, or raise "
-                f"the budget.")
+                f"too many unreadable images under {self.root}: {num_bad} of {self.num_entries} ({budget}). "
+                f"First: {shown}. Fix or remove them, or {fix}.")
 
     def _index(self) -> tuple[list[tuple[Path, int]], list[Path]]:
         """(samples sorted by class then path, entries with an image name that are not files)."""
@@ -180,6 +221,58 @@ class ImageFolderDataset(Dataset):
             samples += [(path, self.class_to_idx[name]) for path in images]
             not_files += rejected
         return samples, not_files
+
+
+def _roomier_fraction(num_bad: int, num_entries: int) -> str:
+    """A `max_bad_files_fraction` that would tolerate `num_bad` of `num_entries` (for the hint)."""
+    needed = num_bad / max(num_entries, 1)
+    return f"{min(1.0, math.ceil(needed * 1000) / 1000):g}"
+
+
+def drop_failed(batch: list[tuple[Any, int] | None]) -> tuple[Any, Any] | None:
+    """Collate function of `bad_policy="drop"` datasets: the items that were read, batched by
+    `default_collate`; None when none was (the batch is skipped by `EvalLoader`)."""
+    kept = [item for item in batch if item is not None]
+    return default_collate(kept) if kept else None
+
+
+class EvalLoader:
+    """Re-iterable (images, targets) batches of a `bad_policy="drop"` dataset, in order, without the
+    unreadable images (a batch may be smaller than `batch_size`; one with no readable image is
+    skipped). `len()` is the number of batches before dropping."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[Any]:
+        return (batch for batch in self.loader if batch is not None)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+def eval_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    num_workers: int = 0,
+    prefetch: int | None = None,
+    pin_memory: bool = False,
+    persistent_workers: bool = False,
+) -> EvalLoader:
+    """An in-order loader over `dataset` (an `ImageFolderDataset` with `bad_policy="drop"`, or a
+    `Subset` of one) that leaves unreadable images out of the batches (`drop_failed`).
+
+    `prefetch` is the number of batches decoded ahead in total over the workers (DataLoader counts
+    per worker); None keeps DataLoader's default."""
+    extra: dict[str, Any] = {}
+    if num_workers > 0:
+        extra["persistent_workers"] = persistent_workers
+        if prefetch is not None:
+            extra["prefetch_factor"] = max(1, math.ceil(prefetch / num_workers))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=pin_memory, collate_fn=drop_failed, **extra)  # fmt: skip
+    return EvalLoader(loader)
 
 
 def _existing_dir(path: str | Path, what: str) -> Path:
