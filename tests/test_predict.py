@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
 
 from conformer_vision.data import load_rgb, preprocess_image
-from conformer_vision.errors import DataError
-from conformer_vision.predict import collect_images, predict_paths, predictions_json
+from conformer_vision.errors import ConformerError, DataError
+from conformer_vision.predict import collect_images, errors_path, predict_paths, predictions_json, write_json
 from conformer_vision.runtime import open_predictor
 
 
@@ -40,9 +41,21 @@ def test_predict_paths_batches_equal_single_images(base):
 
 def test_predictions_json_shapes():
     results = {"a.png": [{"class": 2, "name": "c", "prob": 0.7}, {"class": 0, "name": "a", "prob": 0.2}]}
-    assert predictions_json(results, {}) == {"a.png": 2}
-    expected = {"a.png": results["a.png"][:1], "errors": {"b.jpg": "bad"}}
-    assert predictions_json(results, {"b.jpg": "bad"}, topk=1) == expected
+    assert predictions_json(results) == {"a.png": 2}
+    assert predictions_json(results, topk=1) == {"a.png": results["a.png"][:1]}
+    assert errors_path("out/predictions.json") == Path("out/predictions.errors.json")
+    assert errors_path("preds") == Path("preds.errors.json")
+
+
+def test_write_json_replaces_atomically_and_leaves_no_temporary_file_on_failure(tmp_path):
+    target = tmp_path / "p.json"
+    target.write_text("{}")
+    write_json({"a.png": 1}, target)
+    assert json.loads(target.read_text()) == {"a.png": 1}
+    (tmp_path / "folder.json").mkdir()  # the final rename fails: nothing replaced, no temp left
+    with pytest.raises(ConformerError, match="could not write .*folder.json"):
+        write_json({"a.png": 1}, tmp_path / "folder.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.json", "p.json"]
 
 
 def test_predict_cli_folder_checkpoint_and_onnx_write_the_same_json(base, tmp_path):
@@ -98,16 +111,18 @@ def test_unreadable_files_are_reported_and_the_rest_predicted(base, tmp_path):
     out_json = tmp_path / "p.json"
     rc, out, err = T.cli("predict", str(folder), "--checkpoint", str(T.checkpoint(base)), "--output", str(out_json))
     assert rc == 1
-    doc = json.loads(out_json.read_text())
-    assert set(doc) == {str(folder / "good1.png"), str(folder / "good2.jpg"), "errors"}
-    assert set(doc["errors"]) == {str(folder / "truncated.jpg"), str(folder / "notes.jpg")}
-    assert "not a recognised image format" in doc["errors"][str(folder / "notes.jpg")]
+    doc, errors = json.loads(out_json.read_text()), json.loads((tmp_path / "p.errors.json").read_text())
+    assert set(doc) == {str(folder / "good1.png"), str(folder / "good2.jpg")}
+    assert set(errors) == {str(folder / "truncated.jpg"), str(folder / "notes.jpg")}
+    assert "not a recognised image format" in errors[str(folder / "notes.jpg")]
     assert f"cannot read {folder / 'truncated.jpg'}" in err and len(out.strip().splitlines()) == 2
-    # a single file that is not an image: an error entry, exit status 1
+    # a single file that is not an image: an error entry, exit status 1, no prediction
     text = tmp_path / "readme.txt"
     text.write_text("hello")
     rc, out, err = T.cli("predict", str(text), "--checkpoint", str(T.checkpoint(base)), "--output", str(out_json))
-    assert rc == 1 and json.loads(out_json.read_text()) == {"errors": {str(text): "not a recognised image format"}}
+    assert rc == 1 and json.loads(out_json.read_text()) == {}
+    assert json.loads((tmp_path / "p.errors.json").read_text()) == {str(text): "not a recognised image format"}
+    assert f"replaced the existing {out_json} and {tmp_path / 'p.errors.json'}" in err
 
 
 def test_predict_usage_errors(base, tmp_path):
@@ -117,7 +132,8 @@ def test_predict_usage_errors(base, tmp_path):
     rc, _, err = T.cli("predict", str(good), str(tmp_path / "gone.jpg"), "--checkpoint", str(T.checkpoint(base)),
                        "--output", str(tmp_path / "some.json"))  # fmt: skip
     doc = json.loads((tmp_path / "some.json").read_text())
-    assert rc == 1 and str(good) in doc and doc["errors"] == {str(tmp_path / "gone.jpg"): "file does not exist"}
+    errors = json.loads((tmp_path / "some.errors.json").read_text())
+    assert rc == 1 and list(doc) == [str(good)] and errors == {str(tmp_path / "gone.jpg"): "file does not exist"}
     (tmp_path / "empty").mkdir()
     rc, _, err = T.cli("predict", str(tmp_path / "empty"), "--checkpoint", str(T.checkpoint(base)))
     assert rc == 2 and "no image files" in err

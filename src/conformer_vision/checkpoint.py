@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .models import Conformer, ConformerArgs, canonical_name, create_model
+from .models.conformer import ALIASES as _ALIASES
 from .models.convert import extract_state_dict, load_state_dict_strict
 from .serialization import atomic_save, partial_writes, read_checkpoint
 
 __all__ = [
-    "FORMAT", "build_checkpoint", "load_model", "CheckpointManager", "find_resumable", "read_checkpoint", "atomic_save",
+    "FORMAT", "build_checkpoint", "load_model", "check_request", "CheckpointManager", "find_resumable",
+    "read_checkpoint", "atomic_save",
 ]  # fmt: skip
 
 log = logging.getLogger("conformer_vision.checkpoint")
@@ -81,15 +84,35 @@ class LoadedModel:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+CONTRADICTIONS = ("error", "warn", "ignore")
+"""What ``load_model`` / ``check_request`` do when a requested arch or class count contradicts a file."""
+Policy = str | Mapping[str, str]  # one of CONTRADICTIONS, or one per key ("arch", "num_classes")
+
+
 def load_model(
-    path: str | Path, arch: str | None = None, num_classes: int | None = None, use_ema: bool = False, **overrides: Any
+    path: str | Path,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    use_ema: bool = False,
+    *,
+    contradiction: Policy = "error",
+    source: Policy = "command line",
+    **overrides: Any,
 ) -> LoadedModel:
     """Rebuild a model from any weights file ``create_model(pretrained=...)`` accepts.
 
-    This project's checkpoints describe their architecture; foreign files (authors', mmpretrain,
-    safetensors state dicts) need ``arch`` (the class count is read from the heads).
-    ``overrides`` are ConformerArgs fields applied on top (e.g. ``fused_attn=False``).
+    This project's checkpoints (and safetensors exports) describe their architecture and class count
+    and are rebuilt as they say; foreign files (authors', mmpretrain, plain state dicts) need ``arch``
+    (the class count is read from the heads). An ``arch`` or ``num_classes`` that contradicts what
+    the file holds is never silently dropped: ``contradiction`` "error" raises a ConfigError naming
+    both values (an explicit request that this file cannot meet), "warn" logs both and uses the
+    file's (e.g. a config file's value that merely differs), "ignore" uses the file's (a default).
+    ``source`` says where the request came from, for the messages. ``overrides`` are ConformerArgs
+    fields applied on top (e.g. ``fused_attn=False``).
     """
+    levels = [contradiction] if isinstance(contradiction, str) else list(contradiction.values())
+    if any(level not in CONTRADICTIONS for level in levels):
+        raise ValueError(f"contradiction must be one of {CONTRADICTIONS}, got {contradiction!r}")
     obj = read_checkpoint(path)
     if Path(path).suffix == ".safetensors":
         obj = _safetensors_checkpoint(path, obj)
@@ -100,6 +123,8 @@ def load_model(
     if meta["layout"] == FORMAT:
         args = ConformerArgs(**{**meta["model_args"], **overrides})
         name = meta.get("arch") or arch or "conformer"
+        check_request(path, {"arch": meta.get("arch"), "num_classes": args.num_classes},
+                      {"arch": arch, "num_classes": num_classes}, contradiction, source)  # fmt: skip
         model = Conformer(args)
         model.variant = name
     else:
@@ -109,7 +134,9 @@ def load_model(
                 "pass --arch (e.g. conformer_tiny_patch16)"
             )
         head = sd.get("conv_cls_head.weight")
-        classes = num_classes or (int(head.shape[0]) if head is not None else 1000)
+        held = int(head.shape[0]) if head is not None else None
+        check_request(path, {"num_classes": held}, {"num_classes": num_classes}, contradiction, source)
+        classes = held or num_classes or 1000
         name = canonical_name(arch)
         model = create_model(name, num_classes=classes, **overrides)
     load_state_dict_strict(model, sd, source=str(path), allow_new_heads=False)
@@ -118,6 +145,38 @@ def load_model(
         model=model, arch=name, class_names=meta.get("class_names"), preprocess=meta.get("preprocess"),
         config=meta.get("config"), layout=meta["layout"],
     )  # fmt: skip
+
+
+def check_request(
+    path: str | Path,
+    held: dict[str, Any],
+    asked: dict[str, Any],
+    contradiction: Policy = "error",
+    source: Policy = "command line",
+) -> None:
+    """Compare what a caller asks for (``asked``: ``arch`` / ``num_classes``, None = not asked) with
+    what the model file at ``path`` holds (``held``, None = not recorded), following
+    ``contradiction`` (see ``load_model``; a mapping gives each key its own, like ``source``).
+    Architecture names are compared through their aliases (``conformer_tiny`` is
+    ``conformer_tiny_patch16``)."""
+    holds = ", ".join(f"{key} {have}" for key, have in held.items() if have is not None)
+    for key, want in asked.items():
+        have = held.get(key)
+        level = contradiction if isinstance(contradiction, str) else contradiction.get(key, "error")
+        where = source if isinstance(source, str) else source.get(key, "command line")
+        if want is None or have is None or level == "ignore" or _same(key, want, have):
+            continue
+        if level == "error":
+            raise ConfigError(f"{key} {want} ({where}) contradicts {path}, which holds {holds}: drop --{key} "
+                              f"(the file records its own) or give a model file with {key} {want}")  # fmt: skip
+        log.warning("%s %s (%s) differs from %s, which holds %s: using the file's %s %s", key, want, where, path,
+                    holds, key, have)  # fmt: skip
+
+
+def _same(key: str, want: Any, have: Any) -> bool:
+    if key == "arch":  # ValueError (-> ConfigError in the commands) for a name that is no variant
+        return canonical_name(str(want)) == _ALIASES.get(str(have), str(have))
+    return int(want) == int(have)
 
 
 def _safetensors_checkpoint(path: str | Path, sd: dict[str, Any]) -> dict[str, Any]:

@@ -1,27 +1,30 @@
 """Evaluate a model (checkpoint or ONNX, through ``runtime.Predictor``) on an ImageFolder split.
 
 The images go through the same pieces as training-time validation: ``data.ImageFolderDataset``
-(class list from the model file, so val folders map to classes by name; the bad-file policy),
-the eval transform of ``data.transforms.Preprocess``, and ``metrics.ClassificationMeter`` for the
-loss, top-1 and top-5 of the fused prediction and of each head, plus the confusion matrix.
+(class list from the model file, so val folders map to classes by name), the eval transform of
+``data.transforms.Preprocess``, and ``metrics.ClassificationMeter`` for the loss, top-1 and top-5 of
+the fused prediction and of each head, plus the confusion matrix.
+
+Unreadable images are dropped, not replaced (``bad_policy="drop"``): the metrics are those of the
+readable images, each counted once, and the dropped files are counted and named in the result and
+the report. Over the budget (``max_bad_files_fraction`` of the split) the evaluation stops.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .data.datasets import ImageFolderDataset, build_class_list
+from .data.datasets import ImageFolderDataset, build_class_list, eval_loader
 from .data.transforms import Preprocess
 from .errors import CheckpointError, ConformerError
 from .metrics import ClassificationMeter
+from .predict import write_json
 from .runtime import Predictor
 
 __all__ = ["evaluate_dataset", "format_eval_line", "format_report", "write_report"]
@@ -39,9 +42,9 @@ def evaluate_dataset(
     num_samples: int = -1,
     prefetch: int = 2,
     progress: bool = False,
-    max_bad_fraction: float = 0.01,
+    max_bad_files_fraction: float = 0.01,
 ) -> dict[str, Any]:
-    """Metrics of ``predictor`` on the images under ``val_root/<class>/``.
+    """Metrics of ``predictor`` on the readable images under ``val_root/<class>/``.
 
     Args:
         class_names: the model's classes (index -> name); default: the predictor's (from the
@@ -50,25 +53,31 @@ def evaluate_dataset(
         workers: DataLoader worker processes (0 = decode in this process).
         num_samples: -1 for every image, else a fixed subset of this size.
         prefetch: batches decoded ahead of the model, in total over the workers.
-        max_bad_fraction: unreadable images tolerated (skipped and logged) before a DataError.
+        max_bad_files_fraction: unreadable images tolerated (dropped, counted and named) before a
+            DataError.
 
     Returns:
         ``ClassificationMeter.summary()`` ({'Loss', 'Top1-Acc', 'Top5-Acc', 'conv_*', 'trans_*',
-        'num_samples'}; no per-head keys for a single-output ONNX graph) plus ``per_class`` (list of
-        {'class', 'name', 'samples', 'top1'}), ``confusion`` ((K, K) int64 array, rows = true class),
-        ``bad_files`` (list of str) and ``model`` (a description).
+        'num_samples'}: the readable images only; no per-head keys for a single-output ONNX graph)
+        plus ``num_images`` (entries of the split, readable or not), ``bad_files`` (list of str: the
+        unreadable ones, not counted), ``input_size`` ([H, W] the images were resized to),
+        ``per_class`` (list of {'class', 'name', 'samples', 'top1'}), ``confusion`` ((K, K) int64
+        array, rows = true class) and ``model`` (a description).
     """
     if batch_size < 1:
         raise ConformerError(f"batch_size must be >= 1, got {batch_size}")
+    if workers < 0:
+        raise ConformerError(f"workers must be >= 0 (0 = decode in this process), got {workers}")
     preprocess = preprocess or predictor.preprocess
     class_names = class_names or predictor.class_names
     if class_names is None:
         class_names = build_class_list(val_root)
         log.warning("the model file names no classes: taking class i = the i-th sorted folder of %s", val_root)
-    dataset = ImageFolderDataset(val_root, preprocess.eval_transform(), classes=class_names,
-                                 num_samples=num_samples, max_bad_fraction=max_bad_fraction)  # fmt: skip
+    dataset = ImageFolderDataset(val_root, preprocess.eval_transform(), classes=class_names, num_samples=num_samples,
+                                 max_bad_fraction=max_bad_files_fraction, bad_policy="drop")  # fmt: skip
     device = getattr(predictor, "device", None)  # a torch.device for TorchPredictor
-    loader = _loader(dataset, batch_size, workers, prefetch, pin=device is not None and device.type == "cuda")
+    loader = eval_loader(dataset, batch_size, num_workers=workers, prefetch=prefetch,
+                         pin_memory=device is not None and device.type == "cuda")  # fmt: skip
     meter = ClassificationMeter(len(class_names))
     for images, targets in tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False):
         conv, trans = predictor.heads(images)  # (B, K) each
@@ -78,20 +87,18 @@ def evaluate_dataset(
                 f"({class_names[:5]}...): the model file and its class names do not match"
             )
         meter.update(conv, trans, targets)
-    return _result(meter, class_names, predictor, dataset)
-
-
-def _loader(dataset: ImageFolderDataset, batch_size: int, workers: int, prefetch: int, pin: bool) -> DataLoader:
-    """In-order loader; ``prefetch`` batches in flight in total (DataLoader counts per worker)."""
-    extra: dict[str, Any] = {}
-    if workers > 0:
-        extra["prefetch_factor"] = max(1, math.ceil(prefetch / workers))
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin, **extra)
+    return _result(meter, class_names, predictor, dataset, preprocess)
 
 
 def _result(
-    meter: ClassificationMeter, class_names: list[str], predictor: Predictor, dataset: ImageFolderDataset
+    meter: ClassificationMeter,
+    class_names: list[str],
+    predictor: Predictor,
+    dataset: ImageFolderDataset,
+    preprocess: Preprocess,
 ) -> dict[str, Any]:
+    if not meter.count:
+        raise ConformerError(f"no readable image under {dataset.root}: nothing to evaluate")
     out: dict[str, Any] = meter.summary()
     if not predictor.has_heads:
         out = {k: v for k, v in out.items() if not k.startswith(("conv_", "trans_"))}
@@ -103,12 +110,14 @@ def _result(
         for i, (name, acc) in enumerate(zip(class_names, accuracy))
     ]  # fmt: skip
     out["confusion"] = confusion
+    out["num_images"] = dataset.num_entries
     out["bad_files"] = [str(p) for p in dataset.bad_files]
+    out["input_size"] = list(preprocess.input_size)
     describe = getattr(predictor, "describe", None)
     out["model"] = describe() if describe else type(predictor).__name__
     if dataset.bad_files:
-        log.warning("%d unreadable images were skipped (replaced by their neighbours): %s",
-                    len(dataset.bad_files), out["bad_files"][:5])  # fmt: skip
+        log.warning("%d of %d images were unreadable and are not counted in the metrics: %s",
+                    len(dataset.bad_files), dataset.num_entries, out["bad_files"][:5])  # fmt: skip
     return out
 
 
@@ -122,7 +131,11 @@ def format_eval_line(result: dict[str, Any], with_loss: bool = True) -> str:
 def format_report(result: dict[str, Any], max_classes: int = 50) -> str:
     """Per-head lines and the per-class table (all classes up to ``max_classes``, else the worst
     and the best ``max_classes // 2``)."""
-    lines = [f"samples: {int(result['num_samples'])}"]
+    lines = [_samples_line(result)]
+    bad = result.get("bad_files") or []
+    if bad:
+        more = f" and {len(bad) - 5} more (all in --output)" if len(bad) > 5 else ""
+        lines.append(f"not counted (unreadable): {', '.join(bad[:5])}{more}")
     for head in ("conv", "trans"):
         if f"{head}_top1" in result:
             lines.append(
@@ -145,14 +158,22 @@ def format_report(result: dict[str, Any], max_classes: int = 50) -> str:
     return "\n".join(lines)
 
 
+def _samples_line(result: dict[str, Any]) -> str:
+    """``samples: 100 of 109 images (9 unreadable, not counted), input 32x32``."""
+    count = int(result["num_samples"])
+    bad = len(result.get("bad_files") or [])
+    line = f"samples: {count}"
+    if bad:
+        line += f" of {result.get('num_images', count + bad)} images ({bad} unreadable, not counted)"
+    if result.get("input_size"):
+        h, w = result["input_size"]
+        line += f", input {h}x{w}"
+    return line
+
+
 def write_report(result: dict[str, Any], path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write the metrics (everything but the confusion matrix) as JSON to ``path``."""
-    path = Path(path)
+    """Write the metrics (everything but the confusion matrix) as JSON to ``path``, replacing the
+    file if it exists (atomically: a reader sees the old file or the new one, never half)."""
     data = {k: v for k, v in result.items() if k != "confusion"}
     data.update(extra or {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-    return path
-
+    return write_json(data, path)

@@ -5,14 +5,19 @@ Images are decoded with ``data.images.load_rgb`` and preprocessed with the model
 that cannot be decoded is reported with its reason and the others are still predicted.
 
 Output (the specification's JSON): ``{path: class}``; with top-k, each value is a list of
-``{"class": id, "name": class name, "prob": probability}``, best first; unreadable files are listed
-under ``"errors": {path: reason}``.
+``{"class": id, "name": class name, "prob": probability}``, best first. Nothing else is mixed into
+that mapping (an image may well be named ``errors``): unreadable files go to a second file beside
+it, ``errors_path(output)`` (``predictions.json`` -> ``predictions.errors.json``), as
+``{path: reason}``; it is written on every run, ``{}`` when every file was read, so it never
+describes an earlier run.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +30,7 @@ from .data.transforms import Preprocess
 from .errors import ConformerError, DataError, ImageDecodeError
 from .runtime import Predictor
 
-__all__ = ["collect_images", "predict_paths", "predictions_json", "write_json"]
+__all__ = ["collect_images", "errors_path", "predict_paths", "predictions_json", "write_json"]
 
 log = logging.getLogger("conformer_vision.predict")
 
@@ -94,6 +99,8 @@ def predict_paths(
         raise ConformerError(f"topk must be >= 1, got {topk}")
     if batch_size < 1:
         raise ConformerError(f"batch_size must be >= 1, got {batch_size}")
+    if workers < 0:
+        raise ConformerError(f"workers must be >= 0 (0 = decode in this process), got {workers}")
     files = [Path(p) for p in paths]
     loader = DataLoader(_ImageFiles(files, predictor.preprocess), batch_size=batch_size, num_workers=workers)
     names = predictor.class_names
@@ -117,25 +124,42 @@ def predict_paths(
     return dict(sorted(results.items(), key=lambda kv: order[kv[0]])), errors
 
 
-def predictions_json(
-    results: dict[str, Prediction], errors: dict[str, str], topk: int | None = None
-) -> dict[str, Any]:
-    """The JSON document: ``{path: class}``, or ``{path: [top-k dicts]}`` when ``topk`` is given,
-    plus ``"errors": {path: reason}`` when some files failed."""
-    doc: dict[str, Any] = {
-        path: (preds[:topk] if topk is not None else preds[0]["class"]) for path, preds in results.items()
-    }
-    if errors:
-        doc["errors"] = dict(errors)
-    return doc
+def predictions_json(results: dict[str, Prediction], topk: int | None = None) -> dict[str, Any]:
+    """The specification's JSON document: ``{path: class}``, or ``{path: [top-k dicts]}`` when
+    ``topk`` is given; unreadable files are not in it (see ``errors_path``)."""
+    return {path: (preds[:topk] if topk is not None else preds[0]["class"]) for path, preds in results.items()}
+
+
+def errors_path(output: str | Path) -> Path:
+    """Where the unreadable files of the predictions written to ``output`` go: beside it, ``.errors``
+    before the suffix (``predictions.json`` -> ``predictions.errors.json``)."""
+    output = Path(output)
+    suffix = output.suffix or ".json"
+    return output.with_name(f"{output.name[: len(output.name) - len(output.suffix)]}.errors{suffix}")
 
 
 def write_json(doc: dict[str, Any], path: str | Path) -> Path:
-    """Write ``doc`` to ``path`` (through a temporary file, so a reader never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(path)
-    return path
+    """Write ``doc`` to ``path``, replacing the file if it exists, through a temporary file in the
+    same folder (a reader never sees half a file; the temporary file is removed if the write fails).
 
+    Raises ConformerError naming the path when the file cannot be written (disk full, permissions).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # os.open with 0o666 lets the umask decide the mode, as for any file a user writes
+        # (tempfile.mkstemp would make it 0600).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as e:
+        raise ConformerError(f"could not write {path}: {e.strerror or e}; choose another --output") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(doc, indent=1) + "\n")
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise ConformerError(f"could not write {path}: {e.strerror or e}; nothing was replaced") from None
+        raise
+    return path

@@ -15,6 +15,14 @@ safetensors).
 Exported ONNX graphs (``export.py``) take ``input`` (B, 3, H, W) with dynamic batch and spatial size
 and return ``logits``, ``conv_logits`` and ``trans_logits`` (B, K); their ``metadata_props`` hold JSON
 strings (``ONNX_METADATA_KEYS``) so an ONNX file describes itself like a checkpoint.
+
+A foreign ONNX graph (no metadata) is read from its input and first output: a fixed height and width
+become the input size, a fixed batch size is honoured by running (zero-padded) chunks of that size,
+a 1-channel input gets greyscale images (the luma of the RGB tensor, ITU-R 601 weights as Pillow's
+``L``; normalised with ImageNet's mean/std in luma), float16/float64 inputs are fed in their type.
+Anything else (another channel count, a rank other than 4, a non-float input, an output that is not
+(batch, classes)) is refused with what the graph expects, and a failing onnxruntime run is a
+``CheckpointError`` naming the model and the batch shape, never onnxruntime's traceback.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 from torch import nn
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .data.transforms import Preprocess
 from .errors import CheckpointError, ConfigError, ConformerError
@@ -49,6 +59,19 @@ ONNX_METADATA_KEYS = ("format", "version", "arch", "model_args", "class_names", 
 
 Batch = np.ndarray | torch.Tensor
 
+LUMA = (0.299, 0.587, 0.114)
+"""RGB -> grey weights (ITU-R 601-2, what Pillow's ``convert("L")`` uses); they sum to 1."""
+
+_ONNX_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def grey_preprocess(input_size: tuple[int, int] | None = None) -> Preprocess:
+    """Default preprocessing of a foreign 1-channel model: ImageNet's mean/std in luma, equal on the
+    three channels, so the luma of the normalised RGB tensor is exactly the normalised luma."""
+    mean = float(np.dot(LUMA, IMAGENET_DEFAULT_MEAN))
+    std = float(np.dot(LUMA, IMAGENET_DEFAULT_STD))
+    return Preprocess(**({"input_size": input_size} if input_size else {}), mean=(mean,) * 3, std=(std,) * 3)
+
 
 @runtime_checkable
 class Predictor(Protocol):
@@ -57,6 +80,8 @@ class Predictor(Protocol):
     arch: str | None
     class_names: list[str] | None
     preprocess: Preprocess
+    preprocess_recorded: bool  # True when ``preprocess`` comes from the model file, not from defaults
+    fixed_input_size: tuple[int, int] | None  # (H, W) a graph accepts only; None = any size
     backend: str  # "torch" or "onnxruntime"
     has_heads: bool  # False for a foreign single-output ONNX graph: conv_logits is the fused output
 
@@ -103,6 +128,8 @@ class _Base:
     arch: str | None
     class_names: list[str] | None
     preprocess: Preprocess
+    preprocess_recorded: bool = False
+    fixed_input_size: tuple[int, int] | None = None
     has_heads: bool = True
 
     def heads(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
@@ -111,6 +138,13 @@ class _Base:
     def fused(self, batch: Batch) -> torch.Tensor:
         conv, trans = self.heads(batch)
         return conv + trans
+
+    def check_input_size(self, size: tuple[int, int]) -> None:
+        """ConfigError when the model takes a fixed input size (a foreign ONNX graph) and ``size`` is another."""
+        if self.fixed_input_size and tuple(size) != self.fixed_input_size:
+            h, w = self.fixed_input_size
+            raise ConfigError(f"{getattr(self, 'path', 'the model')} takes only {h}x{w} images (fixed in the graph), "
+                              f"not {size[0]}x{size[1]}; drop the image size option or give {h} {w}")  # fmt: skip
 
     def describe(self) -> str:
         classes = f"{len(self.class_names)} classes" if self.class_names else "unnamed classes"
@@ -147,6 +181,7 @@ class TorchPredictor(_Base):
         self.model = model.eval().to(self.device, memory_format=memory_format)
         self.arch = arch or getattr(model, "variant", None)
         self.class_names = list(class_names) if class_names is not None else None
+        self.preprocess_recorded = preprocess is not None
         self.preprocess = _as_preprocess(preprocess) if preprocess is not None else default_preprocess(model)
 
     def heads(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,7 +223,8 @@ class OnnxPredictor(_Base):
 
     Args:
         path: the ``.onnx`` file. Ours carry class names and preprocessing in ``metadata_props``;
-            a foreign graph with one output is accepted (``has_heads`` False, per-head results absent).
+            a foreign graph is read as the module docstring says (``has_heads`` False when it lacks
+            our two head outputs: per-head results absent).
         device: 'CPU' or 'GPU' (see ``onnx_providers``).
         preprocess: overrides the file's preprocessing (needed for foreign files with other settings).
         threads: intra-op threads; None = as many as torch uses (``torch.get_num_threads()``, which
@@ -227,25 +263,93 @@ class OnnxPredictor(_Base):
         self.metadata = meta
         self.arch = meta.get("arch")
         self.class_names = meta.get("class_names")
+        self._read_graph_input()
+        self._read_graph_outputs()
+        self.preprocess_recorded = preprocess is None and bool(meta.get("preprocess"))
         if preprocess is not None:
             self.preprocess = preprocess
         elif meta.get("preprocess"):
             self.preprocess = _as_preprocess(meta["preprocess"])
         else:
-            log.warning("%s has no preprocessing metadata: using 224x224 bicubic, crop 0.875, ImageNet mean/std",
-                        self.path)  # fmt: skip
-            self.preprocess = Preprocess()
-        self.input_name = self.session.get_inputs()[0].name
-        outputs = [o.name for o in self.session.get_outputs()]
-        self.has_heads = all(name in outputs for name in ONNX_OUTPUTS[1:])
-        self._outputs = list(ONNX_OUTPUTS[1:]) if self.has_heads else outputs[:1]
+            grey = self.input_channels == 1
+            self.preprocess = grey_preprocess(self.fixed_input_size) if grey else Preprocess(
+                **({"input_size": self.fixed_input_size} if self.fixed_input_size else {}))
+            log.warning("%s has no preprocessing metadata: using %dx%d %s, bicubic, crop 0.875, ImageNet mean/std%s",
+                        self.path, *self.preprocess.input_size, "greyscale" if grey else "RGB",
+                        " (in luma)" if grey else "")  # fmt: skip
+        self.check_input_size(self.preprocess.input_size)
+
+    @property
+    def num_classes(self) -> int | None:
+        """Classes of the graph's (first) output when its shape says, else of its class list."""
+        return self._num_outputs or (len(self.class_names) if self.class_names else None)
+
+    def _read_graph_input(self) -> None:
+        """Input name, element type, channels, fixed batch and fixed (H, W) from the graph; refuses
+        inputs that images cannot be fed to."""
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        shape = list(inp.shape)
+        if inp.type not in _ONNX_FLOAT_TYPES:
+            raise CheckpointError(f"{self.path} takes {inp.type} input '{inp.name}' {shape}; only float32, float16 "
+                                  "and float64 image inputs (batch, channels, height, width) can be fed images")
+        if len(shape) != 4:
+            raise CheckpointError(f"{self.path} takes input '{inp.name}' of shape {shape}; images need a 4-d input "
+                                  "(batch, channels, height, width)")  # fmt: skip
+        fixed = [d if isinstance(d, int) and d > 0 else None for d in shape]
+        if fixed[1] not in (None, 1, 3):
+            raise CheckpointError(f"{self.path} takes {fixed[1]}-channel input '{inp.name}' {shape}; only 1-channel "
+                                  "(greyscale) and 3-channel (RGB) models can be fed images")
+        self._dtype = _ONNX_FLOAT_TYPES[inp.type]
+        self.input_channels = fixed[1] or 3
+        self.fixed_batch = fixed[0]
+        self.fixed_input_size = (fixed[2], fixed[3]) if fixed[2] and fixed[3] else None
+
+    def _read_graph_outputs(self) -> None:
+        """Which outputs to fetch (both heads of our graphs, else the first) and the class count."""
+        outputs = self.session.get_outputs()
+        names = [o.name for o in outputs]
+        self.has_heads = all(name in names for name in ONNX_OUTPUTS[1:])
+        self._outputs = list(ONNX_OUTPUTS[1:]) if self.has_heads else names[:1]
+        first = next(o for o in outputs if o.name == self._outputs[0])
+        if first.shape and len(first.shape) != 2:  # an empty shape: not recorded, checked per run
+            raise CheckpointError(f"{self.path}: its output '{first.name}' has shape {list(first.shape)}; "
+                                  "classification logits (batch, classes) are expected")  # fmt: skip
+        dims = list(first.shape or [None, None])
+        self._num_outputs = dims[1] if isinstance(dims[1], int) and dims[1] > 0 else None
 
     def heads(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         x = batch.detach().cpu().numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch)
-        out = self.session.run(self._outputs, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
-        conv = torch.from_numpy(out[0])
-        trans = torch.from_numpy(out[1]) if self.has_heads else torch.zeros_like(conv)
+        if self.input_channels == 1 and x.shape[1] == 3:
+            x = np.tensordot(np.asarray(LUMA, dtype=x.dtype), x, axes=([0], [1]))[:, None]  # (B, 1, H, W)
+        x = np.ascontiguousarray(x, dtype=self._dtype)
+        if self.fixed_batch:
+            chunks = [self._run(_pad_batch(x[i : i + self.fixed_batch], self.fixed_batch))
+                      for i in range(0, len(x), self.fixed_batch)]  # fmt: skip
+            out = [np.concatenate([c[k] for c in chunks])[: len(x)] for k in range(len(self._outputs))]
+        else:
+            out = self._run(x)
+        if out[0].ndim != 2:
+            raise CheckpointError(f"{self.path} returned '{self._outputs[0]}' of shape {list(out[0].shape)}; "
+                                  "classification logits (batch, classes) are expected")  # fmt: skip
+        conv = torch.from_numpy(np.asarray(out[0], dtype=np.float32))
+        trans = torch.from_numpy(np.asarray(out[1], dtype=np.float32)) if self.has_heads else torch.zeros_like(conv)
         return conv, trans
+
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+        try:
+            return self.session.run(self._outputs, {self.input_name: x})
+        except Exception as e:  # onnxruntime's own exception types (InvalidArgument, Fail, ...)
+            reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"onnxruntime could not run {self.path} on a batch of shape {list(x.shape)}: "
+                                  f"{reason}") from None
+
+
+def _pad_batch(x: np.ndarray, size: int) -> np.ndarray:
+    """``x`` (b, ...) with zero rows appended up to ``size`` (a graph with a fixed batch size)."""
+    if len(x) == size:
+        return x
+    return np.concatenate([x, np.zeros((size - len(x), *x.shape[1:]), dtype=x.dtype)])
 
 
 def read_onnx_metadata(props: Mapping[str, str]) -> dict[str, Any]:
@@ -278,13 +382,21 @@ def open_predictor(
     channels_last: bool = False,
     image_size: int | tuple[int, int] | None = None,
     threads: int | None = None,
+    num_classes: int | None = None,
+    contradiction: str = "error",
+    source: str = "command line",
 ) -> TorchPredictor | OnnxPredictor:
     """A predictor for any model file: ``.onnx`` -> ``OnnxPredictor``, else ``checkpoint.load_model``.
 
-    ``arch`` is needed only for foreign checkpoints that do not name their architecture.
-    ``image_size`` overrides the input size of the file's preprocessing (other settings kept); for a
-    file without preprocessing it defines the input size of the defaults.
+    ``arch`` is needed only for foreign checkpoints that do not name their architecture. ``arch`` and
+    ``num_classes`` that contradict what a model file records are handled by ``contradiction``
+    ("error", "warn" or "ignore", see ``checkpoint.load_model``; ``source`` says where they came
+    from). ``image_size`` overrides the input size of the file's preprocessing (other settings kept);
+    for a file without preprocessing it defines the input size of the defaults; a graph with a fixed
+    input size refuses another one.
     """
+    from .checkpoint import check_request
+
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
@@ -297,24 +409,32 @@ def open_predictor(
                               "in the precision it was exported in (export with --quantize for int8)")  # fmt: skip
         dev = str(device).lower()
         onnx_dev = "GPU" if dev.startswith(("cuda", "gpu")) else "auto" if dev == "auto" else "CPU"
-        predictor: TorchPredictor | OnnxPredictor = OnnxPredictor(path, onnx_dev, threads=threads)
+        onnx = OnnxPredictor(path, onnx_dev, threads=threads)
+        if arch is not None and onnx.arch is None and contradiction == "error":
+            log.warning("%s does not name its architecture: --arch %s cannot be checked against it", path, arch)
+        check_request(path, {"arch": onnx.arch, "num_classes": onnx.num_classes},
+                      {"arch": arch, "num_classes": num_classes}, contradiction, source)  # fmt: skip
+        predictor: TorchPredictor | OnnxPredictor = onnx
     else:
         from .checkpoint import load_model
 
         try:
-            loaded = load_model(path, arch=arch, use_ema=use_ema)
+            loaded = load_model(path, arch=arch, num_classes=num_classes, use_ema=use_ema,
+                                contradiction=contradiction, source=source)  # fmt: skip
         except ValueError as e:  # an unknown --arch name
             raise ConfigError(str(e)) from None
         pre = _as_preprocess(loaded.preprocess) if loaded.preprocess else None
-        if pre is None:
-            pre = default_preprocess(loaded.model)
-            log.info("%s records no preprocessing: using %s", path, pre.to_dict())
         predictor = TorchPredictor(
             loaded.model, device, amp_dtype, class_names=loaded.class_names, preprocess=pre,
             arch=loaded.arch, channels_last=channels_last,
         )  # fmt: skip
+        if pre is None:
+            log.info("%s records no preprocessing: using %s", path, predictor.preprocess.to_dict())
     if image_size is not None:
         import dataclasses
 
-        predictor.preprocess = dataclasses.replace(predictor.preprocess, input_size=image_size)
+        hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if isinstance(predictor, OnnxPredictor):
+            predictor.check_input_size(hw)
+        predictor.preprocess = dataclasses.replace(predictor.preprocess, input_size=hw)
     return predictor

@@ -8,6 +8,13 @@ checks itself against PyTorch and fails (exit 2, the file renamed ``.failed``) o
 
 ``--quantize int8_dynamic`` / ``int8_static`` (ONNX only) writes an int8 graph (``quantize``);
 static quantisation calibrates on ``--calibration DIR`` (``--calibration_size`` images).
+
+The output path is checked before anything is loaded (an existing file there is replaced, and the
+command says so). The checkpoint is the truth about the model: an ``--arch``/``--num_classes`` on the
+command line that contradicts it is an error (an export named ``conformer_tiny.onnx`` never holds
+another variant), the config file's differing values are a warning. ``--image_size``,
+``--interpolation`` and ``--crop_pct`` on the command line set the preprocessing recorded in the
+export; the config file's fill in for checkpoints that record none.
 """
 
 from __future__ import annotations
@@ -40,25 +47,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
 
 
+_OWN_OPTIONS = ("output", "opset", "exporter", "no_check", "quantize", "calibration", "calibration_size", "config")
+
+
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..checkpoint import load_model
     from ..config import config_from_args
     from ..data.transforms import Preprocess
     from ..errors import ConfigError
-    from ..export import export_with_report
+    from ..export import FILE_FORMATS, default_output, export_with_report
+    from ..paths import check_output_dir, check_output_file
+    from ..runtime import default_preprocess
+    from ._common import config_file_keys, request_levels, resolve_preprocess
 
-    given = vars(args)
-    cfg = config_from_args(given)
+    raw = vars(args)
+    given = {key for key in raw if key not in _OWN_OPTIONS}
+    cfg = config_from_args(raw)
     checkpoint = cfg.checkpoint or cfg.pretrained
     if not checkpoint:
         raise ConfigError("nothing to export: pass --checkpoint FILE (or --pretrained FILE)")
-    arch = given.get("arch") or (cfg.arch if args.config else None)
-    preprocess = None
-    if args.config or "image_size" in given:  # for files that record no preprocessing
-        preprocess = Preprocess(cfg.image_hw, interpolation=cfg.interpolation, crop_pct=cfg.crop_pct)
+    fmt = cfg.file_format.upper()
+    if fmt not in FILE_FORMATS:
+        raise ConfigError(f"file_format must be one of {', '.join(FILE_FORMATS)}, got {cfg.file_format!r}")
+    output = Path(args.output) if args.output else None
+    if output is not None and not output.suffix:
+        output = output.with_name(output.name + FILE_FORMATS[fmt])
+    if output is not None:
+        check_output_file(output, "--output")
+    else:  # the default name needs the architecture; its folder, the current one, is checked now
+        check_output_dir(Path.cwd(), "the current folder (the default --output)")
+    in_file = config_file_keys(args.config)
+    levels, sources = request_levels(given, in_file, args.config)
+    # As spelt on the command line; the config's arch serves foreign weights that name none.
+    arch = raw["arch"] if "arch" in given else cfg.arch if args.config else None
+    try:
+        loaded = load_model(
+            checkpoint, arch=arch, use_ema=cfg.use_ema,
+            num_classes=cfg.num_classes if levels["num_classes"] != "ignore" else None,
+            contradiction=levels, source=sources,
+        )  # fmt: skip
+    except ValueError as e:  # an unknown --arch name
+        raise ConfigError(str(e)) from None
+    recorded = Preprocess.from_dict(loaded.preprocess) if loaded.preprocess else None
+    preprocess, size_note = resolve_preprocess(cfg, given, in_file, args.config, recorded,
+                                               default_preprocess(loaded.model), checkpoint)  # fmt: skip
+    if output is None:  # the specification: named after the architecture as the user spelt it
+        output = check_output_file(default_output(raw["arch"] if "arch" in given else loaded.arch, fmt), "--output")
+    replaced = output.exists()
     path, report = export_with_report(
-        checkpoint, arch=arch, file_format=cfg.file_format, output=args.output, opset=args.opset,
-        check=not args.no_check, use_ema=cfg.use_ema, preprocess=preprocess, exporter=args.exporter,
-        quantize=args.quantize, calibration=args.calibration, calibration_size=args.calibration_size,
+        loaded.model, arch=loaded.arch, file_format=fmt, output=output, opset=args.opset, check=not args.no_check,
+        preprocess=preprocess, exporter=args.exporter, quantize=args.quantize, calibration=args.calibration,
+        calibration_size=args.calibration_size, class_names=loaded.class_names,
     )  # fmt: skip
     if report and report.get("quantized"):
         real = f" (the last: {report['images']} calibration images)" if report["images"] else ""
@@ -69,5 +110,6 @@ def run(args: argparse.Namespace) -> int:
     elif report:
         print(f"checked against PyTorch on inputs {report['inputs']}: max |diff| {report['max_abs_diff']:.3g} "
               f"({report['max_rel_diff']:.3g} of the logit scale), top-1 agreement {report['top1_agree']}")
-    print(f"exported {cfg.file_format} to {path}")
+    print(f"exported {loaded.arch} ({fmt}, input {size_note}) to {path}"
+          + (" (replacing the file that was there)" if replaced else ""))  # fmt: skip
     return 0

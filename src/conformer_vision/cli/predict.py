@@ -1,9 +1,12 @@
 """``conformer predict DATA [DATA ...] --checkpoint CKPT_OR_ONNX [--output predictions.json] [--topk K]``.
 
 DATA is an image or a folder of images (``--recursive`` for sub-folders). Prints ``PATH (class: N)``
-per image and writes the specification's JSON ``{path: class}``; with ``--topk K`` each value is a
-list of ``{"class", "name", "prob"}``, best first. Files that cannot be decoded are reported on
-stderr and under ``"errors"`` in the JSON, the rest are predicted, and the exit status is 1.
+per image and writes the specification's JSON ``{path: class}`` to ``--output``; with ``--topk K``
+each value is a list of ``{"class", "name", "prob"}``, best first. Files that cannot be decoded are
+reported on stderr and in ``<output>.errors.json`` beside it (``{path: reason}``; ``{}`` when all were
+read), never inside the predictions; the rest are predicted, and the exit status is then 1. Both
+output files are checked before anything is loaded; existing files there are replaced (and said so).
+An ``--arch`` that contradicts what the model file records is an error.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint, weights file (with --arch) or .onnx export")  # fmt: skip
     parser.add_argument("--arch", default=None, help="architecture of a foreign weights file (e.g. conformer_tiny)")
     parser.add_argument("--output", default="predictions.json", metavar="FILE.json",
-                        help="where to write the predictions (default predictions.json)")  # fmt: skip
+                        help="where to write the predictions (default predictions.json; unreadable files go to "
+                             "FILE.errors.json beside it; existing files are replaced)")  # fmt: skip
     parser.add_argument("--topk", type=int, default=None, metavar="K",
                         help="write the K best classes (id, name, probability) instead of the class id")  # fmt: skip
     parser.add_argument("--batch_size", type=int, default=32, help="images per forward pass (default 32)")
@@ -36,10 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import sys
+    from pathlib import Path
 
-    from ..predict import collect_images, predict_paths, predictions_json, write_json
+    from ..paths import check_output_file
+    from ..predict import collect_images, errors_path, predict_paths, predictions_json, write_json
     from ..runtime import AMP_LEVELS, open_predictor
+    from ._common import check_counts
 
+    check_counts(batch_size=(args.batch_size, 1), workers=(args.workers, 0), topk=(args.topk, 1))
+    output = check_output_file(args.output, "--output")
+    errors_file = check_output_file(errors_path(output), "the error list beside --output")
     files = collect_images(args.data, recursive=args.recursive)
     predictor = open_predictor(args.checkpoint, arch=args.arch, device=args.device, use_ema=args.use_ema,
                                amp_dtype=AMP_LEVELS[args.amp])  # fmt: skip
@@ -49,7 +59,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{path} (class: {preds[0]['class']})")
     for path, reason in errors.items():
         print(f"error: cannot read {path}: {reason}", file=sys.stderr)
-    write_json(predictions_json(results, errors, args.topk), args.output)
-    print(f"{len(results)} predictions written to {args.output}" + (f"; {len(errors)} files failed" if errors else ""),
-          file=sys.stderr)  # fmt: skip
+    replaced = [str(p) for p in (output, errors_file) if Path(p).exists()]
+    write_json(predictions_json(results, args.topk), output)
+    write_json(errors, errors_file)
+    failed = f"; {len(errors)} files failed, listed in {errors_file}" if errors else ""
+    note = f" (replaced the existing {' and '.join(replaced)})" if replaced else ""
+    print(f"{len(results)} predictions written to {output}{failed}{note}", file=sys.stderr)
     return 1 if errors else 0
