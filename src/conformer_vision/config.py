@@ -289,8 +289,9 @@ class Config:
     # ===== Hardware setup ===== #
     device_id: int = _opt(0, "CUDA device index for a single process (torchrun uses LOCAL_RANK instead).",
                           group=_HW, range=_NONNEG)
-    device_num: int = _opt(1, "Number of processes/devices; must equal torchrun's WORLD_SIZE.", group=_HW,
-                           range=_ONE_UP)
+    device_num: Union[int, None] = _opt(None, "Number of processes/devices; null = follow the launcher (torchrun's "
+                                        "WORLD_SIZE, 1 without torchrun); a set value must equal it.", group=_HW,
+                                        spec_default=1)
     device_target: str = _opt(
         "auto", "auto (cuda if available, else cpu), cuda or cpu; GPU/CPU are accepted as aliases.",
         group=_HW, choices=("auto", "cpu", "cuda"), aliases={"gpu": "cuda"}, spec_default="GPU",
@@ -384,9 +385,6 @@ class Config:
             out.append(("min_lr", f"{self.min_lr:g} is above base_lr {self.base_lr:g}"))
         if self.start_epoch >= self.epochs:
             out.append(("start_epoch", f"{self.start_epoch} must be below epochs ({self.epochs})"))
-        if self.warmup_length >= self.epochs and self.warmup_length > 0:
-            out.append(("warmup_length", f"{self.warmup_length} warm-up epochs leave nothing of the "
-                        f"{self.epochs} epochs; use fewer"))
         if self.compile and self.pynative_mode:
             out.append(("compile", "compile: true contradicts pynative_mode: true (eager only); drop one"))
         return out

@@ -55,15 +55,20 @@ def is_distributed() -> bool:
 def init_distributed(device: torch.device, expected_world_size: int | None = None) -> DistInfo:
     """Join the process group torchrun describes in the environment (no-op for one process).
 
-    ``expected_world_size`` (the config's ``device_num``) must equal ``WORLD_SIZE``: the global
-    batch, and with it the learning rate, depend on it.
+    torchrun's ``WORLD_SIZE`` is the number of processes (1 without torchrun). ``expected_world_size``
+    (the config's ``device_num``) left at None follows it; a value that was set must equal it, since
+    the global batch, and with it the learning rate, depend on it.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if expected_world_size is not None and expected_world_size < 1:
+        raise ConfigError(f"device_num is {expected_world_size}: it must be a count >= 1, or null to follow the "
+                          "launcher (torchrun's WORLD_SIZE)")
     if expected_world_size is not None and world != expected_world_size:
+        launcher = f"torchrun started {world} (WORLD_SIZE)" if "WORLD_SIZE" in os.environ else "1 was started (no torchrun)"
         raise ConfigError(
-            f"device_num is {expected_world_size} but {world} process(es) were started "
-            f"({'torchrun WORLD_SIZE' if 'WORLD_SIZE' in os.environ else 'no torchrun'}); set --device_num {world} "
-            "or launch with torchrun --nproc_per_node N (N = device_num)"
+            f"device_num is {expected_world_size} but {launcher}: the global batch would not be the one the config "
+            f"sets; launch with torchrun --nproc_per_node {expected_world_size}, or set --device_num {world} "
+            "(or leave device_num unset, null, to follow the launcher)"
         )
     if world == 1:
         return DistInfo()

@@ -8,7 +8,8 @@ Schedules are timm's, stepped once per iteration with the global iteration count
 (``scheduler.step_update(step)`` before each optimizer step), so the learning rate is a pure
 function of the step and resuming needs nothing but the step. All of them start with a linear
 warm-up of ``warmup_length`` epochs from ``warmup_lr`` to ``base_lr`` and never go below
-``min_lr`` after it:
+``min_lr`` after it. A warm-up not shorter than the run makes the whole run warm-up (as in timm
+and MindSpore: the rate ends below ``base_lr``; ``train`` says so in one warning):
 
 ==============  =============================================================================
 cosine_lr       cosine from ``base_lr`` (end of warm-up) to ``min_lr`` (last step), timm's
@@ -121,7 +122,9 @@ def build_scheduler(
     warmup_t = warmup_epochs * steps_per_epoch
     common: dict[str, Any] = dict(warmup_t=warmup_t, warmup_lr_init=warmup_lr, t_in_epochs=False)
     if name == "cosine_lr":
-        t_initial = max(1, epochs * steps_per_epoch - warmup_t)
+        # At least 2 (timm warns about a one-step cosine); the steps after warm-up get the same
+        # rates either way, and a run that is all warm-up has none.
+        t_initial = max(2, epochs * steps_per_epoch - warmup_t)
         return CosineLRScheduler(optimizer, t_initial=t_initial, lr_min=min_lr, warmup_prefix=True, **common)
     per_epoch = {
         "step_lr": (lr_adjust * steps_per_epoch, lr_gamma),
