@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "export": "export",
     "benchmark": "benchmark",
     "visualize": "visualize",
+    "serve": "serve",
     "plot": "plot",
     "info": "info",
 }

@@ -1,0 +1,172 @@
+"""Dynamic batching: images from concurrent requests run through the model together.
+
+The event loop submits jobs (one per image) and awaits their futures; one model thread takes the
+first waiting image, keeps collecting until ``max_batch_size`` images are there or ``max_wait_s``
+has passed since it took the first, runs them as one batch and hands each result back to the event
+loop (``call_soon_threadsafe``). Inference therefore never blocks the event loop, and there is one
+thread touching the model, as Grad-CAM's hooks require (explain jobs run alone, in arrival order).
+
+A job whose request gave up (timed out, client gone) is marked ``abandoned`` and skipped when its
+batch is formed. ``flush()`` (on shutdown) ends the wait for stragglers: what is queued runs at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["Batcher", "Job"]
+
+log = logging.getLogger("conformer_vision.serve")
+
+
+@dataclass(eq=False)
+class Job:
+    """One image waiting for the model. ``kind`` 'predict' joins batches; 'explain' runs alone."""
+
+    image: torch.Tensor  # (3, H, W)
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    kind: str = "predict"
+    abandoned: bool = False  # set from the event loop when the request stops waiting
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    """The model thread and its queue.
+
+    Args:
+        run_batch: (B, 3, H, W) -> B results, in order.
+        run_single: (3, H, W) -> one result (explain jobs).
+        max_batch_size: most images per batch.
+        max_wait_s: how long the first image of a batch waits for company.
+        on_batch: called after every batch with (batch size, seconds of inference), for metrics.
+        warm_up: run once in the model thread before the first job (``ready`` is set after it).
+    """
+
+    def __init__(
+        self,
+        run_batch: Callable[[torch.Tensor], list[Any]],
+        run_single: Callable[[torch.Tensor], Any],
+        max_batch_size: int,
+        max_wait_s: float,
+        *,
+        on_batch: Callable[[int, float], None] | None = None,
+        warm_up: Callable[[], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.run_batch, self.run_single = run_batch, run_single
+        self.max_batch_size, self.max_wait_s = max_batch_size, max(0.0, max_wait_s)
+        self.on_batch, self._warm_up = on_batch, warm_up
+        self.ready = threading.Event()
+        self.failed: BaseException | None = None  # the warm-up's error, if it failed
+        self._queue: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._flushing = False
+        self._stopping = False
+        self._thread = threading.Thread(target=self._main, name="conformer-model", daemon=True)
+
+    @property
+    def depth(self) -> int:
+        """Images waiting for the model (not yet in a running batch)."""
+        return len(self._queue)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, jobs: list[Job]) -> None:
+        """Queue ``jobs`` (all at once, in order). Admission control is the caller's."""
+        with self._cond:
+            self._queue.extend(jobs)
+            self._cond.notify()
+
+    def flush(self) -> None:
+        """Stop waiting for batches to fill: everything queued runs as soon as the model is free."""
+        with self._cond:
+            self._flushing = True
+            self._cond.notify()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Run what is queued, then end the model thread (waits up to ``timeout`` seconds)."""
+        with self._cond:
+            self._flushing = self._stopping = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # -- the model thread ------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            if self._warm_up is not None:
+                self._warm_up()
+        except BaseException as e:  # noqa: BLE001 - reported by /readyz and the log, the thread ends
+            log.exception("model warm-up failed")
+            self.failed = e
+            return
+        self.ready.set()
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            live = [job for job in batch if not job.abandoned]
+            if not live:
+                continue
+            if live[0].kind == "explain":
+                self._run(live, lambda: [self.run_single(live[0].image)])
+            else:
+                self._run(live, lambda: self.run_batch(torch.stack([job.image for job in live])))
+
+    def _next_batch(self) -> list[Job] | None:
+        """Wait for a first job, then for up to ``max_batch_size`` predict jobs within ``max_wait_s``;
+        None when stopping with an empty queue."""
+        with self._cond:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            batch = [self._queue.popleft()]
+            if batch[0].kind == "explain":
+                return batch
+            deadline = time.monotonic() + self.max_wait_s
+            while len(batch) < self.max_batch_size:
+                while self._queue and self._queue[0].kind == "predict" and len(batch) < self.max_batch_size:
+                    batch.append(self._queue.popleft())
+                remaining = deadline - time.monotonic()
+                if len(batch) >= self.max_batch_size or self._queue or self._flushing or remaining <= 0:
+                    break  # full, an explain job is next, shutting down, or waited long enough
+                self._cond.wait(remaining)
+            return batch
+
+    def _run(self, jobs: list[Job], compute: Callable[[], list[Any]]) -> None:
+        start = time.perf_counter()
+        try:
+            results = compute()
+        except Exception as e:  # noqa: BLE001 - the requests get a 500 with the reason; the thread lives on
+            log.exception("inference failed on a batch of %d", len(jobs))
+            for job in jobs:
+                job.loop.call_soon_threadsafe(_set_exception, job.future, e)
+            return
+        if self.on_batch is not None:
+            self.on_batch(len(jobs), time.perf_counter() - start)
+        for job, result in zip(jobs, results):
+            job.loop.call_soon_threadsafe(_set_result, job.future, result)
+
+
+def _set_result(future: asyncio.Future, value: Any) -> None:
+    if not future.done():  # the request may have timed out meanwhile
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future, error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
