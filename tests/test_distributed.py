@@ -61,13 +61,16 @@ def losses(run_dir: Path) -> list[float]:
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> None:
     """torchrun (gloo, 2 x batch 8, SyncBN) vs one process (batch 16): the same samples per step
-    (DistributedSampler interleaves one shuffled order), the same statistics, averaged gradients."""
+    (DistributedSampler interleaves one shuffled order), the same statistics, averaged gradients.
+    The config sets no device_num: the run follows torchrun's 2 processes, and rank 0 alone prints
+    the closing line."""
     torch.set_num_threads(1)
     data = write_dataset(tmp_path / "data", classes=4, train=8, val=4)
     recipe = dict(num_classes=4, epochs=1, batch_size=16, sync_bn=True, optimizer="sgd", base_lr=0.01,
                   print_loss_every=1, ckpt_save_every_step=0)  # fmt: skip
     one = read_checkpoint(train(make_config(data, tmp_path / "one", **recipe)).last_checkpoint)
-    two_cfg = make_config(data, tmp_path / "two", **{**recipe, "batch_size": 8, "device_num": 2})
+    two_cfg = make_config(data, tmp_path / "two", **{**recipe, "batch_size": 8})
+    assert two_cfg.device_num is None
     (tmp_path / "two.yaml").write_text(two_cfg.to_yaml())
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
@@ -76,6 +79,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> N
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("training finished: 1 epochs, 2 steps") == 1, proc.stdout
     two = read_checkpoint(sorted((tmp_path / "two" / "checkpoints").glob("*.pt"))[-1])
     assert two["train_state"]["world_size"] == 2 and two["train_state"]["step"] == one["train_state"]["step"] == 2
     assert losses(tmp_path / "two") == __import__("pytest").approx(losses(tmp_path / "one"), rel=1e-5)

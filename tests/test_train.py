@@ -23,6 +23,7 @@ from conformer_vision.train import Trainer, TrainingError, build_model, run_dir_
 from conformer_vision.train import FaultPlan, checkpoint_prefix
 from conformer_vision.checkpoint import CheckpointManager
 from conformer_vision.distributed import DistInfo
+from conformer_vision.rundir import RunManifest, run_dir_for
 
 
 def write_dataset(root: Path, classes: int = 3, train: int = 16, val: int = 4, size: int = 32) -> Path:
@@ -80,7 +81,8 @@ def test_run_writes_config_metrics_events_and_self_describing_checkpoints(data: 
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train_lines = [r for r in lines if r["kind"] == "train"]
     val_lines = [r for r in lines if r["kind"] == "val"]
-    assert [r["step"] for r in train_lines] == [2, 4, 6, 8, 10, 12] and [r["epoch"] for r in val_lines] == [0, 1]
+    assert [r["step"] for r in train_lines] == [2, 4, 6, 8, 10, 12] and [r["epoch"] for r in val_lines] == [1, 2]
+    assert [r["epoch"] for r in train_lines] == [1, 1, 1, 2, 2, 2]  # 1-based, as in the log and the file names
     assert {"time", "loss", "lr", "images_per_s"} <= set(train_lines[0])
     assert {"Loss", "Top1-Acc", "Top5-Acc", "conv_top1", "trans_top1", "ema_Top1-Acc", "ema_trans_loss"} <= set(val_lines[-1])
     # rotation: every 2 steps and at each epoch end, keep the 2 newest; 1 best
@@ -96,6 +98,10 @@ def test_run_writes_config_metrics_events_and_self_describing_checkpoints(data: 
     assert obj["metrics"]["Top1-Acc"] == pytest.approx(val_lines[-1]["Top1-Acc"])
     loaded = load_model(result.last_checkpoint, use_ema=True)
     assert loaded.class_names == ["class0", "class1", "class2"] and loaded.arch == "conformer_mini_test"
+    # the manifest lists exactly the files the run wrote and still has, wherever they lie
+    manifest = RunManifest.read(run_dir)
+    written = {p for p in run_dir.rglob("*") if p.is_file() and not p.name.startswith(".conformer-run")}
+    assert manifest.prefix == "conformer_mini_test_0" and set(manifest.existing()) == {p.absolute() for p in written}
 
 
 def test_timed_checkpoints(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -196,6 +202,36 @@ def test_output_folder_holding_a_run_is_refused_unless_overwrite(data: Path, tmp
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.pt"))
     assert names == ["conformer_mini_test_v2_e0001_s00000006.pt"] and result.exit_code == 0
     assert len(list((tmp_path / "run" / "summary").glob("events.*"))) == 1
+    assert RunManifest.read(tmp_path / "run").prefix == "conformer_mini_test_v2"
+
+
+def test_run_directory_is_never_the_working_directory(tmp_path: Path) -> None:
+    """The run's config.yaml and metrics.jsonl never land beside the user's files in the working
+    directory: a checkpoint folder directly in it (or the working directory itself) is the run
+    directory; deeper layouts keep the parent."""
+    assert run_dir_for("runs/x/checkpoints", cwd=tmp_path) == tmp_path / "runs" / "x"
+    assert run_dir_for("ckpt", cwd=tmp_path) == tmp_path / "ckpt"
+    assert run_dir_for(".", cwd=tmp_path) == tmp_path
+    assert run_dir_for(tmp_path.parent / "ck", cwd=tmp_path) == tmp_path.parent / "ck"
+    assert run_dir_for("/ck", cwd=tmp_path) == Path("/ck")
+
+
+def test_rotation_removes_only_files_the_run_wrote(tmp_path: Path) -> None:
+    """Checkpoints of the same name pattern that another process wrote in a shared folder are
+    neither rotated away nor ranked among the best, and are never overwritten."""
+    model = build_model(make_config(tmp_path, tmp_path / "run", num_classes=3), 3)
+    ckpt = ckpt_module.build_checkpoint(model, train_state={"epoch": 0})
+    shared = tmp_path / "shared"
+    other = CheckpointManager(shared, shared, prefix="m_0", keep=1, best_keep=1)
+    theirs = [other.save_latest(ckpt, 1, 5), other.save_best(ckpt, 1, 0.99)]
+    mine = CheckpointManager(shared, shared, prefix="m_0", keep=1, best_keep=1)
+    for step in (6, 7, 8):
+        mine.save_latest(ckpt, 2, step)
+    assert mine.save_best(ckpt, 2, 0.5) is not None and mine.rank_of(mine.best_files()[0][1]) == 1
+    assert [p.name for p in mine.latest_files()] == ["m_0_e0002_s00000008.pt"]
+    assert all(p.exists() for p in theirs)  # the other run's checkpoints are all still there
+    with pytest.raises(ckpt_module.CheckpointError, match="was not written by this run"):
+        mine.save_latest(ckpt, 1, 5)  # the other run's file name
 
 
 def test_transfer_to_another_class_count(data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -219,3 +255,39 @@ def test_fault_variables(value: str) -> None:
         FaultPlan.from_env({"CONFORMER_FAULT_NAN_AT_STEP": value, "CONFORMER_FAULT_KILL_AT_STEP": value})
     plan = FaultPlan.from_env({"CONFORMER_FAULT_NAN_AT_STEP": "3:2", "CONFORMER_FAULT_KILL_AT_STEP": "7"})
     assert plan.nan_steps == frozenset({3, 4}) and plan.kill_at == 7 and plan.sigterm_at is None
+
+
+def test_a_run_directory_from_before_manifests_is_resumed_and_adopted(data: Path, tmp_path: Path) -> None:
+    """A run written before run manifests (no .conformer-run.json, epochs 0-based in metrics.jsonl):
+    --checkpoint auto resumes it, lists its files in a new manifest and renumbers its metrics."""
+    run = tmp_path / "run"
+    train(make_config(data, run, epochs=1))
+    (run / ".conformer-run.json").unlink()
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (run / "metrics.jsonl").write_text("".join(json.dumps({**r, "epoch": r["epoch"] - 1}) + "\n" for r in lines))
+    result = train(make_config(data, run, epochs=2, checkpoint="auto"))
+    assert result.status == "completed" and result.step == 12
+    manifest = RunManifest.read(run)
+    assert {"config.yaml", "class_names.json", "metrics.jsonl"} <= {p.name for p in manifest.existing()}
+    assert [p.name for p in manifest.existing_checkpoints() if p.parent.name == "checkpoints"] == [
+        "conformer_mini_test_0_e0001_s00000006.pt", "conformer_mini_test_0_e0002_s00000012.pt"]  # fmt: skip
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 1, 1, 1, 2, 2, 2, 2]  # 3 train lines and 1 val line per epoch, all 1-based
+
+
+def test_auto_starts_again_a_run_that_has_no_checkpoint_yet(data: Path, tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    """A run stopped before its first checkpoint (here: its checkpoints are gone) is the same run
+    started again by --checkpoint auto: its own files are reused, its metrics restart, nothing else
+    in the folders is touched."""
+    run = tmp_path / "run"
+    train(make_config(data, run, epochs=1))
+    for path in run.rglob("*.pt"):
+        path.unlink()
+    mine = run / "checkpoints" / "my_notes.pt"
+    mine.write_bytes(b"not the run's")
+    with caplog.at_level(logging.INFO, logger="conformer_vision.train"):
+        result = train(make_config(data, run, epochs=1, checkpoint="auto"))
+    assert result.status == "completed" and "starting the run conformer_mini_test_0 again from the beginning" in caplog.text
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6, 6] and mine.read_bytes() == b"not the run's"

@@ -32,6 +32,7 @@ from .errors import CheckpointError, ConfigError
 from .models import Conformer, ConformerArgs, canonical_name, create_model
 from .models.conformer import ALIASES as _ALIASES
 from .models.convert import extract_state_dict, load_state_dict_strict
+from .rundir import OwnedFiles
 from .serialization import atomic_save, partial_writes, read_checkpoint
 
 __all__ = [
@@ -195,9 +196,6 @@ def _safetensors_checkpoint(path: str | Path, sd: dict[str, Any]) -> dict[str, A
     return {"format": FORMAT, "version": VERSION, "config": None, "ema": None, "model": sd, **meta}
 
 
-_STEP_RE = re.compile(r"_e(\d+)_s(\d+)")
-
-
 class CheckpointManager:
     """Writes checkpoints and keeps the right ones.
 
@@ -206,7 +204,12 @@ class CheckpointManager:
       highest by val top-1 (ties: the newer wins).
     - ``due(step)``: True when ``every_steps`` steps or ``every_seconds`` seconds have passed since
       the last save.
-    Older files are deleted only after the new one is completely written.
+
+    Rotation removes only files in ``registry`` (the run's manifest, ``rundir.RunManifest``, or an
+    in-memory ``OwnedFiles``): files this run wrote, never another run's checkpoint of the same name
+    pattern in a shared folder. A file is listed before it is written; older files are deleted only
+    after the new one is completely written; a file of this name that the run did not write is
+    never overwritten.
     """
 
     def __init__(
@@ -219,11 +222,15 @@ class CheckpointManager:
         every_steps: int = 0,
         every_seconds: float = 0.0,
         enabled: bool = True,
+        registry: OwnedFiles | None = None,
     ) -> None:
         self.ckpt_dir, self.best_dir = Path(ckpt_dir), Path(best_dir)
         self.prefix, self.keep, self.best_keep = prefix, keep, best_keep
         self.every_steps, self.every_seconds = every_steps, every_seconds
         self.enabled = enabled
+        self.registry = registry if registry is not None else OwnedFiles()
+        self._latest_re = re.compile(rf"{re.escape(prefix)}_e(\d+)_s(\d+)\.pt")
+        self._best_re = re.compile(rf"{re.escape(prefix)}_best_e(\d+)_top1_([0-9]+\.[0-9]+)\.pt")
         self._last_time = time.monotonic()
         self._last_step = 0
 
@@ -235,23 +242,50 @@ class CheckpointManager:
     def save_latest(self, ckpt: dict[str, Any], epoch: int, step: int) -> Path | None:
         if not self.enabled:
             return None
-        path = atomic_save(ckpt, self.ckpt_dir / f"{self.prefix}_e{epoch:04d}_s{step:08d}.pt")
+        path = self._write(ckpt, self.ckpt_dir / f"{self.prefix}_e{epoch:04d}_s{step:08d}.pt")
         self._last_time, self._last_step = time.monotonic(), step
         for old in self.latest_files()[: -self.keep] if self.keep > 0 else []:
-            old.unlink(missing_ok=True)
+            self._remove(old)
         return path
 
     def save_best(self, ckpt: dict[str, Any], epoch: int, top1: float) -> Path | None:
-        """Save if ``top1`` makes it into the ``best_keep`` best; returns the path if saved."""
+        """Save if ``top1`` makes it into the ``best_keep`` best; returns the path if saved
+        (``rank_of`` then says where it stands)."""
         if not self.enabled or self.best_keep <= 0:
             return None
         ranked = self.best_files()
         if len(ranked) >= self.best_keep and top1 < ranked[-1][0]:
             return None
-        path = atomic_save(ckpt, self.best_dir / f"{self.prefix}_best_e{epoch:04d}_top1_{top1:.4f}.pt")
+        path = self._write(ckpt, self.best_dir / f"{self.prefix}_best_e{epoch:04d}_top1_{top1:.4f}.pt")
         for _, old in self.best_files()[self.best_keep :]:
-            old.unlink(missing_ok=True)
+            self._remove(old)
         return path
+
+    def rank_of(self, path: Path) -> int | None:
+        """1-based rank of best checkpoint ``path`` among the kept ones (1 = the best); None if not kept."""
+        for rank, (_, kept) in enumerate(self.best_files(), 1):
+            if kept == path:
+                return rank
+        return None
+
+    def _write(self, ckpt: dict[str, Any], path: Path) -> Path:
+        """``atomic_save`` to ``path``, listed in the registry first (unlisted again if the write
+        fails and the name was new)."""
+        owned = self.registry.owns(path)
+        if path.exists() and not owned:
+            raise CheckpointError(f"{path} exists and was not written by this run: not overwriting it; "
+                                  "move it away or choose another ckpt_root_dir / best_ckpt_root_dir")
+        self.registry.add(path)
+        try:
+            return atomic_save(ckpt, path)
+        except BaseException:
+            if not owned:
+                self.registry.discard(path)
+            raise
+
+    def _remove(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+        self.registry.discard(path)
 
     def remove_partial_writes(self) -> list[Path]:
         """Delete the hidden temporary files (``.<prefix>_...pt.XXXX.tmp``, see ``atomic_save``) that
@@ -262,25 +296,41 @@ class CheckpointManager:
         removed = []
         for folder in dict.fromkeys((self.ckpt_dir, self.best_dir)):
             for tmp in partial_writes(folder, f"{glob.escape(self.prefix)}_*.pt"):
+                final = tmp.name[1:].rsplit(".", 2)[0]  # .<final name>.XXXX.tmp
+                if not (self._latest_re.fullmatch(final) or self._best_re.fullmatch(final)):
+                    continue  # a temporary file of another prefix that merely starts like ours
                 size = tmp.stat().st_size
                 tmp.unlink(missing_ok=True)
                 log.info("removed %s (%.1f MB): a checkpoint write an earlier run did not finish", tmp, size / 1e6)
                 removed.append(tmp)
         return removed
 
+    def checkpoint_files(self) -> list[Path]:
+        """Every file in ``ckpt_dir`` named like this prefix's rotating checkpoints, whoever wrote
+        it, oldest first (by epoch, then step in the name)."""
+        found = [(m, p) for p in _files(self.ckpt_dir) if (m := self._latest_re.fullmatch(p.name))]
+        return [p for m, p in sorted(found, key=lambda t: (int(t[0].group(1)), int(t[0].group(2))))]
+
+    def best_checkpoint_files(self) -> list[Path]:
+        """Every file in ``best_dir`` named like this prefix's best checkpoints, whoever wrote it."""
+        return sorted(p for p in _files(self.best_dir) if self._best_re.fullmatch(p.name))
+
     def latest_files(self) -> list[Path]:
-        """This run's rotating checkpoints, oldest first (by step in the name)."""
-        files = [p for p in self.ckpt_dir.glob(f"{self.prefix}_e*_s*.pt") if _STEP_RE.search(p.name)]
-        return sorted(files, key=lambda p: tuple(int(g) for g in _STEP_RE.search(p.name).groups()))  # type: ignore[union-attr]
+        """This run's rotating checkpoints (listed in the registry), oldest first."""
+        return [p for p in self.checkpoint_files() if self.registry.owns(p)]
 
     def best_files(self) -> list[tuple[float, Path]]:
-        """(top1, path) of the best checkpoints, best first; among equals the newest first."""
+        """(top1, path) of this run's best checkpoints, best first; among equals the newest first."""
         out = []
-        for p in self.best_dir.glob(f"{self.prefix}_best_e*_top1_*.pt"):
-            m = re.search(r"_best_e(\d+)_top1_([0-9.]+)\.pt$", p.name)
-            if m:
+        for p in self.best_checkpoint_files():
+            m = self._best_re.fullmatch(p.name)
+            if m and self.registry.owns(p):
                 out.append((float(m.group(2)), int(m.group(1)), p))
         return [(acc, p) for acc, _, p in sorted(out, key=lambda t: (-t[0], -t[1]))]
+
+
+def _files(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
 
 
 def find_resumable(files: list[Path]) -> tuple[Path, dict[str, Any]] | None:

@@ -1,5 +1,8 @@
 """What a training run reports while it runs (rank 0 only): a progress bar, log lines, the
-``metrics.jsonl`` file of the run directory and TensorBoard events (schema: ``train.py``)."""
+``metrics.jsonl`` file of the run directory and TensorBoard events (schema: ``train.py``).
+
+Epochs are numbered from 1 everywhere a user reads them: the progress bar, the log lines and the
+``epoch`` field of ``metrics.jsonl``. The methods take the 0-based epoch index of the loops."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .rundir import OwnedFiles
+
 __all__ = ["RunLog", "truncate_metrics"]
 
 log = logging.getLogger("conformer_vision.train")
@@ -17,15 +22,19 @@ log = logging.getLogger("conformer_vision.train")
 METRICS_FILE = "metrics.jsonl"
 
 
-def truncate_metrics(path: Path, last_step: int) -> None:
+def truncate_metrics(path: Path, last_step: int, shift_epochs: int = 0) -> None:
     """Drop the lines of ``path`` written after global step ``last_step`` (a resumed run rewrites
-    them), keeping every line that is not valid JSON out as well."""
+    them), keeping every line that is not valid JSON out as well. ``shift_epochs`` is added to the
+    ``epoch`` of the kept lines (1 for a file written before epochs were numbered from 1)."""
     if not path.exists():
         return
     kept = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            if int(json.loads(line)["step"]) <= last_step:
+            record = json.loads(line)
+            if int(record["step"]) <= last_step:
+                if shift_epochs and isinstance(record.get("epoch"), int):
+                    line = json.dumps({**record, "epoch": record["epoch"] + shift_epochs})
                 kept.append(line)
         except (ValueError, KeyError, TypeError):
             continue
@@ -39,6 +48,11 @@ class RunLog:
     finite ones: to TensorBoard every ``tb_every`` steps, to the log and ``metrics.jsonl`` every
     ``print_every`` steps, with the learning rate and the images per second (all ranks) since the
     previous line.
+
+    ``registry`` (the run's manifest) gets ``metrics.jsonl`` and the TensorBoard event file listed.
+    ``restart``: the run continues its own earlier files (a resume, or a restart from step 0), so
+    TensorBoard hides the events after ``start_step`` that the earlier process wrote;
+    ``legacy_metrics``: the metrics file was written before epochs were numbered from 1.
     """
 
     def __init__(
@@ -52,6 +66,9 @@ class RunLog:
         print_every: int,
         tb_every: int,
         epochs: int,
+        registry: OwnedFiles | None = None,
+        restart: bool = False,
+        legacy_metrics: bool = False,
     ) -> None:
         self.enabled = enabled
         self.print_every, self.tb_every, self.epochs = print_every, tb_every, epochs
@@ -65,10 +82,15 @@ class RunLog:
         from torch.utils.tensorboard import SummaryWriter
         from tqdm.auto import tqdm
 
+        registry = registry if registry is not None else OwnedFiles()
         run_dir.mkdir(parents=True, exist_ok=True)
-        truncate_metrics(run_dir / METRICS_FILE, start_step)
+        registry.add(run_dir / METRICS_FILE)
+        truncate_metrics(run_dir / METRICS_FILE, start_step, shift_epochs=1 if legacy_metrics else 0)
         self._jsonl = open(run_dir / METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
-        self._tb = SummaryWriter(str(summary_dir), purge_step=start_step + 1 if start_step else None)
+        before = set(summary_dir.glob("events.out.tfevents.*"))
+        self._tb = SummaryWriter(str(summary_dir), purge_step=start_step + 1 if start_step or restart else None)
+        for events in sorted(set(summary_dir.glob("events.out.tfevents.*")) - before):  # the writer's new file
+            registry.add(events)
         self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, leave=True)
 
     def start_epoch(self, epoch: int) -> None:
@@ -79,7 +101,8 @@ class RunLog:
         self._print_acc.since = self._tb_acc.since = now
 
     def train_step(self, epoch: int, step: int, loss: float, lr: float, images: int, scalars: dict[str, float]) -> None:
-        """One step: ``loss`` (mean over ranks, maybe non-finite), ``images`` processed by all ranks."""
+        """One step of epoch index ``epoch``: ``loss`` (mean over ranks, maybe non-finite), ``images``
+        processed by all ranks."""
         if not self.enabled:
             return
         now = time.perf_counter()
@@ -97,11 +120,12 @@ class RunLog:
             mean, rate = self._print_acc.take(now)
             self._bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}", refresh=False)
             log.info("epoch %d step %d: loss %.4f lr %.3e %.1f img/s", epoch + 1, step, mean, lr, rate)
-            self.write({"kind": "train", "epoch": epoch, "step": step, "loss": mean, "lr": lr,
+            self.write({"kind": "train", "epoch": epoch + 1, "step": step, "loss": mean, "lr": lr,
                         "images_per_s": rate, **scalars})
 
     def val(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
-        """Validation results (``ClassificationMeter`` summary keys, ``ema_``-prefixed copies)."""
+        """Validation results after epoch index ``epoch`` (``ClassificationMeter`` summary keys,
+        ``ema_``-prefixed copies)."""
         if not self.enabled:
             return
         for key, value in metrics.items():
@@ -111,7 +135,7 @@ class RunLog:
         self._tb.flush()
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("Loss", "Top1-Acc", "Top5-Acc", "ema_Top1-Acc"))
         log.info("epoch %d step %d: eval %s", epoch + 1, step, shown)
-        self.write({"kind": "val", "epoch": epoch, "step": step, **metrics})
+        self.write({"kind": "val", "epoch": epoch + 1, "step": step, **metrics})
 
     def write(self, record: dict[str, Any]) -> None:
         if self._jsonl is None:

@@ -7,13 +7,28 @@ checkpointing through ``checkpoint.CheckpointManager``. Under ``torchrun`` every
 rank 0 alone writes files.
 
 Run directory
-    The parent of ``ckpt_root_dir`` (``runs/x`` for ``ckpt_root_dir: runs/x/checkpoints``). It holds
-    ``config.yaml`` (the resolved config), ``class_names.json``, ``metrics.jsonl`` and ``model.txt``
-    (``dump_graph``). Checkpoints go to ``ckpt_root_dir`` (the ``ckpt_keep_num`` newest) and
-    ``best_ckpt_root_dir`` (the ``best_ckpt_num`` best by val top-1 of the raw weights), TensorBoard
-    events to ``summary_root_dir``; the shipped configs put all three inside the run directory.
-    A run directory that already holds a run (config, metrics or checkpoints) is refused unless
-    resuming (``checkpoint``) or ``overwrite: true`` (which deletes that run's files first).
+    The parent of ``ckpt_root_dir`` (``runs/x`` for ``ckpt_root_dir: runs/x/checkpoints``), except
+    when that parent is the working directory or one of its ancestors (``--ckpt_root_dir ckpt``):
+    then ``ckpt_root_dir`` itself, so a run never writes beside the user's own files
+    (``rundir.run_dir_for``). It holds ``config.yaml`` (the resolved config), ``class_names.json``,
+    ``metrics.jsonl``, ``model.txt`` (``dump_graph``) and the manifest ``.conformer-run.json``, the
+    list of every file the run wrote. Checkpoints go to ``ckpt_root_dir`` (the ``ckpt_keep_num``
+    newest) and ``best_ckpt_root_dir`` (the ``best_ckpt_num`` best by val top-1 of the raw
+    weights), TensorBoard events to ``summary_root_dir``; the shipped configs put all three inside
+    the run directory.
+
+Starting, and what is never touched
+    Before any work the output folders must be creatable and writable (one line, exit 2, otherwise).
+    A run removes or overwrites only files listed in its manifest; a file it would write that
+    exists and is not listed (a user's ``config.yaml``, another run's checkpoint in a shared folder)
+    stops it before any work. A run directory that holds a run is refused unless resuming it
+    (``checkpoint``: ``auto`` continues only a run of the same ``<arch>_<model_postfix>``, and never
+    deletes anything) or ``overwrite: true``, which first checks everything (config, both data
+    splits and the class list, the pretrained and resume files against the architecture, the
+    output folders, free space for one checkpoint) and only then removes the previous run's listed
+    files. A finished run resumed says so and exits 0; resuming with a larger ``epochs`` extends it
+    and recomputes the learning-rate schedule for the new length (the schedule is a function of the
+    step and of this run's options; the stored scheduler state is not reloaded).
 
 ``metrics.jsonl``
     One JSON object per line::
@@ -24,8 +39,9 @@ Run directory
          "Top5-Acc": ..., "conv_loss", "conv_top1", "conv_top5", "trans_loss", "trans_top1",
          "trans_top5", "num_samples", [the same keys prefixed "ema_" when with_ema]}
 
-    ``epoch`` is 0-based (the epoch the step belongs to), ``step`` the global optimisation step
-    (1-based, counted over the whole run), ``time`` a Unix timestamp. Train lines come every
+    ``epoch`` is 1-based, as in the log and the checkpoint names: the epoch a train line's step
+    belongs to, the epoch a val line evaluated (= epochs done). ``step`` is the global optimisation
+    step (1-based, counted over the whole run), ``time`` a Unix timestamp. Train lines come every
     ``print_loss_every`` steps and average the finite losses since the previous line (all ranks);
     accuracies are fractions in [0, 1]; a non-finite value is written as ``null``. A resumed run
     first drops the lines after its checkpoint's step, so the file describes one history.
@@ -72,6 +88,8 @@ from .losses import build_criterion
 from .models import Conformer, create_model
 from .models.convert import load_state_dict_strict
 from .optim import build_optimizer, build_scheduler
+from .paths import check_output_dir, free_bytes
+from .rundir import MANIFEST_NAME, OwnedFiles, RunManifest, absolute, hold_run_lock, run_dir_for, write_text_atomic
 from .runlog import METRICS_FILE, RunLog
 
 __all__ = ["train", "Trainer", "TrainResult", "FaultPlan", "run_dir_of", "build_model", "capture_rng_state", "restore_rng_state"]
@@ -83,7 +101,10 @@ EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
 @dataclass
 class TrainResult:
-    """How a run ended: ``status`` "completed" or "interrupted"; ``exit_code`` 0, 143 or 130."""
+    """How a run ended: ``status`` "completed", "interrupted" or "finished" (a resumed run that had
+    already done its ``epochs``: nothing trained); ``exit_code`` 0, 143 or 130. ``epoch`` is the
+    0-based index of the last epoch trained, ``epochs_done`` the count of complete epochs;
+    ``is_main`` is False on the processes of a torchrun launch that print nothing."""
 
     status: str
     exit_code: int
@@ -93,6 +114,8 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     best_top1: float | None = None
     last_checkpoint: Path | None = None
+    is_main: bool = True
+    epochs_done: int = 0
 
 
 class TrainingError(ConformerError):
@@ -104,8 +127,9 @@ class TrainingError(ConformerError):
 
 
 def run_dir_of(cfg: Config) -> Path:
-    """The run directory: the parent of ``ckpt_root_dir``."""
-    return Path(cfg.ckpt_root_dir).absolute().parent
+    """The run directory: the parent of ``ckpt_root_dir``, or ``ckpt_root_dir`` itself when that
+    parent is the working directory or above it (``rundir.run_dir_for``)."""
+    return run_dir_for(cfg.ckpt_root_dir)
 
 
 def checkpoint_prefix(cfg: Config) -> str:
@@ -293,62 +317,219 @@ def _build_mixup(cfg: Config, num_classes: int, steps_per_epoch: int) -> tuple[A
 
 
 # ---------------------------------------------------------------------------------------------
-# Output folders and the checkpoint to start from
+# Output folders, the previous run and the checkpoint to start from
+
+RUN_FILE_NAMES = ("config.yaml", "class_names.json", METRICS_FILE, "model.txt")
+"""The files a run writes in its run directory (``model.txt`` only with ``dump_graph``)."""
 
 
-_CHECKPOINT_NAME = re.compile(r"_(e\d+_s\d+|best_e\d+_top1_[0-9.]+)\.pt$")
+def output_folders(cfg: Config) -> list[tuple[str, Path]]:
+    """(option name, folder) of every folder a run writes in."""
+    folders = [("ckpt_root_dir", Path(cfg.ckpt_root_dir)), ("best_ckpt_root_dir", Path(cfg.best_ckpt_root_dir)),
+               ("summary_root_dir", Path(cfg.summary_root_dir))]  # fmt: skip
+    if absolute(run_dir_of(cfg)) != absolute(cfg.ckpt_root_dir):
+        folders.append(("the run directory (the parent of ckpt_root_dir)", run_dir_of(cfg)))
+    return folders
 
 
-def _run_files(cfg: Config) -> list[Path]:
-    """Files of a run in the output folders: its config, metrics and class list, and checkpoints
-    of any name prefix (another ``arch`` or ``model_postfix`` is still another run)."""
-    run_dir = run_dir_of(cfg)
-    files = [run_dir / name for name in ("config.yaml", METRICS_FILE, "class_names.json") if (run_dir / name).exists()]
-    for folder in (Path(cfg.ckpt_root_dir), Path(cfg.best_ckpt_root_dir)):
-        files += sorted(p for p in folder.glob("*.pt") if _CHECKPOINT_NAME.search(p.name)) if folder.is_dir() else []
+def check_output_folders(cfg: Config) -> None:
+    """Every output folder exists or can be created, and is writable (``paths.check_output_dir``:
+    a path below a regular file, ``/proc``, a read-only place are one ConfigError)."""
+    for what, folder in output_folders(cfg):
+        check_output_dir(folder, what)
+
+
+@dataclass
+class StartPlan:
+    """How a run starts, decided before any work; nothing is written or removed until ``commit``.
+
+    ``keep``: the previous run's manifest when this run continues it (resume, or a restart of a
+    run that never wrote a checkpoint); ``adopt``: files of a run directory written before
+    manifests existed that a resume takes over; ``replace``: the previous run's files that
+    ``overwrite`` removes; ``how``: what happens, in words (start-up summary)."""
+
+    run_dir: Path
+    resume: dict[str, Any] | None = None
+    resume_path: Path | None = None
+    previous: RunManifest | None = None
+    keep: RunManifest | None = None
+    adopt: list[Path] = field(default_factory=list)
+    replace: list[Path] = field(default_factory=list)
+    how: str = "a new run"
+
+
+def plan_start(cfg: Config, manager: CheckpointManager) -> StartPlan:
+    """Read the run directory (its manifest), find the checkpoint to resume and decide what the run
+    may write and remove; raises a ConformerError for every conflict, before anything changes."""
+    plan = StartPlan(run_dir_of(cfg))
+    previous = plan.previous = RunManifest.read(plan.run_dir)
+    prefix = manager.prefix
+    same_run = previous is not None and previous.prefix == prefix
+    if cfg.checkpoint == "auto":
+        if previous is not None and not same_run and not cfg.overwrite:
+            raise ConfigError(_holds_another_run(cfg, previous, plan.run_dir, prefix))
+        candidates = manager.checkpoint_files()
+        if previous is not None:
+            candidates = [p for p in candidates if previous.owns(p)]
+        found = find_resumable(candidates)
+        if found is None and candidates:
+            raise CheckpointError(f"checkpoint: auto found {len(candidates)} checkpoint(s) in {cfg.ckpt_root_dir} "
+                                  "but none is readable and resumable (see the warnings above); pass one with --checkpoint PATH")
+        if found is None:
+            log.info("checkpoint: auto: no checkpoint of %s in %s yet, starting a new run", prefix, cfg.ckpt_root_dir)
+        else:
+            plan.resume_path, plan.resume = found
+    elif cfg.checkpoint:
+        obj = read_checkpoint(cfg.checkpoint)
+        if not (isinstance(obj, dict) and obj.get("format") == FORMAT and obj.get("train_state")):
+            raise CheckpointError(f"{cfg.checkpoint} cannot be resumed: it holds no training state (optimizer, epoch, "
+                                  "RNG); to start from its weights use --pretrained instead")
+        plan.resume, plan.resume_path = obj, Path(cfg.checkpoint)
+    _decide(cfg, manager, plan, same_run)
+    _check_collisions(cfg, manager, plan)
+    return plan
+
+
+def _decide(cfg: Config, manager: CheckpointManager, plan: StartPlan, same_run: bool) -> None:
+    """Continue, adopt, restart or replace the previous run (``StartPlan``), or refuse."""
+    previous, prefix = plan.previous, manager.prefix
+    resumed = f" from {plan.resume_path}" if plan.resume_path is not None else ""
+    if plan.resume is not None and (previous is None or same_run):
+        plan.keep = previous
+        plan.how = f"resuming the run {prefix}{resumed}"
+        in_run = {absolute(p) for p in manager.checkpoint_files()}
+        if previous is None and absolute(plan.resume_path) in in_run:  # type: ignore[arg-type]
+            plan.adopt = _files_before_manifests(cfg, manager, plan.run_dir)
+            plan.how += f" (written before run manifests: its {len(plan.adopt)} files are listed in {MANIFEST_NAME} now)"
+        return
+    if previous is None:
+        return
+    if same_run and plan.resume is None and cfg.checkpoint == "auto" and not previous.existing_checkpoints():
+        plan.keep = previous  # a run stopped before its first checkpoint: the same run, started again
+        plan.how = f"starting the run {prefix} again from the beginning (it has no checkpoint yet)"
+        return
+    if not cfg.overwrite:
+        raise ConfigError(_holds_a_run(cfg, previous, plan.run_dir, same_run))
+    plan.replace = previous.existing()
+    if plan.resume_path is not None and absolute(plan.resume_path) in plan.replace:
+        raise ConfigError(f"--checkpoint {plan.resume_path} is a file of the run in {plan.run_dir} that --overwrite true "
+                          "would remove; copy it elsewhere first, or choose another ckpt_root_dir")
+    plan.how = (f"replacing the run {previous.prefix} (--overwrite true: its {len(plan.replace)} files are removed "
+                f"once every check has passed){resumed and ', then resuming' + resumed}")
+
+
+def _holds_another_run(cfg: Config, previous: RunManifest, run_dir: Path, prefix: str) -> str:
+    return (f"{run_dir} holds the run {previous.prefix} ({_describe_files(previous)}), not a run of {prefix}: "
+            f"--checkpoint auto resumes only a run of the same arch and model_postfix and never deletes anything "
+            f"(nothing was changed). Continue that run with --arch {previous.arch} --model_postfix "
+            f"{previous.model_postfix}, start this one in another ckpt_root_dir, or replace that run with --overwrite true")
+
+
+def _holds_a_run(cfg: Config, previous: RunManifest, run_dir: Path, same_run: bool) -> str:
+    if not same_run:
+        how = f"continue it with --arch {previous.arch} --model_postfix {previous.model_postfix} --checkpoint auto"
+    elif cfg.checkpoint == "auto":
+        how = "it has no checkpoint to resume from; resume it from a checkpoint with --checkpoint PATH"
+    else:
+        how = "resume it with --checkpoint auto"
+    return (f"{run_dir} already holds a run: {previous.prefix} ({_describe_files(previous)}); {how}, replace it "
+            "with --overwrite true, or choose another ckpt_root_dir")
+
+
+def _describe_files(manifest: RunManifest) -> str:
+    files = manifest.existing()
+    checkpoints = [p for p in files if p.suffix == ".pt"]
+    newest = f", e.g. {checkpoints[-1]}" if checkpoints else ""
+    return f"{len(files)} files of its own, {len(checkpoints)} of them checkpoints{newest}"
+
+
+def _files_before_manifests(cfg: Config, manager: CheckpointManager, run_dir: Path) -> list[Path]:
+    """A run directory written before run manifests existed, being resumed: the checkpoints of this
+    prefix in the checkpoint folders, and the run files when its ``config.yaml`` is a run's copy of
+    this arch and postfix (not a config the user keeps there)."""
+    files = [*manager.checkpoint_files(), *manager.best_checkpoint_files()]
+    config = run_dir / "config.yaml"
+    try:
+        import yaml
+
+        saved = yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else None
+    except (OSError, UnicodeDecodeError, ValueError):
+        saved = None
+    if isinstance(saved, dict) and saved.get("arch") == cfg.arch and str(saved.get("model_postfix")) == str(cfg.model_postfix):
+        files += [run_dir / name for name in RUN_FILE_NAMES if (run_dir / name).is_file()]
     return files
 
 
-def prepare_output(cfg: Config, resuming: bool, is_main: bool) -> None:
-    """Refuse folders that hold another run unless resuming or ``overwrite`` (which deletes that
-    run's checkpoints, metrics, config and TensorBoard events first). ``checkpoint: auto`` with no
-    checkpoint yet (a run stopped before its first one) starts that run over the same way."""
-    existing = _run_files(cfg)
-    if not existing or resuming:
-        return
-    if not cfg.overwrite and cfg.checkpoint != "auto":
-        shown = ", ".join(str(p) for p in existing[:3]) + (f" (+{len(existing) - 3} more)" if len(existing) > 3 else "")
-        raise ConfigError(f"{run_dir_of(cfg)} already holds a run ({shown}); resume it with --checkpoint auto, "
-                          "replace it with --overwrite true, or choose another ckpt_root_dir")
-    if is_main:
-        log.warning("deleting the previous run's files in %s (overwrite, or auto-resume without a checkpoint)",
-                    run_dir_of(cfg))
-        for path in existing + sorted(Path(cfg.summary_root_dir).glob("events.out.tfevents.*")):
-            path.unlink(missing_ok=True)
-    D.barrier()
+def _check_collisions(cfg: Config, manager: CheckpointManager, plan: StartPlan) -> None:
+    """Refuse when a file this run would write exists and is not its own (nor the replaced run's):
+    it would be overwritten, or mixed into this run's rotation."""
+    mine = OwnedFiles([*(plan.keep.files() if plan.keep else []), *plan.adopt, *plan.replace])
+    names = [n for n in RUN_FILE_NAMES if n != "model.txt" or cfg.dump_graph]
+    clashes = [plan.run_dir / n for n in names if (plan.run_dir / n).exists() and not mine.owns(plan.run_dir / n)]
+    if clashes:
+        shown = ", ".join(str(p) for p in clashes)
+        raise ConfigError(f"{shown} {'was' if len(clashes) == 1 else 'were'} not written by this run (not listed in "
+                          f"{plan.run_dir / MANIFEST_NAME}), and the run would write its own files there under those "
+                          "names; nothing a run did not write is overwritten or removed: give the run a folder of "
+                          "its own (e.g. --ckpt_root_dir runs/NAME/checkpoints) or move those files away")
+    foreign = [p for p in manager.checkpoint_files() + manager.best_checkpoint_files() if not mine.owns(p)]
+    if foreign:
+        raise ConfigError(f"{foreign[0]}{f' (and {len(foreign) - 1} more)' if len(foreign) > 1 else ''} is named like "
+                          f"a checkpoint of {manager.prefix} but was not written by this run (e.g. another run's, in a "
+                          "shared folder); it would be overwritten or mixed into this run's: resume it with "
+                          "--checkpoint auto, or choose another ckpt_root_dir / best_ckpt_root_dir")
 
 
-def find_start(cfg: Config, manager: CheckpointManager) -> tuple[dict[str, Any] | None, Path | None]:
-    """The checkpoint to resume (``checkpoint``: a path, or ``auto`` = the newest readable one in
-    ``ckpt_root_dir``; none there = a fresh start) and its path."""
-    if not cfg.checkpoint:
-        return None, None
-    if cfg.checkpoint == "auto":
-        files = manager.latest_files()
-        found = find_resumable(files)
-        if found is None and files:
-            raise CheckpointError(f"checkpoint: auto found {len(files)} checkpoint(s) in {cfg.ckpt_root_dir} "
-                                  "but none is readable and resumable (see the warnings above); pass one with --checkpoint PATH")
-        if found is None:
-            log.info("checkpoint: auto: no checkpoint in %s yet, starting a new run", cfg.ckpt_root_dir)
-            return None, None
-        path, obj = found
-        return obj, path
-    obj = read_checkpoint(cfg.checkpoint)
-    if not (isinstance(obj, dict) and obj.get("format") == FORMAT and obj.get("train_state")):
-        raise CheckpointError(f"{cfg.checkpoint} cannot be resumed: it holds no training state (optimizer, epoch, "
-                              "RNG); to start from its weights use --pretrained instead")
-    return obj, Path(cfg.checkpoint)
+def commit(cfg: Config, plan: StartPlan, manager: CheckpointManager) -> RunManifest:
+    """Rank 0, once every check has passed: remove the replaced run's files, then create (or
+    continue) this run's manifest and clean up this run's half-written checkpoints."""
+    if plan.replace:
+        for path in plan.replace:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as e:
+                raise ConfigError(f"--overwrite true: could not remove {path} ({e.strerror}); nothing else was "
+                                  "removed after it: fix its permissions and run again") from None
+        log.warning("--overwrite true: removed the %d files of the run %s (listed in %s)", len(plan.replace),
+                    plan.previous.prefix if plan.previous else "?", plan.run_dir / MANIFEST_NAME)  # fmt: skip
+    manifest = plan.keep
+    if manifest is None:
+        manifest = RunManifest(plan.run_dir, cfg.arch, str(cfg.model_postfix), plan.adopt)
+    manager.registry = manifest
+    manager.remove_partial_writes()
+    return manifest
+
+
+def _finished(cfg: Config, resume: dict[str, Any]) -> bool:
+    """The resumed checkpoint has already done ``epochs`` (or more)."""
+    ts = resume["train_state"]
+    return int(ts["epoch"]) >= cfg.epochs
+
+
+def _check_free_space(cfg: Config, run: Trainer, plan: StartPlan) -> None:
+    """Refuse to start when a checkpoint folder cannot take one more checkpoint (atomic writes need
+    room for the new file beside the old ones); the replaced run's files there count as free."""
+    need = checkpoint_bytes(run)
+    folders = [("ckpt_root_dir", Path(cfg.ckpt_root_dir))]
+    if cfg.best_ckpt_num > 0:
+        folders.append(("best_ckpt_root_dir", Path(cfg.best_ckpt_root_dir)))
+    for what, folder in folders:
+        free = free_bytes(folder)
+        if free is None:
+            continue
+        freed = sum(p.stat().st_size for p in plan.replace if p.is_file() and p.parent == absolute(folder))
+        if free + freed < need:
+            raise ConfigError(f"{what} {folder}: {free / 2**20:.1f} MiB free, but one checkpoint of this run needs about "
+                              f"{need / 2**20:.1f} MiB; free some space or choose another {what}")
+
+
+def checkpoint_bytes(run: Trainer) -> int:
+    """About the size of one checkpoint: the weights, the EMA copy, the optimizer's per-parameter
+    state (AdamW: 2 tensors, SGD: 1) and some headroom for the rest."""
+    weights = sum(t.numel() * t.element_size() for t in run.model.state_dict().values())
+    params = sum(p.numel() * p.element_size() for p in run.model.parameters())
+    slots = 2 if run.cfg.optimizer == "adamw" else 1
+    return int((weights * (2 if run.ema is not None else 1) + params * slots) * 1.05) + 2**20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,6 +573,8 @@ class Trainer:
         if cfg.compile:  # after DDP, as torch recommends (graph breaks at the gradient buckets)
             module = torch.compile(module)  # type: ignore[assignment]
         spe = self.data.steps_per_epoch
+        if cfg.warmup_length >= cfg.epochs and self.info.is_main:
+            _warn_warmup_only(cfg, spe)
         optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.base_lr, weight_decay=cfg.weight_decay,
                                     betas=tuple(cfg.beta), eps=cfg.eps, momentum=cfg.momentum)  # type: ignore[arg-type]
         scheduler = build_scheduler(optimizer, cfg.lr_scheduler, epochs=cfg.epochs, steps_per_epoch=spe,
@@ -429,7 +612,8 @@ class Trainer:
         ts = ckpt["train_state"]
         spe = self.data.steps_per_epoch
         self.parts.optimizer.load_state_dict(ts["optimizer"])
-        self.parts.scheduler.load_state_dict(ts["scheduler"])
+        # The scheduler's stored state is not reloaded: the learning rate is a function of the step
+        # and of this run's options, so a run resumed with a larger ``epochs`` stretches its schedule.
         if self.parts.scaler is not None and ts.get("scaler"):
             self.parts.scaler.load_state_dict(ts["scaler"])
         self.epoch, self.start_batch = int(ts["epoch"]), int(ts["batch_in_epoch"])
@@ -448,6 +632,21 @@ class Trainer:
             log.warning("the checkpoint holds RNG states of %d process(es), this run has %d: random streams restart",
                         len(rng), self.info.world_size)
         log.info("resuming at epoch %d, step %d (batch %d of %d)", self.epoch + 1, self.step, self.start_batch, spe)
+        self._note_new_length(ckpt)
+
+    def _note_new_length(self, ckpt: dict[str, Any]) -> None:
+        """Say so when a resumed run has another ``epochs`` than its checkpoint's config: the
+        schedule is recomputed for the new length (as timm does with a new --epochs)."""
+        before = (ckpt.get("config") or {}).get("epochs")
+        cfg, optimizer = self.cfg, self.parts.optimizer
+        if before is None or int(before) == cfg.epochs or not self.info.is_main:
+            return
+        last_lr = float(optimizer.param_groups[0]["lr"])
+        self.parts.scheduler.step_update(self.step)  # the rate of the next step (set again before it)
+        log.warning("epochs changed from %d to %d: the run %s to %d epochs and its %s schedule is recomputed for "
+                    "that length (learning rate of the last step %.3e, of the next step %.3e)", int(before), cfg.epochs,
+                    "is extended" if cfg.epochs > int(before) else "is shortened", cfg.epochs, cfg.lr_scheduler,
+                    last_lr, float(optimizer.param_groups[0]["lr"]))  # fmt: skip
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -480,9 +679,22 @@ class Trainer:
         log.info("checkpoint: %s", self.last_checkpoint)
         top1 = self.metrics.get("Top1-Acc")
         if best and top1 is not None and top1 == top1:
+            ranked = self.manager.best_files()
             path = self.manager.save_best(ckpt, epoch, float(top1))
             if path is not None:
-                log.info("best checkpoint (top-1 %.4f): %s", top1, path)
+                self._log_best(epoch, float(top1), path, ranked[0][0] if ranked else None)
+
+    def _log_best(self, epoch: int, top1: float, path: Path, previous_best: float | None) -> None:
+        """Say what a best checkpoint just written is: the new best, as good as the best, or one of
+        the ``best_ckpt_num`` kept (the file names rank by top-1 rounded to 4 digits)."""
+        if previous_best is None or round(top1, 4) > previous_best:
+            log.info("new best checkpoint (epoch %d, top-1 %.4f): %s", epoch, top1, path)
+        elif round(top1, 4) == previous_best:
+            log.info("best checkpoint (epoch %d, top-1 %.4f, as good as the best so far; the newer ranks first): %s",
+                     epoch, top1, path)  # fmt: skip
+        else:
+            log.info("epoch %d (top-1 %.4f) kept as number %s of the %d best checkpoints (best top-1 %.4f): %s", epoch,
+                     top1, self.manager.rank_of(path), self.manager.best_keep, previous_best, path)  # fmt: skip
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -572,6 +784,16 @@ class Trainer:
                 return
 
 
+def _warn_warmup_only(cfg: Config, steps_per_epoch: int) -> None:
+    """``warmup_length`` is not shorter than ``epochs``: the whole run is warm-up (timm and MindSpore
+    do the same); say where the learning rate ends."""
+    total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_length * steps_per_epoch
+    end = cfg.warmup_lr + (cfg.base_lr - cfg.warmup_lr) * (total - 1) / warmup
+    log.warning("warmup_length %d is not shorter than epochs %d: the whole run is warm-up, the learning rate rises "
+                "linearly from %.3g towards base_lr %.3g and ends at %.3g (%s never starts)", cfg.warmup_length,
+                cfg.epochs, cfg.warmup_lr, cfg.base_lr, end, cfg.lr_scheduler)  # fmt: skip
+
+
 def _check_finite(model: nn.Module, ema: Any, step: int) -> None:
     """Refuse to checkpoint weights or BatchNorm statistics that are NaN/Inf."""
     modules = [("weights", model)] + ([("EMA weights", ema.module)] if ema is not None else [])
@@ -582,14 +804,16 @@ def _check_finite(model: nn.Module, ema: Any, step: int) -> None:
                                     "resume from the last good one with a lower base_lr or amp_level O0")
 
 
-def _write_run_files(cfg: Config, run: Trainer) -> None:
+def _write_run_files(cfg: Config, run: Trainer, manifest: OwnedFiles) -> None:
+    """The run directory's config copy, class list and ``model.txt``, each listed before it is written."""
     run_dir = run_dir_of(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
-    (run_dir / "class_names.json").write_text(json.dumps(run.data.class_names, indent=1) + "\n", encoding="utf-8")
+    params = sum(p.numel() for p in run.model.parameters())
+    texts = {"config.yaml": cfg.to_yaml(), "class_names.json": json.dumps(run.data.class_names, indent=1) + "\n"}
     if cfg.dump_graph:
-        params = sum(p.numel() for p in run.model.parameters())
-        (run_dir / "model.txt").write_text(f"{cfg.arch}: {params:,} parameters\n{run.model}\n", encoding="utf-8")
+        texts["model.txt"] = f"{cfg.arch}: {params:,} parameters\n{run.model}\n"
+    for name, text in texts.items():
+        manifest.add(run_dir / name)
+        write_text_atomic(run_dir / name, text)
 
 
 def _log_input_grid(run: Trainer) -> None:
@@ -601,15 +825,53 @@ def _log_input_grid(run: Trainer) -> None:
     run.log.image_grid("train/input_images", (images * std + mean).clamp(0, 1), run.step)
 
 
+def _log_start(cfg: Config, run: Trainer, plan: StartPlan) -> None:
+    """The start-up summary (rank 0, once): where, what data, which model, on what."""
+    data, info = run.data, run.info
+    train_set, val_set = data.train_loader.dataset, data.val_loader.dataset.dataset
+    classes = data.class_names
+    shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
+    params = sum(p.numel() for p in run.model.parameters())
+    if plan.resume is not None:
+        source = "weights of the checkpoint resumed"
+    else:
+        source = f"weights from {cfg.pretrained}" if cfg.pretrained else "random initial weights"
+    log.info("run directory %s: %s", plan.run_dir, plan.how)
+    log.info("data %s: train %d images in %d classes (%s), val %d images in %d of them; %d steps per epoch of %d images "
+             "(%d per process x %d)", cfg.data_url, len(train_set), len(classes), shown, len(val_set),
+             len(set(val_set.targets)), data.steps_per_epoch, cfg.batch_size * info.world_size, cfg.batch_size,
+             info.world_size)  # fmt: skip
+    log.info("model %s: %s parameters, %s; %d epochs, %s with %s, amp_level %s", cfg.arch, f"{params:,}", source,
+             cfg.epochs, cfg.optimizer, cfg.lr_scheduler, cfg.amp_level)  # fmt: skip
+    log.info("device %s: %d process(es), %d compute thread(s) and %d loader worker(s) per process", run.device,
+             info.world_size, torch.get_num_threads(), cfg.num_parallel_workers)  # fmt: skip
+
+
 def train(cfg: Config) -> TrainResult:
     """Train (or resume) the run ``cfg`` describes; see the module docstring. Returns how it ended;
     raises ConformerError subclasses for expected problems (bad data, config, checkpoint, divergence)."""
+    if int(os.environ.get("RANK", "0")) == 0:  # rank 0 alone writes; torchrun stops the others on its error
+        check_output_folders(cfg)
     device = cfg.device
     info = D.init_distributed(device, cfg.device_num)
     try:
-        return _train(cfg, info, device)
+        with _quiet_unless_main(info.is_main):
+            return _train(cfg, info, device)
     finally:
         D.shutdown()
+
+
+@contextlib.contextmanager
+def _quiet_unless_main(is_main: bool) -> Any:
+    """On ranks other than 0, log warnings and errors only: rank 0 tells the story once."""
+    logger = logging.getLogger("conformer_vision")
+    level = logger.level
+    if not is_main:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _train(cfg: Config, info: D.DistInfo, device: torch.device) -> TrainResult:
@@ -617,36 +879,58 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device) -> TrainResult:
     manager = CheckpointManager(cfg.ckpt_root_dir, cfg.best_ckpt_root_dir, prefix=checkpoint_prefix(cfg),
                                 keep=cfg.ckpt_keep_num, best_keep=cfg.best_ckpt_num, every_steps=cfg.ckpt_save_every_step,
                                 every_seconds=cfg.ckpt_save_every_seconds, enabled=info.is_main)  # fmt: skip
-    resume, resume_path = find_start(cfg, manager)
-    manager.remove_partial_writes()
-    prepare_output(cfg, resuming=resume is not None, is_main=info.is_main)
+    plan = plan_start(cfg, manager)
+    if plan.resume is not None and _finished(cfg, plan.resume):
+        return _finished_result(cfg, plan, info)
+    resume = plan.resume
     if resume is None and cfg.pretrained and not cfg.exclude_epoch_state:
         resume = _pretrained_state(cfg)
     run = Trainer(cfg, info, device, manager, faults)
     try:
         run.setup(resume)
     except CheckpointError as e:
-        if resume_path is None:
+        if plan.resume_path is None:
             raise
-        raise CheckpointError(f"cannot resume from {resume_path}: {e}") from None
-    if resume_path is not None:
-        log.info("resumed from %s", resume_path)
-    run.log = RunLog(run_dir_of(cfg), Path(cfg.summary_root_dir), enabled=info.is_main,
-                     total_steps=cfg.epochs * run.data.steps_per_epoch, start_step=run.step,
-                     print_every=cfg.print_loss_every, tb_every=cfg.summary_loss_collect_freq, epochs=cfg.epochs)  # fmt: skip
-    try:
+        raise CheckpointError(f"cannot resume from {plan.resume_path}: {e}") from None
+    if info.is_main:
+        _check_free_space(cfg, run, plan)
+    # Every check has passed: from here on the run writes (and, with overwrite, first removes).
+    with hold_run_lock(plan.run_dir) if info.is_main else contextlib.nullcontext():
+        manifest: OwnedFiles = commit(cfg, plan, manager) if info.is_main else OwnedFiles()
+        D.barrier()
+        if plan.resume_path is not None:
+            log.info("resumed from %s", plan.resume_path)
         if info.is_main:
-            _write_run_files(cfg, run)
-            if cfg.collect_input_data and resume is None:
-                _log_input_grid(run)
-        with run.signals, _redirect_logging(info.is_main):
-            run.run()
-            D.barrier()  # rank 0 has finished writing before any process exits
-    finally:
-        run.log.close()
+            _write_run_files(cfg, run, manifest)
+            _log_start(cfg, run, plan)  # before the progress bar appears
+        run.log = RunLog(plan.run_dir, Path(cfg.summary_root_dir), enabled=info.is_main, registry=manifest,
+                         total_steps=cfg.epochs * run.data.steps_per_epoch, start_step=run.step,
+                         print_every=cfg.print_loss_every, tb_every=cfg.summary_loss_collect_freq, epochs=cfg.epochs,
+                         restart=plan.keep is not None, legacy_metrics=bool(plan.adopt))  # fmt: skip
+        try:
+            if info.is_main:
+                if cfg.collect_input_data and resume is None:
+                    _log_input_grid(run)
+            with run.signals, _redirect_logging(info.is_main):
+                run.run()
+                D.barrier()  # rank 0 has finished writing before any process exits
+        finally:
+            run.log.close()
     status = "interrupted" if run.stop_signal is not None else "completed"
     code = EXIT_CODES.get(run.stop_signal, 0) if run.stop_signal is not None else 0
-    return TrainResult(status, code, run_dir_of(cfg), run.epoch, run.step, run.metrics, run.best_top1, run.last_checkpoint)
+    done = run.epoch + 1 if status == "completed" else run.epoch
+    return TrainResult(status, code, plan.run_dir, run.epoch, run.step, run.metrics, run.best_top1, run.last_checkpoint,
+                       is_main=info.is_main, epochs_done=done)  # fmt: skip
+
+
+def _finished_result(cfg: Config, plan: StartPlan, info: D.DistInfo) -> TrainResult:
+    """A resumed run that has already done ``epochs``: nothing is trained, written or removed."""
+    assert plan.resume is not None
+    ts = plan.resume["train_state"]
+    metrics = dict(plan.resume.get("metrics") or {})
+    done = int(ts["epoch"])
+    return TrainResult("finished", 0, plan.run_dir, done - 1, int(ts["step"]), metrics, ts.get("best_top1"),
+                       plan.resume_path, is_main=info.is_main, epochs_done=done)  # fmt: skip
 
 
 def _redirect_logging(enabled: bool) -> Any:

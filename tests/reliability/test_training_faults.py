@@ -112,9 +112,11 @@ def _worker_pids(launcher: int) -> dict[int, int]:
 
 def test_2_sigterm_to_one_rank_of_torchrun_stops_all_ranks_at_the_same_step(dataset, tmp_path):
     """SIGTERM reaches rank 1 only (as when a node's process is preempted): both ranks agree, stop
-    after the same step, rank 0 writes that step's checkpoint, and nothing hangs."""
+    after the same step, rank 0 writes that step's checkpoint, and nothing hangs. Also scenario 26:
+    no device_num is given, the run follows torchrun's 2 processes, and rank 0 alone prints the
+    closing line."""
     run = tmp_path / "run"
-    command = train_args(dataset, run, batch_size=4, device_num=2, epochs=6)  # 3 steps/epoch on 2 ranks
+    command = train_args(dataset, run, batch_size=4, epochs=6)  # 3 steps/epoch on 2 ranks
     log = (tmp_path / "torchrun.log").open("w+")
     launcher = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -133,15 +135,15 @@ def test_2_sigterm_to_one_rank_of_torchrun_stops_all_ranks_at_the_same_step(data
     log.seek(0)
     output = log.read()
     assert rc != 0, output[-3000:]
-    # both ranks print to one pipe, so their lines can interleave without a newline between them
     stops = [int(s) for s in re.findall(r"training stopped at step (\d+);", output)]
-    assert len(stops) == 2, output[-3000:]  # one line per rank
+    assert len(stops) == 1, output[-3000:]  # rank 0 alone sums up
     step = stops[0]
-    assert all(s == step for s in stops), stops
     assert step < 18, "the run finished before the signal arrived"
     newest = checkpoints(run)[-1]
-    assert step_of(newest) == step and read_checkpoint(newest)["train_state"]["step"] == step
-    assert len(read_checkpoint(newest)["train_state"]["rng"]) == 2  # both ranks' RNG states
+    state = read_checkpoint(newest)["train_state"]
+    assert step_of(newest) == step and state["step"] == step and state["world_size"] == 2
+    # both ranks' RNG states, gathered at that step: rank 1 stopped after the same step as rank 0
+    assert len(state["rng"]) == 2
 
 
 def test_13_nan_losses_are_skipped_then_stop_the_run_and_no_checkpoint_is_non_finite(dataset, reference_run, tmp_path):
@@ -162,7 +164,7 @@ def test_13_nan_losses_are_skipped_then_stop_the_run_and_no_checkpoint_is_non_fi
     best = sorted((run / "best").glob("*.pt"))
     assert [p.name for p in best] == ["conformer_mini_test_0_best_e0001_top1_0.5000.pt"]
     assert_same_weights(load(best[0]), left[2])  # this run's epoch-1 weights
-    assert [r[:3] for r in history(run)] == [("train", 0, 1), ("train", 0, 2), ("train", 0, 3), ("val", 0, 3)]
+    assert [r[:3] for r in history(run)] == [("train", 1, 1), ("train", 1, 2), ("train", 1, 3), ("val", 1, 3)]
     assert len(list((run / "summary").glob("events.out.tfevents.*"))) == 1
 
 
@@ -211,7 +213,8 @@ def test_13_fp16_overflows_are_the_dynamic_scalers_to_handle_but_stop_a_static_s
 
 def test_15_a_directory_holding_a_run_is_refused_without_resume_or_overwrite(dataset, reference_run, tmp_path):
     run = copy_run(reference_run, tmp_path / "run")
-    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
     result = conformer_inprocess(*train_args(dataset, run))
     assert_user_error(result, f"{run} already holds a run", "--checkpoint auto", "--overwrite true")
-    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # nothing written or deleted
+    # nothing written or deleted (the folders' writability probe leaves no file behind)
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
