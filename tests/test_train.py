@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -291,3 +292,13 @@ def test_auto_starts_again_a_run_that_has_no_checkpoint_yet(data: Path, tmp_path
     assert result.status == "completed" and "starting the run conformer_mini_test_0 again from the beginning" in caplog.text
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [2, 4, 6, 6] and mine.read_bytes() == b"not the run's"
+
+
+def test_validation_drops_an_unreadable_image_instead_of_counting_a_neighbour(data: Path, tmp_path: Path) -> None:
+    """A broken file among the 12 val images: the epoch's metrics are those of the 12 readable
+    images, none of them counted twice (training still replaces its own bad files)."""
+    broken = tmp_path / "data"
+    shutil.copytree(data, broken)
+    (broken / "val" / "class0" / "zz_broken.png").write_bytes(b"not a png")
+    result = train(make_config(broken, tmp_path / "run", epochs=1, max_bad_files_fraction=0.2))
+    assert result.metrics["num_samples"] == 12

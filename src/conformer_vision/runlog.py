@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .rundir import OwnedFiles
+from .rundir import OwnedFiles, write_text_atomic
 
 __all__ = ["RunLog", "truncate_metrics"]
 
@@ -38,7 +38,7 @@ def truncate_metrics(path: Path, last_step: int, shift_epochs: int = 0) -> None:
                 kept.append(line)
         except (ValueError, KeyError, TypeError):
             continue
-    path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    write_text_atomic(path, "".join(f"{line}\n" for line in kept))  # a crash keeps the old history whole
 
 
 class RunLog:

@@ -66,7 +66,6 @@ import json
 import logging
 import os
 import random
-import re
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +80,7 @@ from . import distributed as D
 from .checkpoint import FORMAT, CheckpointManager, build_checkpoint, find_resumable, read_checkpoint
 from .config import Config
 from .data import ImageFolderDataset, Preprocess, build_class_list, build_train_transform, set_loader_epoch
-from .data.datasets import sample_seed
+from .data.datasets import EvalLoader, drop_failed, sample_seed
 from .engine import BothHeads, StepRecord, TrainParts, evaluate, train_one_epoch
 from .errors import CheckpointError, ConfigError, ConformerError, DataError
 from .losses import build_criterion
@@ -252,7 +251,7 @@ class ResumableSampler(DistributedSampler):
 class RunData:
     class_names: list[str]
     train_loader: DataLoader
-    val_loader: DataLoader
+    val_loader: EvalLoader
     sampler: ResumableSampler
     steps_per_epoch: int
     preprocess: Preprocess
@@ -260,7 +259,8 @@ class RunData:
 
 def build_data(cfg: Config, info: D.DistInfo) -> RunData:
     """The class list (from ``train_dir``), the train loader (augmented, sharded, drop_last) and the
-    val loader (eval transform, each rank a strided share, no padding so metrics are exact)."""
+    val loader (eval transform, each rank a strided share, no padding so metrics are exact; an
+    unreadable val image is dropped and logged, never replaced by a neighbour counted twice)."""
     root = Path(cfg.data_url)
     classes = build_class_list(root / cfg.train_dir)
     if len(classes) != cfg.num_classes:
@@ -274,14 +274,18 @@ def build_data(cfg: Config, info: D.DistInfo) -> RunData:
     )  # fmt: skip
     bad = dict(max_bad_fraction=cfg.max_bad_files_fraction)
     train_set = ImageFolderDataset(root / cfg.train_dir, transform, classes=classes, num_samples=cfg.train_num_samples, **bad)
-    val_set = ImageFolderDataset(root / cfg.val_dir, pre.eval_transform(), classes=classes, num_samples=cfg.val_num_samples, **bad)
+    # Validation drops an unreadable image (logged) instead of counting a neighbour twice.
+    val_set = ImageFolderDataset(root / cfg.val_dir, pre.eval_transform(), classes=classes, num_samples=cfg.val_num_samples,
+                                 bad_policy="drop", **bad)  # fmt: skip
     sampler = ResumableSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=True)
     common = dict(num_workers=cfg.num_parallel_workers, pin_memory=torch.cuda.is_available())
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
                               generator=torch.Generator(), **common)  # fmt: skip
     val_share = Subset(val_set, range(info.rank, len(val_set), info.world_size))
-    val_loader = DataLoader(val_share, batch_size=cfg.batch_size, shuffle=False, generator=torch.Generator(),
-                            persistent_workers=cfg.num_parallel_workers > 0, **common)  # fmt: skip
+    # Its own generator: evaluating never draws from the global RNG the training stream depends on.
+    val_loader = EvalLoader(DataLoader(val_share, batch_size=cfg.batch_size, shuffle=False, collate_fn=drop_failed,
+                                       generator=torch.Generator(), persistent_workers=cfg.num_parallel_workers > 0,
+                                       **common))  # fmt: skip
     steps = len(train_loader)
     if steps == 0:
         raise DataError(f"{root / cfg.train_dir} has {len(train_set)} images, fewer than one global batch "
@@ -828,7 +832,7 @@ def _log_input_grid(run: Trainer) -> None:
 def _log_start(cfg: Config, run: Trainer, plan: StartPlan) -> None:
     """The start-up summary (rank 0, once): where, what data, which model, on what."""
     data, info = run.data, run.info
-    train_set, val_set = data.train_loader.dataset, data.val_loader.dataset.dataset
+    train_set, val_set = data.train_loader.dataset, data.val_loader.loader.dataset.dataset
     classes = data.class_names
     shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
     params = sum(p.numel() for p in run.model.parameters())
