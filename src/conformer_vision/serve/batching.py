@@ -6,8 +6,8 @@ has passed since it took the first, runs them as one batch and hands each result
 loop (``call_soon_threadsafe``). Inference therefore never blocks the event loop, and there is one
 thread touching the model, as Grad-CAM's hooks require (explain jobs run alone, in arrival order).
 
-A job whose request gave up (timed out, client gone) is marked ``abandoned`` and skipped when its
-batch is formed. ``flush()`` (on shutdown) ends the wait for stragglers: what is queued runs at once.
+A job whose request gave up (timed out) is marked ``abandoned``: it is dropped from the queue and
+from a batch still being collected, and skipped if its batch already runs. ``flush()`` (on shutdown) ends the wait for stragglers: what is queued runs at once.
 """
 
 from __future__ import annotations
@@ -127,25 +127,35 @@ class Batcher:
                 self._run(live, lambda: self.run_batch(torch.stack([job.image for job in live])))
 
     def _next_batch(self) -> list[Job] | None:
-        """Wait for a first job, then for up to ``max_batch_size`` predict jobs within ``max_wait_s``;
-        None when stopping with an empty queue."""
+        """Wait for a first job, then for up to ``max_batch_size`` predict jobs within ``max_wait_s``
+        of taking it; an explain job alone. Jobs abandoned meanwhile are dropped, so a request that
+        timed out frees its place. None when stopping with an empty queue."""
+        batch: list[Job] = []
+        deadline = 0.0
         with self._cond:
-            while not self._queue:
-                if self._stopping:
-                    return None
-                self._cond.wait()
-            batch = [self._queue.popleft()]
-            if batch[0].kind == "explain":
-                return batch
-            deadline = time.monotonic() + self.max_wait_s
-            while len(batch) < self.max_batch_size:
-                while self._queue and self._queue[0].kind == "predict" and len(batch) < self.max_batch_size:
-                    batch.append(self._queue.popleft())
+            while True:
+                batch = [job for job in batch if not job.abandoned]
+                while self._queue and len(batch) < self.max_batch_size:
+                    job = self._queue[0]
+                    if job.abandoned:
+                        self._queue.popleft()
+                    elif job.kind == "explain":
+                        if batch:
+                            break  # runs after this batch
+                        return [self._queue.popleft()]
+                    else:
+                        if not batch:
+                            deadline = time.monotonic() + self.max_wait_s
+                        batch.append(self._queue.popleft())
+                if not batch:
+                    if self._stopping:
+                        return None
+                    self._cond.wait()
+                    continue
                 remaining = deadline - time.monotonic()
                 if len(batch) >= self.max_batch_size or self._queue or self._flushing or remaining <= 0:
-                    break  # full, an explain job is next, shutting down, or waited long enough
+                    return batch  # full, an explain job is next, shutting down, or waited long enough
                 self._cond.wait(remaining)
-            return batch
 
     def _run(self, jobs: list[Job], compute: Callable[[], list[Any]]) -> None:
         start = time.perf_counter()
