@@ -78,10 +78,10 @@ def test_18_a_new_run_beside_checkpoints_it_did_not_write_leaves_them_alone(data
     for folder in ("checkpoints", "best"):
         shutil.copytree(reference_run / folder, run / folder)
     before = snapshot(run)
-    result = conformer_inprocess(*train_args(dataset, run, model_postfix=1, checkpoint="auto", ckpt_keep_num=1))
+    result = conformer_inprocess(*train_args(dataset, run, model_postfix=1, checkpoint="auto", ckpt_keep_num=1, epochs=1))
     assert result.rc == 0, result.output[-3000:]
     assert {p: snapshot(run)[p] for p in before} == before  # every file of the other postfix, untouched
-    assert [p.name for p in checkpoints(run) if "_1_" in p.name] == ["conformer_mini_test_1_e0002_s00000006.pt"]
+    assert [p.name for p in checkpoints(run) if "_1_" in p.name] == ["conformer_mini_test_1_e0001_s00000003.pt"]
     assert RunManifest.read(run).prefix == "conformer_mini_test_1"
 
 
