@@ -96,3 +96,16 @@ def test_load_model_rebuilds_from_the_file_alone(tmp_path, ckpt):
     with pytest.raises(CheckpointError, match="pass --arch"):
         load_model(foreign)
     assert load_model(foreign, arch="conformer_mini_test").model.num_classes == 3
+
+
+def test_load_model_reads_the_description_as_create_model_does(tmp_path, ckpt, caplog):
+    # A field this version does not know: a clear error naming the file, not a TypeError traceback.
+    newer = atomic_save({**ckpt, "model_args": {**ckpt["model_args"], "future_option": 1}}, tmp_path / "newer.pt")
+    with pytest.raises(CheckpointError, match="newer.pt.*future_option.*newer conformer-vision"):
+        load_model(newer)
+    # Overriding the numerics the model was trained with is used, and said.
+    path = atomic_save(ckpt, tmp_path / "m.pt")
+    with caplog.at_level("WARNING"):
+        loaded = load_model(path, approximate_gelu=True)
+    assert loaded.model.args.approximate_gelu
+    assert "approximate_gelu=False; using approximate_gelu=True" in caplog.text

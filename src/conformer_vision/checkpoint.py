@@ -16,7 +16,6 @@ itself, so eval, predict and export rebuild the model from the file alone:
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import re
 import time
@@ -29,9 +28,9 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError
-from .models import Conformer, ConformerArgs, canonical_name, create_model
+from .models import Conformer, canonical_name, create_model
 from .models.conformer import ALIASES as _ALIASES
-from .models.convert import extract_state_dict, load_state_dict_strict
+from .models.convert import load_state_dict_strict, read_weights, reconcile_model_args
 from .rundir import OwnedFiles
 from .serialization import atomic_save, partial_writes, read_checkpoint
 
@@ -114,15 +113,11 @@ def load_model(
     levels = [contradiction] if isinstance(contradiction, str) else list(contradiction.values())
     if any(level not in CONTRADICTIONS for level in levels):
         raise ValueError(f"contradiction must be one of {CONTRADICTIONS}, got {contradiction!r}")
-    obj = read_checkpoint(path)
-    if Path(path).suffix == ".safetensors":
-        obj = _safetensors_checkpoint(path, obj)
-    try:
-        sd, meta = extract_state_dict(obj, use_ema=use_ema)
-    except CheckpointError as e:
-        raise CheckpointError(f"{path}: {e}") from None
+    sd, meta = read_weights(path, use_ema=use_ema)
     if meta["layout"] == FORMAT:
-        args = ConformerArgs(**{**meta["model_args"], **overrides})
+        # The file's description, with ``overrides`` applied as create_model(pretrained=...) does
+        # (an unknown stored field or a structural contradiction is an error, other numerics logged).
+        args = reconcile_model_args(meta["model_args"], overrides, str(path), meta.get("arch"))
         name = meta.get("arch") or arch or "conformer"
         check_request(path, {"arch": meta.get("arch"), "num_classes": args.num_classes},
                       {"arch": arch, "num_classes": num_classes}, contradiction, source)  # fmt: skip
@@ -178,22 +173,6 @@ def _same(key: str, want: Any, have: Any) -> bool:
     if key == "arch":  # ValueError (-> ConfigError in the commands) for a name that is no variant
         return canonical_name(str(want)) == _ALIASES.get(str(have), str(have))
     return int(want) == int(have)
-
-
-def _safetensors_checkpoint(path: str | Path, sd: dict[str, Any]) -> dict[str, Any]:
-    """A safetensors state dict as a checkpoint dict when its header carries our metadata (JSON
-    strings written by ``conformer export --file_format SAFETENSORS``); else ``sd`` unchanged."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        header = f.metadata() or {}
-    if header.get("format") != json.dumps(FORMAT):
-        return sd
-    try:
-        meta = {k: json.loads(header[k]) for k in ("arch", "model_args", "class_names", "preprocess") if k in header}
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: its safetensors metadata is not valid JSON ({e})") from None
-    return {"format": FORMAT, "version": VERSION, "config": None, "ema": None, "model": sd, **meta}
 
 
 class CheckpointManager:
