@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -41,17 +41,16 @@ def check_counts(**counts: tuple[int | None, int]) -> None:
 
 def config_file_keys(path: str | None) -> set[str]:
     """The options the YAML file at ``path`` sets (None: no file). The file has already been read
-    and validated by ``config_from_args``; other codebases' names are mapped to ours."""
+    and validated by ``config_from_args``; aliases (``lr``) are mapped to their option (``base_lr``)."""
     if not path:
         return set()
     import yaml
 
-    from .. import config
+    from ..config import OPTION_ALIASES
 
     with open(path, encoding="utf-8") as fh:
         data = yaml.safe_load(fh) or {}
-    foreign: Mapping[str, str] = getattr(config, "_FOREIGN_NAMES", {})
-    return {foreign.get(str(k), str(k)) for k in data}
+    return {OPTION_ALIASES.get(str(k), str(k)) for k in data}
 
 
 def request_levels(
