@@ -465,3 +465,15 @@ def test_batcher_groups_predictions_runs_explanations_alone_and_drops_abandoned_
     assert answers == [1.0, 2.0, 3.0, 4.0, -5.0, 7.0]  # every live job got its own result
     # full batch, then 4 alone (an explain job is next), the explain job alone, 7 after its wait
     assert runs == [("batch", [1.0, 2.0, 3.0]), ("batch", [4.0]), ("single", [5.0]), ("batch", [7.0])]
+
+
+def test_precision_takes_every_amp_level_name(checkpoint, images, tmp_path):
+    from conformer_vision.serve import open_served_model
+
+    expected = {"O0": "float32", "fp32": "float32", "O1": "float16 autocast", "O3": "float16 autocast",
+                "fp16": "float16 autocast", "bf16": "bfloat16 autocast"}  # fmt: skip
+    for level, name in expected.items():
+        assert open_served_model(checkpoint, precision=level).describe()["precision"] == name, level
+    served = open_served_model(checkpoint, precision="bf16")
+    (result,) = served.run_batch(served.decode(images[0].read_bytes(), tmp_path)[None])
+    assert abs(float(result.probs.sum()) - 1.0) < 1e-9 and result.probs.dtype == torch.float64

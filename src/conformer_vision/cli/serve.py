@@ -30,8 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="compute threads of the model (torch and onnxruntime; default: torch's default)")  # fmt: skip
     parser.add_argument("--amp_level", "--precision", dest="amp_level", choices=list(PRECISIONS), default="O0",
-                        help="checkpoints: O0/fp32 float32 (default), O1-O3/fp16 float16 autocast, bf16 bfloat16 "
-                             "autocast; an ONNX file runs in its own precision (O0 only)")  # fmt: skip
+                        metavar="LEVEL",
+                        help="checkpoints: O0/fp32/float32 float32 (default), O1/O2/O3/fp16/float16 float16 autocast, "
+                             "bf16/bfloat16 bfloat16 autocast; an ONNX file runs in its own precision (O0 only)")  # fmt: skip
     parser.add_argument("--topk", type=int, default=d.topk, help=f"classes per image unless ?topk=K (default {d.topk})")
     parser.add_argument("--arch", default=None, help="architecture of a foreign weights file (e.g. conformer_tiny)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto (ONNX: cuda = the CUDA provider)")

@@ -61,7 +61,7 @@ class ServeSettings:
     """The limits and defaults of one server (``conformer serve``'s options)."""
 
     max_batch_size: int = 8
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 10.0
     max_queue: int = 64  # images admitted and not yet answered; more -> 503
     max_images: int = 16  # images in one request; more -> 413
     max_body_bytes: int = 16 * 2**20  # request body; more -> 413
