@@ -302,3 +302,39 @@ def test_validation_drops_an_unreadable_image_instead_of_counting_a_neighbour(da
     (broken / "val" / "class0" / "zz_broken.png").write_bytes(b"not a png")
     result = train(make_config(broken, tmp_path / "run", epochs=1, max_bad_files_fraction=0.2))
     assert result.metrics["num_samples"] == 12
+
+
+# ---- sharded data (data_format: webdataset) ------------------------------------------------------ #
+
+@pytest.fixture(scope="module")
+def shards(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The module's dataset as WebDataset shards of 4 images: 12 train shards, 3 val shards."""
+    from conformer_vision.data.shards import write_shards
+
+    out = tmp_path_factory.mktemp("shards") / "wds"
+    write_shards(data, out, shard_size=4)
+    return out
+
+
+def test_exact_resume_from_shards_after_sigterm(data: Path, shards: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Training from shards with 2 loader workers, every augmentation on, interrupted mid-epoch and
+    resumed: the weights equal an uninterrupted run's bit for bit (the resumed epoch reads the same
+    shards in the same order, skipping the trained samples without decoding them). A mid-epoch
+    resume with another number of loader workers is refused: its streams would be other images."""
+    recipe = dict(data_format="webdataset", data_url=str(shards), augment=True, auto_augment="rand-m9-mstd0.5-inc1",
+                  re_prob=0.5, mixup=0.8, cutmix=1.0, drop_path=0.1, with_ema=True, ema_decay=0.9,
+                  num_parallel_workers=2, epochs=1)  # fmt: skip
+    reference = train(make_config(data, tmp_path / "a", **recipe))
+    assert reference.step == 6  # 48 images / batch 8
+    monkeypatch.setenv("CONFORMER_FAULT_SIGTERM_AT_STEP", "3")
+    stopped = train(make_config(data, tmp_path / "b", **recipe))
+    assert (stopped.status, stopped.step) == ("interrupted", 3)
+    monkeypatch.delenv("CONFORMER_FAULT_SIGTERM_AT_STEP")
+    with pytest.raises(ckpt_module.CheckpointError, match="2 loader stream.*this run has 1 x 1.*--num_parallel_workers 2"):
+        train(make_config(data, tmp_path / "b", checkpoint="auto", **{**recipe, "num_parallel_workers": 0}))
+    resumed = final_state(train(make_config(data, tmp_path / "b", checkpoint="auto", **recipe)))
+    expected = final_state(reference)
+    for key in ("model", "ema"):
+        assert all(torch.equal(expected[key][k], resumed[key][k]) for k in expected[key]), key
+    assert resumed["metrics"]["num_samples"] == 12  # every val image once

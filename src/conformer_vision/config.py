@@ -337,6 +337,17 @@ class Config:
                            range=_ONE_UP, spec=False)
     max_bad_files_fraction: float = _opt(0.01, "Abort when more than this fraction of images in an epoch "
                                          "fail to decode.", group=_DATA, range=_PROB, spec=False)
+    # Sharded datasets: WebDataset tar shards written by `conformer prepare shards` (docs/training.md).
+    data_format: str = _opt("folder", "How the data is stored: folder (data_url/<train_dir|val_dir>/<class>/<image>) "
+                            "or webdataset (tar shards written by `conformer prepare shards`, read from local paths, "
+                            "http(s):// or pipe: URLs).", group=_DATA, choices=("folder", "webdataset"), spec=False)
+    train_shards: str = _opt("", "data_format webdataset: the training shards, a brace pattern of paths or URLs "
+                             "(/data/train-{000000..000146}.tar, pipe:curl -s https://host/train-{000000..000146}.tar); "
+                             "'' = every train shard shards_info lists, beside it.", group=_DATA, spec=False)
+    val_shards: str = _opt("", "data_format webdataset: the validation shards, as train_shards; '' = every val shard "
+                           "shards_info lists, beside it.", group=_DATA, spec=False)
+    shards_info: str = _opt("", "data_format webdataset: the shards.json written with the shards (path or URL); "
+                            "'' = data_url/shards.json.", group=_DATA, spec=False)
     max_nonfinite_steps: int = _opt(20, "Stop after this many consecutive steps with a NaN/Inf loss.",
                                     group=_TRAIN, range=_ONE_UP, spec=False)
     compile: bool = _opt(False, "Wrap the model in torch.compile (graph mode).", group=_HW, spec=False)

@@ -1,4 +1,5 @@
-"""Evaluate a model (checkpoint or ONNX, through ``runtime.Predictor``) on an ImageFolder split.
+"""Evaluate a model (checkpoint or ONNX, through ``runtime.Predictor``) on an ImageFolder split, or on
+the val shards of a sharded dataset (``data_format: webdataset``, ``data.shards``).
 
 The images go through the same pieces as training-time validation: ``data.ImageFolderDataset``
 (class list from the model file, so val folders map to classes by name), the eval transform of
@@ -20,21 +21,31 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from .config import Config
 from .data.datasets import ImageFolderDataset, build_class_list, eval_loader
+from .data.shards import ShardDataset, ShardSplit, open_split, shards_info_url
 from .data.transforms import Preprocess
 from .errors import CheckpointError, ConformerError
 from .metrics import ClassificationMeter
 from .predict import write_json
 from .runtime import Predictor
 
-__all__ = ["evaluate_dataset", "format_eval_line", "format_report", "write_report"]
+__all__ = ["eval_source", "evaluate_dataset", "format_eval_line", "format_report", "write_report"]
 
 log = logging.getLogger("conformer_vision.evaluate")
 
 
+def eval_source(cfg: Config) -> Path | ShardSplit:
+    """What ``conformer eval`` reads: ``<data_url>/<val_dir>``, or with ``data_format: webdataset``
+    the val shards (``val_shards``, or those ``shards_info`` lists)."""
+    if cfg.data_format == "webdataset":
+        return open_split(shards_info_url(cfg.data_url, cfg.shards_info), "val", cfg.val_shards)
+    return Path(cfg.data_url) / cfg.val_dir
+
+
 def evaluate_dataset(
     predictor: Predictor,
-    val_root: str | Path,
+    val_root: str | Path | ShardSplit,
     class_names: list[str] | None = None,
     preprocess: Preprocess | None = None,
     batch_size: int = 64,
@@ -44,7 +55,8 @@ def evaluate_dataset(
     progress: bool = False,
     max_bad_files_fraction: float = 0.01,
 ) -> dict[str, Any]:
-    """Metrics of ``predictor`` on the readable images under ``val_root/<class>/``.
+    """Metrics of ``predictor`` on the readable images under ``val_root/<class>/`` (or of the shards
+    of a ``ShardSplit``, read by ``workers`` streams, labels mapped to ``class_names`` by name).
 
     Args:
         class_names: the model's classes (index -> name); default: the predictor's (from the
@@ -71,10 +83,15 @@ def evaluate_dataset(
     preprocess = preprocess or predictor.preprocess
     class_names = class_names or predictor.class_names
     if class_names is None:
-        class_names = build_class_list(val_root)
+        class_names = list(val_root.classes) if isinstance(val_root, ShardSplit) else build_class_list(val_root)
         log.warning("the model file names no classes: taking class i = the i-th sorted folder of %s", val_root)
-    dataset = ImageFolderDataset(val_root, preprocess.eval_transform(), classes=class_names, num_samples=num_samples,
-                                 max_bad_fraction=max_bad_files_fraction, bad_policy="drop")  # fmt: skip
+    dataset: ImageFolderDataset | ShardDataset
+    if isinstance(val_root, ShardSplit):
+        dataset = ShardDataset(val_root, preprocess.eval_transform(), training=False, num_workers=workers,
+                               classes=class_names, num_samples=num_samples, max_bad_fraction=max_bad_files_fraction)
+    else:
+        dataset = ImageFolderDataset(val_root, preprocess.eval_transform(), classes=class_names,
+                                     num_samples=num_samples, max_bad_fraction=max_bad_files_fraction, bad_policy="drop")
     device = getattr(predictor, "device", None)  # a torch.device for TorchPredictor
     loader = eval_loader(dataset, batch_size, num_workers=workers, prefetch=prefetch,
                          pin_memory=device is not None and device.type == "cuda")  # fmt: skip
@@ -94,7 +111,7 @@ def _result(
     meter: ClassificationMeter,
     class_names: list[str],
     predictor: Predictor,
-    dataset: ImageFolderDataset,
+    dataset: ImageFolderDataset | ShardDataset,
     preprocess: Preprocess,
 ) -> dict[str, Any]:
     if not meter.count:

@@ -79,8 +79,11 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from . import distributed as D
 from .checkpoint import FORMAT, CheckpointManager, build_checkpoint, find_resumable, read_checkpoint
 from .config import Config
-from .data import ImageFolderDataset, Preprocess, build_class_list, build_train_transform, set_loader_epoch
+from .data import ImageFolderDataset, Preprocess, build_train_transform, set_loader_epoch
 from .data.datasets import EvalLoader, drop_failed, sample_seed
+from .data.index import index_splits
+from .data.shards import ShardDataset, open_split, shards_info_url
+from .data.shards import check_resume as check_shard_resume
 from .engine import BothHeads, StepRecord, TrainParts, evaluate, train_one_epoch
 from .errors import CheckpointError, ConfigError, ConformerError, DataError
 from .losses import build_criterion
@@ -252,30 +255,63 @@ class RunData:
     class_names: list[str]
     train_loader: DataLoader
     val_loader: EvalLoader
-    sampler: ResumableSampler
+    # ``.skip``: samples of this process's epoch already trained on (a mid-epoch resume).
+    sampler: ResumableSampler | ShardDataset
     steps_per_epoch: int
     preprocess: Preprocess
+    num_train: int = 0  # images (after train_num_samples) and val images, for the start-up summary
+    num_val: int = 0
+    val_classes: int = 0  # classes with val images
+
+    def check_resume(self, checkpoint: dict[str, Any], start_batch: int) -> None:
+        """Refuse a mid-epoch resume this data cannot continue exactly (shards read by another
+        number of processes or loader workers); class folders continue from any layout."""
+        if isinstance(self.sampler, ShardDataset):
+            try:
+                check_shard_resume(self.sampler, checkpoint, start_batch)
+            except DataError as err:
+                raise CheckpointError(str(err)) from None
+
+    def preview(self, count: int) -> list[torch.Tensor]:
+        """The first ``count`` augmented training images (``collect_input_data``)."""
+        dataset = self.train_loader.dataset
+        if isinstance(dataset, ShardDataset):
+            return dataset.preview(count)
+        return [dataset[i][0] for i in range(min(count, len(dataset)))]
+
+
+def train_transform(cfg: Config) -> Any:
+    """The training augmentation ``cfg`` describes (timm's, ``data.build_train_transform``)."""
+    return build_train_transform(
+        cfg.image_hw, min_crop=cfg.min_crop, auto_augment=cfg.auto_augment, aa_interpolation=cfg.aa_interpolation,
+        re_prob=cfg.re_prob, re_mode=cfg.re_mode, re_count=cfg.re_count, hflip=cfg.hflip, color_jitter=cfg.color_jitter,
+        interpolation=cfg.interpolation, augment=cfg.augment, crop_pct=cfg.crop_pct,
+    )  # fmt: skip
 
 
 def build_data(cfg: Config, info: D.DistInfo) -> RunData:
     """The class list (from ``train_dir``), the train loader (augmented, sharded, drop_last) and the
     val loader (eval transform, each rank a strided share, no padding so metrics are exact; an
-    unreadable val image is dropped and logged, never replaced by a neighbour counted twice)."""
-    root = Path(cfg.data_url)
-    classes = build_class_list(root / cfg.train_dir)
-    if len(classes) != cfg.num_classes:
-        raise ConfigError(f"num_classes is {cfg.num_classes} but {root / cfg.train_dir} has {len(classes)} class "
-                          f"folders ({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''}); set --num_classes {len(classes)}")
+    unreadable val image is dropped and logged, never replaced by a neighbour counted twice).
+
+    Class folders are indexed once per job (``index_splits``: rank 0 scans, the others receive the
+    arrays); ``data_format: webdataset`` reads tar shards instead (``_build_shard_data``)."""
     pre = Preprocess(cfg.image_hw, interpolation=cfg.interpolation, crop_pct=cfg.crop_pct)
-    transform = build_train_transform(
-        cfg.image_hw, min_crop=cfg.min_crop, auto_augment=cfg.auto_augment, aa_interpolation=cfg.aa_interpolation,
-        re_prob=cfg.re_prob, re_mode=cfg.re_mode, re_count=cfg.re_count, hflip=cfg.hflip, color_jitter=cfg.color_jitter,
-        interpolation=cfg.interpolation, augment=cfg.augment, crop_pct=cfg.crop_pct,
-    )  # fmt: skip
+    transform = train_transform(cfg)
+    if cfg.data_format == "webdataset":
+        return _build_shard_data(cfg, info, pre, transform)
+    root = Path(cfg.data_url)
+    for split in (cfg.train_dir, cfg.val_dir):  # the message names the split (the index says "data folder")
+        if not (root / split).is_dir():
+            raise DataError(f"{'training' if split == cfg.train_dir else 'validation'} data folder {root / split} "
+                            "does not exist or is not a directory")
+    train_index, val_index = index_splits(root / cfg.train_dir, [root / cfg.val_dir])
+    classes = train_index.classes
+    _check_num_classes(cfg, classes, str(root / cfg.train_dir))
     bad = dict(max_bad_fraction=cfg.max_bad_files_fraction)
-    train_set = ImageFolderDataset(root / cfg.train_dir, transform, classes=classes, num_samples=cfg.train_num_samples, **bad)
+    train_set = ImageFolderDataset(root / cfg.train_dir, transform, index=train_index, num_samples=cfg.train_num_samples, **bad)
     # Validation drops an unreadable image (logged) instead of counting a neighbour twice.
-    val_set = ImageFolderDataset(root / cfg.val_dir, pre.eval_transform(), classes=classes, num_samples=cfg.val_num_samples,
+    val_set = ImageFolderDataset(root / cfg.val_dir, pre.eval_transform(), index=val_index, num_samples=cfg.val_num_samples,
                                  bad_policy="drop", **bad)  # fmt: skip
     sampler = ResumableSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=True)
     common = dict(num_workers=cfg.num_parallel_workers, pin_memory=torch.cuda.is_available())
@@ -290,7 +326,39 @@ def build_data(cfg: Config, info: D.DistInfo) -> RunData:
     if steps == 0:
         raise DataError(f"{root / cfg.train_dir} has {len(train_set)} images, fewer than one global batch "
                         f"({cfg.batch_size} x {info.world_size} processes); lower batch_size")
-    return RunData(classes, train_loader, val_loader, sampler, steps, pre)
+    return RunData(classes, train_loader, val_loader, sampler, steps, pre, len(train_set), len(val_set),
+                   len(np.unique(val_set.labels)))
+
+
+def _build_shard_data(cfg: Config, info: D.DistInfo, pre: Preprocess, transform: Any) -> RunData:
+    """``build_data`` for ``data_format: webdataset``: the splits ``shards_info`` describes, read
+    from ``train_shards`` / ``val_shards``; every process and loader worker reads its own shards
+    (``data.shards``); evaluation sees each val image once over all processes."""
+    info_url = shards_info_url(cfg.data_url, cfg.shards_info)
+    train_split, val_split = open_split(info_url, "train", cfg.train_shards), open_split(info_url, "val", cfg.val_shards)
+    classes = list(train_split.classes)
+    _check_num_classes(cfg, classes, str(train_split))
+    common = dict(seed=cfg.seed, rank=info.rank, world_size=info.world_size, num_workers=cfg.num_parallel_workers,
+                  batch_size=cfg.batch_size, max_bad_fraction=cfg.max_bad_files_fraction)  # fmt: skip
+    train_set = ShardDataset(train_split, transform, training=True, num_samples=cfg.train_num_samples, **common)
+    val_set = ShardDataset(val_split, pre.eval_transform(), training=False, classes=classes,
+                           num_samples=cfg.val_num_samples, **common)  # fmt: skip
+    if train_set.steps_per_epoch == 0:
+        raise DataError(f"the {train_split} hold {train_set.num_images} images, fewer than one global batch "
+                        f"({cfg.batch_size} x {info.world_size} processes); lower batch_size")
+    loading = dict(num_workers=cfg.num_parallel_workers, pin_memory=torch.cuda.is_available(), generator=torch.Generator())
+    # Training workers start afresh every epoch: each takes the epoch and resume position set just before.
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, drop_last=True, **loading)
+    val_loader = EvalLoader(DataLoader(val_set, batch_size=cfg.batch_size, collate_fn=drop_failed,
+                                       persistent_workers=cfg.num_parallel_workers > 0, **loading))  # fmt: skip
+    return RunData(classes, train_loader, val_loader, train_set, train_set.steps_per_epoch, pre, train_set.num_images,
+                   val_set.num_images, sum(1 for count in val_split.class_counts if count))  # fmt: skip
+
+
+def _check_num_classes(cfg: Config, classes: list[str], where: str) -> None:
+    if len(classes) != cfg.num_classes:
+        raise ConfigError(f"num_classes is {cfg.num_classes} but {where} has {len(classes)} class "
+                          f"folders ({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''}); set --num_classes {len(classes)}")
 
 
 def build_model(cfg: Config, num_classes: int) -> Conformer:
@@ -621,6 +689,7 @@ class Trainer:
         if self.parts.scaler is not None and ts.get("scaler"):
             self.parts.scaler.load_state_dict(ts["scaler"])
         self.epoch, self.start_batch = int(ts["epoch"]), int(ts["batch_in_epoch"])
+        self.data.check_resume(ckpt, self.start_batch)
         if ts.get("steps_per_epoch") != spe:
             if self.start_batch:
                 raise CheckpointError(
@@ -822,8 +891,7 @@ def _write_run_files(cfg: Config, run: Trainer, manifest: OwnedFiles) -> None:
 
 def _log_input_grid(run: Trainer) -> None:
     """``collect_input_data``: the first training images after augmentation, to TensorBoard."""
-    dataset = run.data.train_loader.dataset
-    images = torch.stack([dataset[i][0] for i in range(min(16, len(dataset)))])  # (N, 3, H, W)
+    images = torch.stack(run.data.preview(16))  # (N, 3, H, W)
     mean = torch.tensor(run.data.preprocess.mean).view(1, 3, 1, 1)
     std = torch.tensor(run.data.preprocess.std).view(1, 3, 1, 1)
     run.log.image_grid("train/input_images", (images * std + mean).clamp(0, 1), run.step)
@@ -832,7 +900,6 @@ def _log_input_grid(run: Trainer) -> None:
 def _log_start(cfg: Config, run: Trainer, plan: StartPlan) -> None:
     """The start-up summary (rank 0, once): where, what data, which model, on what."""
     data, info = run.data, run.info
-    train_set, val_set = data.train_loader.dataset, data.val_loader.loader.dataset.dataset
     classes = data.class_names
     shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
     params = sum(p.numel() for p in run.model.parameters())
@@ -842,8 +909,8 @@ def _log_start(cfg: Config, run: Trainer, plan: StartPlan) -> None:
         source = f"weights from {cfg.pretrained}" if cfg.pretrained else "random initial weights"
     log.info("run directory %s: %s", plan.run_dir, plan.how)
     log.info("data %s: train %d images in %d classes (%s), val %d images in %d of them; %d steps per epoch of %d images "
-             "(%d per process x %d)", cfg.data_url, len(train_set), len(classes), shown, len(val_set),
-             len(set(val_set.targets)), data.steps_per_epoch, cfg.batch_size * info.world_size, cfg.batch_size,
+             "(%d per process x %d)", cfg.data_url, data.num_train, len(classes), shown, data.num_val,
+             data.val_classes, data.steps_per_epoch, cfg.batch_size * info.world_size, cfg.batch_size,
              info.world_size)  # fmt: skip
     log.info("model %s: %s parameters, %s; %d epochs, %s with %s, amp_level %s", cfg.arch, f"{params:,}", source,
              cfg.epochs, cfg.optimizer, cfg.lr_scheduler, cfg.amp_level)  # fmt: skip

@@ -1,6 +1,6 @@
 """``conformer eval --config CFG --checkpoint CKPT [--OPTION VALUE ...]``: metrics on the val split.
 
-The validation set is ``<data_url>/<val_dir>`` (``val_num_samples``, ``batch_size``,
+The validation set is ``<data_url>/<val_dir>``, or the val shards with ``data_format: webdataset`` (``val_num_samples``, ``batch_size``,
 ``num_parallel_workers``, ``max_bad_files_fraction`` from the config; every option can be
 overridden). ``--checkpoint`` takes this project's checkpoints, foreign weights (with ``--arch``/the
 config's arch) and ``.onnx`` exports (run by onnxruntime). Prints the specification's
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..config import config_from_args
     from ..errors import ConfigError
-    from ..evaluate import evaluate_dataset, format_eval_line, format_report, write_report
+    from ..evaluate import eval_source, evaluate_dataset, format_eval_line, format_report, write_report
     from ..paths import check_output_file
     from ..runtime import open_predictor
     from ._common import config_file_keys, request_levels, resolve_preprocess
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     predictor.check_input_size(preprocess.input_size)
     predictor.preprocess = preprocess
     print(f"evaluating {checkpoint} at {size_note}")
-    val_root = Path(cfg.data_url) / cfg.val_dir
+    val_root = eval_source(cfg)  # <data_url>/<val_dir>, or the val shards (data_format: webdataset)
     result = evaluate_dataset(
         predictor, val_root, batch_size=cfg.batch_size, workers=cfg.num_parallel_workers,
         num_samples=cfg.val_num_samples, progress=args.progress, max_bad_files_fraction=cfg.max_bad_files_fraction,

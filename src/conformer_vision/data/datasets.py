@@ -2,6 +2,8 @@
 
 Layout: `root/<class name>/<image>`. Hidden entries (names starting with '.') are never classes or
 images; class folders are read one level deep (sub-folders inside a class are ignored with a warning).
+The split is indexed by `conformer_vision.data.index` (`os.scandir`, no per-file `stat`) into flat
+numpy arrays, which loader workers share with the main process without copying them.
 
 Class list: built once from the training root (`build_class_list`), stored in checkpoints, and passed
 as `classes=` to every other split, so labels are looked up by name. A val folder whose name is not in
@@ -38,20 +40,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, default_collate
 
-from conformer_vision.data.images import check_image, is_hidden, is_image_file, load_rgb
-from conformer_vision.errors import ConfigError, DataError, ImageDecodeError
+from conformer_vision.data.images import check_image, load_rgb
+from conformer_vision.data.index import SUBSET_SEED, FolderIndex, list_classes, scan_split
+from conformer_vision.errors import DataError, ImageDecodeError
 
 __all__ = [
-    "BAD_POLICIES", "EvalLoader", "ImageFolderDataset", "build_class_list", "build_loader", "drop_failed",
-    "eval_loader", "sample_seed", "seeded_rngs", "set_loader_epoch",
+    "BAD_POLICIES", "EvalLoader", "ImageFolderDataset", "SUBSET_SEED", "build_class_list", "build_loader",
+    "check_bad_budget", "drop_failed", "eval_loader", "sample_seed", "seeded_rngs", "set_loader_epoch",
 ]  # fmt: skip
 
 _LOG = logging.getLogger("conformer_vision.data")
-
-SUBSET_SEED = 0
-"""Seed of the fixed `num_samples` subset; independent of the run seed so subsets never move."""
 
 BAD_POLICIES = ("replace", "drop")
 """What `ImageFolderDataset` does with an unreadable file: training replaces it, evaluation drops it."""
@@ -66,16 +66,14 @@ def build_class_list(train_root: str | Path) -> list[str]:
     Raises:
         DataError: the root is missing, not a folder, or has no class folders.
     """
-    root = _existing_dir(train_root, "training data folder")
-    classes = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not is_hidden(entry))
-    if not classes:
-        raise DataError(f"no class folders in {root}: expected one sub-folder of images per class "
-                        f"(root/<class>/<image>)")
-    return classes
+    return list_classes(_existing_dir(train_root, "training data folder"))
 
 
 class ImageFolderDataset(Dataset):
     """Images under `root/<class>/`, decoded with `load_rgb`; items are (transform(image), target).
+
+    The samples are a `FolderIndex` (`conformer_vision.data.index`): flat numpy arrays, no Python
+    object per image, so loader workers share them with the main process instead of copying them.
 
     Args:
         root: split folder, one sub-folder per class.
@@ -88,6 +86,8 @@ class ImageFolderDataset(Dataset):
         max_substitutions: consecutive bad indices tried before giving up on one item ("replace").
         bad_policy: "replace" (training: the next readable index stands in) or "drop" (evaluation:
             the item is None; batch with `eval_loader`, which leaves it out).
+        index: the split's index when it is already built (`index_splits`: once per job, shared by
+            every process); None scans `root` here. Its class list wins over `classes`.
     """
 
     def __init__(
@@ -101,27 +101,52 @@ class ImageFolderDataset(Dataset):
         max_bad_files: int | None = None,
         max_substitutions: int = 10,
         bad_policy: str = "replace",
+        index: FolderIndex | None = None,
     ) -> None:
         if bad_policy not in BAD_POLICIES:
             raise ValueError(f"bad_policy must be one of {BAD_POLICIES}, got {bad_policy!r}")
         self.bad_policy = bad_policy
         self.root = _existing_dir(root, "data folder")
         self.transform = transform
-        self.classes = list(classes) if classes is not None else build_class_list(self.root)
+        if index is None:
+            index = scan_split(self.root, classes)
+        self.classes = list(index.classes)
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.max_bad_fraction = max_bad_fraction
         self.max_bad_files = max_bad_files
         self.max_substitutions = max_substitutions
-        samples, not_files = self._index()
-        self.samples = _subset(samples, num_samples)
-        self.targets = [target for _, target in self.samples]
-        self._index_bad = not_files
+        self.index = index.subset(num_samples)
+        self._index_bad = [Path(p) for p in index.rejected]
         # One byte per sample in shared memory: workers mark failures, the main process reads them.
-        self._bad_mask = torch.zeros(len(self.samples), dtype=torch.uint8).share_memory_()
+        self._bad_mask = torch.zeros(len(self.index), dtype=torch.uint8).share_memory_()
         self._check_budget()
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.index)
+
+    def path(self, i: int) -> str:
+        """The file of sample `i`."""
+        return self.index.path(i)
+
+    def target(self, i: int) -> int:
+        """The class index of sample `i`."""
+        return int(self.index.labels[i])
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The class index of every sample (int32, read-only use)."""
+        return self.index.labels
+
+    @property
+    def targets(self) -> list[int]:
+        """The class index of every sample, as a new list (torchvision's attribute)."""
+        return self.index.labels.tolist()
+
+    @property
+    def samples(self) -> list[tuple[Path, int]]:
+        """Every (path, target), as a new list built on each access (torchvision's attribute; the
+        dataset itself keeps flat arrays: do not hold this list in loader workers)."""
+        return [(Path(self.index.path(i)), int(self.index.labels[i])) for i in range(len(self))]
 
     def __getitem__(self, idx: int | tuple[int, int]) -> tuple[Any, int] | None:
         """(transform(image), target) of `idx`; if it is unreadable, that of the next readable index
@@ -135,29 +160,27 @@ class ImageFolderDataset(Dataset):
             with seeded_rngs(seed):
                 return self[index]
         if self.bad_policy == "drop":
-            path, target = self.samples[idx]
             try:
-                image = load_rgb(path)
+                image = load_rgb(self.path(idx))
             except ImageDecodeError as err:
                 self._record_bad(idx, err)
                 return None
-            return (self.transform(image) if self.transform else image), target
+            return (self.transform(image) if self.transform else image), self.target(idx)
         for step in range(self.max_substitutions + 1):
-            i = (idx + step) % len(self.samples)
-            path, target = self.samples[i]
+            i = (idx + step) % len(self)
             try:
-                image = load_rgb(path)
+                image = load_rgb(self.path(i))
             except ImageDecodeError as err:
                 self._record_bad(i, err)
                 continue
-            return (self.transform(image) if self.transform else image), target
+            return (self.transform(image) if self.transform else image), self.target(i)
         raise DataError(f"{self.max_substitutions + 1} consecutive unreadable images from "
-                        f"{self.samples[idx][0]} on; run a data check (verify) on {self.root}")
+                        f"{self.path(idx)} on; run a data check (verify) on {self.root}")
 
     @property
     def bad_files(self) -> list[Path]:
         """Entries known to be unreadable so far (this process and its loader workers), sorted."""
-        found = [self.samples[i][0] for i in self._bad_mask.nonzero().flatten().tolist()]
+        found = [Path(self.path(i)) for i in self._bad_mask.nonzero().flatten().tolist()]
         return sorted(self._index_bad + found)
 
     @property
@@ -173,9 +196,9 @@ class ImageFolderDataset(Dataset):
         The default reads headers only (missing, empty, not an image, decompression bomb); `full`
         decodes every pixel, which also finds truncated files but costs a pass over the data.
         """
-        for i, (path, _) in enumerate(self.samples):
+        for i in range(len(self)):
             try:
-                check_image(path, full=full)
+                check_image(self.path(i), full=full)
             except ImageDecodeError as err:
                 self._record_bad(i, err)
         return self.bad_files
@@ -183,7 +206,7 @@ class ImageFolderDataset(Dataset):
     @property
     def num_entries(self) -> int:
         """Samples plus the image-named entries dropped while indexing: what the budget is a fraction of."""
-        return len(self.samples) + len(self._index_bad)
+        return len(self) + len(self._index_bad)
 
     def _record_bad(self, i: int, err: ImageDecodeError) -> None:
         """Log and mark sample `i` bad (once), then enforce the budget."""
@@ -197,30 +220,29 @@ class ImageFolderDataset(Dataset):
 
     def _check_budget(self) -> None:
         num_bad = len(self._index_bad) + int(self._bad_mask.sum())
-        if num_bad > self.bad_budget:
-            shown = ", ".join(str(p) for p in self.bad_files[:5])
-            if self.max_bad_files is not None:
-                budget = f"budget {self.bad_budget} unreadable files"
-                fix = "raise the budget"
-            else:
-                budget = f"budget {self.bad_budget}: {BUDGET_OPTION} {self.max_bad_fraction:g} of the entries"
-                fix = f"raise --{BUDGET_OPTION} (e.g. --{BUDGET_OPTION} {_roomier_fraction(num_bad, self.num_entries)})"
-            # With loader workers the count can include a file another worker marked meanwhile.
-            raise DataError(
-                f"too many unreadable images under {self.root}: {num_bad} of {self.num_entries} ({budget}). "
-                f"First: {shown}. Fix or remove them, or {fix}.")
+        check_bad_budget(num_bad, self.num_entries, self.root, self.max_bad_fraction, self.max_bad_files,
+                         lambda: self.bad_files)  # fmt: skip
 
-    def _index(self) -> tuple[list[tuple[Path, int]], list[Path]]:
-        """(samples sorted by class then path, entries with an image name that are not files)."""
-        found = build_class_list(self.root)
-        _check_classes(self.root, found, self.classes)
-        samples: list[tuple[Path, int]] = []
-        not_files: list[Path] = []
-        for name in found:
-            images, rejected = _scan_class_folder(self.root / name)
-            samples += [(path, self.class_to_idx[name]) for path in images]
-            not_files += rejected
-        return samples, not_files
+
+def check_bad_budget(num_bad: int, num_entries: int, where: object, max_bad_fraction: float,
+                     max_bad_files: int | None, bad_files: Callable[[], Sequence[object]]) -> None:
+    """Raise the over-budget DataError when `num_bad` of `num_entries` exceeds the budget (an
+    absolute `max_bad_files`, else `max_bad_fraction` of the entries: the commands'
+    `max_bad_files_fraction`). `bad_files()` names them (called only then)."""
+    budget_count = max_bad_files if max_bad_files is not None else math.floor(max_bad_fraction * num_entries)
+    if num_bad <= budget_count:
+        return
+    shown = ", ".join(str(p) for p in bad_files()[:5])
+    if max_bad_files is not None:
+        budget = f"budget {budget_count} unreadable files"
+        fix = "raise the budget"
+    else:
+        budget = f"budget {budget_count}: {BUDGET_OPTION} {max_bad_fraction:g} of the entries"
+        fix = f"raise --{BUDGET_OPTION} (e.g. --{BUDGET_OPTION} {_roomier_fraction(num_bad, num_entries)})"
+    # With loader workers the count can include a file another worker marked meanwhile.
+    raise DataError(
+        f"too many unreadable images under {where}: {num_bad} of {num_entries} ({budget}). "
+        f"First: {shown}. Fix or remove them, or {fix}.")
 
 
 def _roomier_fraction(num_bad: int, num_entries: int) -> str:
@@ -281,52 +303,6 @@ def _existing_dir(path: str | Path, what: str) -> Path:
     if not path.is_dir():
         raise DataError(f"{what} {path} does not exist or is not a directory")
     return path
-
-
-def _check_classes(root: Path, found: list[str], known: list[str]) -> None:
-    """Folders of `root` must be known classes; known classes may be missing (warning)."""
-    unknown = [name for name in found if name not in set(known)]
-    if unknown:
-        raise DataError(f"{root} has class folder(s) {unknown} that are not in the class list built "
-                        f"from the training data; known classes ({len(known)}): {known}")
-    missing = [name for name in known if name not in set(found)]
-    if missing:
-        _LOG.warning("%s has no folder for %d class(es): %s", root, len(missing), missing)
-
-
-def _scan_class_folder(folder: Path) -> tuple[list[Path], list[Path]]:
-    """(image files, image-named entries that are not files) directly in `folder`, sorted.
-
-    Raises:
-        DataError: the folder holds no image file.
-    """
-    images: list[Path] = []
-    rejected: list[Path] = []
-    for entry in sorted(folder.iterdir()):
-        if is_hidden(entry):
-            continue
-        if is_image_file(entry) and entry.is_file():
-            images.append(entry)
-        elif is_image_file(entry):
-            _LOG.warning("skipping %s: has an image name but is not a file", entry)
-            rejected.append(entry)
-        elif entry.is_dir():
-            _LOG.warning("ignoring sub-folder %s: images must sit directly in the class folder", entry)
-    if not images:
-        raise DataError(f"class folder {folder} contains no images (extensions: jpg, jpeg, png, bmp, "
-                        f"gif, tif, tiff, webp, ppm, pgm, pbm); add images or remove the folder")
-    return images, rejected
-
-
-def _subset(samples: list[tuple[Path, int]], num_samples: int) -> list[tuple[Path, int]]:
-    """All samples for -1, else a fixed random subset of `num_samples`, kept in sorted order."""
-    if num_samples == -1 or num_samples >= len(samples):
-        return samples
-    if num_samples < 1:
-        raise ConfigError(f"num_samples must be -1 (all) or a positive count, got {num_samples}")
-    generator = torch.Generator().manual_seed(SUBSET_SEED)
-    chosen = torch.randperm(len(samples), generator=generator)[:num_samples]
-    return [samples[i] for i in sorted(chosen.tolist())]
 
 
 _MASK64 = 2**64 - 1
@@ -398,7 +374,10 @@ def build_loader(
 
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
     """Make the sample order of the next pass, and the seeds of workers it starts, depend only on
-    (seed, epoch, rank)."""
+    (seed, epoch, rank). A dataset with its own `set_epoch` (shards) is told the epoch instead."""
+    if isinstance(loader.dataset, IterableDataset) and hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)  # a stream that orders itself (data.shards.ShardDataset)
+        return
     sampler = loader.sampler
     if not isinstance(sampler, DistributedSampler) or loader.generator is None:
         raise TypeError("set_loader_epoch expects a loader made by build_loader")

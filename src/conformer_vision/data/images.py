@@ -26,6 +26,7 @@ threads at once (DataLoader workers are processes, which is fine).
 """
 from __future__ import annotations
 
+import io
 import logging
 import warnings
 from pathlib import Path
@@ -35,7 +36,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from conformer_vision.errors import DataError, ImageDecodeError
 
-__all__ = ["IMAGE_EXTENSIONS", "is_image_file", "is_hidden", "list_images", "load_rgb", "check_image"]
+__all__ = ["IMAGE_EXTENSIONS", "is_image_file", "is_hidden", "list_images", "load_rgb", "check_image", "decode_rgb"]
 
 _LOG = logging.getLogger("conformer_vision.data")
 
@@ -157,6 +158,32 @@ def load_rgb(path: str | Path) -> Image.Image:
         raise ImageDecodeError(path, f"cannot convert mode {image.mode} to RGB ({exc})") from None
     finally:
         image.close()  # _to_rgb always returns a new image; this releases the file and the pixels
+
+
+def decode_rgb(data: bytes, name: str | Path) -> Image.Image:
+    """`load_rgb` for an image file held in memory (a member of a WebDataset shard): the same rules
+    and errors; `name` says where the bytes came from, in the ImageDecodeError."""
+    if not data:
+        raise ImageDecodeError(name, "file is empty (0 bytes)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = None
+        try:
+            image = Image.open(io.BytesIO(data))
+            image.load()
+        except Exception as exc:  # noqa: BLE001 - Pillow plugins raise many types on bad data
+            if image is not None:
+                image.close()
+            raise _decode_error(Path(name), exc) from None
+    try:
+        _apply_exif_orientation(image)
+        return _to_rgb(image, Path(name))
+    except ImageDecodeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - conversion of an exotic or corrupt mode
+        raise ImageDecodeError(name, f"cannot convert mode {image.mode} to RGB ({exc})") from None
+    finally:
+        image.close()
 
 
 def _apply_exif_orientation(image: Image.Image) -> None:
