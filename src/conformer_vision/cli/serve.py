@@ -1,4 +1,4 @@
-"""``conformer serve MODEL [--host 127.0.0.1] [--port 8000] [--max_batch_size 8] [--max_wait_ms 5] ...``.
+"""``conformer serve MODEL [--host 127.0.0.1] [--port 8000] [--max_batch_size 8] [--max_wait_ms 10] ...``.
 
 MODEL is a checkpoint (or a weights file with ``--arch``), an ONNX file from ``conformer export`` or a
 hub-layout folder (``config.json`` + ``model.safetensors``). Serves ``POST /v1/predict``,
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_batch_size", type=int, default=d.max_batch_size,
                         help=f"most images per model batch (default {d.max_batch_size})")  # fmt: skip
     parser.add_argument("--max_wait_ms", type=float, default=d.max_wait_ms,
-                        help=f"how long a batch waits to fill (default {d.max_wait_ms:g} ms)")  # fmt: skip
+                        help=f"a batch runs when full or when no image joined it for this long (default {d.max_wait_ms:g} ms)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None,
                         help="compute threads of the model (torch and onnxruntime; default: torch's default)")  # fmt: skip
     parser.add_argument("--amp_level", "--precision", dest="amp_level", choices=list(PRECISIONS), default="O0",

@@ -1,9 +1,11 @@
 """Dynamic batching: images from concurrent requests run through the model together.
 
 The event loop submits jobs (one per image) and awaits their futures; one model thread takes the
-first waiting image, keeps collecting until ``max_batch_size`` images are there or ``max_wait_s``
-has passed since it took the first, runs them as one batch and hands each result back to the event
-loop (``call_soon_threadsafe``). Inference therefore never blocks the event loop, and there is one
+first waiting image, keeps collecting until ``max_batch_size`` images are there or no image has
+joined for ``max_wait_s``, runs them as one batch and hands each result back to the event loop
+(``call_soon_threadsafe``). The window slides because images reach the queue one by one from the
+decoding thread: clients that send together arrive a few milliseconds apart, and a fixed window
+from the first image would cut their batch in two. Inference therefore never blocks the event loop, and there is one
 thread touching the model, as Grad-CAM's hooks require (explain jobs run alone, in arrival order).
 
 A job whose request gave up (timed out) is marked ``abandoned``: it is dropped from the queue and
@@ -47,7 +49,7 @@ class Batcher:
         run_batch: (B, 3, H, W) -> B results, in order.
         run_single: (3, H, W) -> one result (explain jobs).
         max_batch_size: most images per batch.
-        max_wait_s: how long the first image of a batch waits for company.
+        max_wait_s: how long a batch waits for the next image to join (sliding).
         on_batch: called after every batch with (batch size, seconds of inference), for metrics.
         warm_up: run once in the model thread before the first job (``ready`` is set after it).
     """
@@ -127,9 +129,10 @@ class Batcher:
                 self._run(live, lambda: self.run_batch(torch.stack([job.image for job in live])))
 
     def _next_batch(self) -> list[Job] | None:
-        """Wait for a first job, then for up to ``max_batch_size`` predict jobs within ``max_wait_s``
-        of taking it; an explain job alone. Jobs abandoned meanwhile are dropped, so a request that
-        timed out frees its place. None when stopping with an empty queue."""
+        """Wait for a first job, then collect predict jobs until ``max_batch_size`` are there or none
+        has joined for ``max_wait_s`` (so at most ``max_batch_size * max_wait_s`` after the first); an
+        explain job runs alone. Jobs abandoned meanwhile are dropped, so a request that timed out frees
+        its place. None when stopping with an empty queue."""
         batch: list[Job] = []
         deadline = 0.0
         with self._cond:
@@ -143,9 +146,8 @@ class Batcher:
                         if batch:
                             break  # runs after this batch
                         return [self._queue.popleft()]
-                    else:
-                        if not batch:
-                            deadline = time.monotonic() + self.max_wait_s
+                    else:  # every image that joins gives the others max_wait_s more (a sliding window)
+                        deadline = time.monotonic() + self.max_wait_s
                         batch.append(self._queue.popleft())
                 if not batch:
                     if self._stopping:

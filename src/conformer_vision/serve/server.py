@@ -131,7 +131,7 @@ def serve(
                             timeout_graceful_shutdown=int(settings.timeout_s) + 5)  # fmt: skip
     server = _draining_server(config, state)
     _announce_when_ready(state, server, url)
-    log.info("listening on %s: %s (%s, %s), batches of up to %d within %g ms, %d thread(s)", url, model.source,
+    log.info("listening on %s: %s (%s, %s), batches of up to %d (%g ms window), %d thread(s)", url, model.source,
              model.kind, model.describe()["precision"], settings.max_batch_size, settings.max_wait_ms,
              threads or torch.get_num_threads())  # fmt: skip
     previous = _quiet_sigterm()
