@@ -47,6 +47,7 @@ DataError naming it.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -432,13 +433,26 @@ class ShardDataset(IterableDataset):
         job_streams = self.world_size * workers
         order = np.random.default_rng([self.seed, self.epoch, _SHARD_ORDER_SALT]).permutation(len(self.split.urls))
         mine = order[self.rank * workers + stream::job_streams].tolist()
-        raw = self._raw_samples(mine, cycle=True)
-        seed = np.random.SeedSequence([self.seed, self.epoch, self.rank * workers + stream, _STREAM_SALT])
-        rng = random.Random(int(seed.generate_state(1)[0]))
+        shuffled = self._shuffled_passes(mine, self.rank * workers + stream)
+        return self._replace_bad(shuffled, batches * self.batch_size, skipped * self.batch_size)
+
+    def _shuffled_passes(self, shards: list[int], stream: int) -> Iterator[_Raw]:
+        """Pass after pass over `shards`, each through webdataset's shuffle buffer seeded by (seed,
+        epoch, stream, pass); one pass drains before the next starts, so a stream with fewer images
+        than the buffer still shows each of them once before repeating any."""
         from webdataset import shuffle
 
-        shuffled = shuffle(SHUFFLE_BUFFER, initial=SHUFFLE_BUFFER // 10, rng=rng)(raw)
-        return self._replace_bad(shuffled, batches * self.batch_size, skipped * self.batch_size)
+        for n in itertools.count():
+            seed = np.random.SeedSequence([self.seed, self.epoch, stream, n, _STREAM_SALT])
+            rng = random.Random(int(seed.generate_state(1)[0]))
+            produced = 0
+            for sample in shuffle(SHUFFLE_BUFFER, initial=SHUFFLE_BUFFER // 10, rng=rng)(self._raw_samples(shards)):
+                produced += 1
+                yield sample
+            if produced == 0:
+                names = ", ".join(self.split.shard_names[s] for s in shards[:3])
+                raise DataError(f"the {self.split.name} shards {names} hold no image of this run's subset "
+                                "(train_num_samples): use more images or fewer loader workers")
 
     def _replace_bad(self, raw: Iterator[_Raw], count: int, skip: int) -> Iterator[tuple[Any, int]]:
         """`count` items of `raw`, the first `skip` read but not decoded; an unreadable sample is
@@ -471,26 +485,17 @@ class ShardDataset(IterableDataset):
         """Every readable image of this stream's shards once, in shard order."""
         job_streams = self.world_size * workers
         mine = list(range(len(self.split.urls)))[self.rank * workers + slot::job_streams]
-        for sample in self._raw_samples(mine, cycle=False):
+        for sample in self._raw_samples(mine):
             image = self._decode(sample)
             if image is not None:
                 yield (self.transform(image) if self.transform else image), int(self._labels[sample.label])
 
-    def _raw_samples(self, shards: list[int], cycle: bool) -> Iterator[_Raw]:
-        """The samples of `shards` (of this run's subset), again and again when `cycle`."""
-        while True:
-            produced = 0
-            for shard in shards:
-                for sample in self._read_shard(shard):
-                    if self._member is None or self._member[sample.index]:
-                        produced += 1
-                        yield sample
-            if not cycle:
-                return
-            if produced == 0:
-                names = ", ".join(self.split.shard_names[s] for s in shards[:3])
-                raise DataError(f"the {self.split.name} shards {names} hold no image of this run's subset "
-                                "(train_num_samples): use more images or fewer loader workers")
+    def _raw_samples(self, shards: list[int]) -> Iterator[_Raw]:
+        """The samples of `shards` that belong to this run's subset, shard after shard."""
+        for shard in shards:
+            for sample in self._read_shard(shard):
+                if self._member is None or self._member[sample.index]:
+                    yield sample
 
     def _read_shard(self, shard: int) -> Iterator[_Raw]:
         """The samples of one shard, as webdataset groups its tar members."""
