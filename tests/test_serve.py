@@ -477,3 +477,12 @@ def test_precision_takes_every_amp_level_name(checkpoint, images, tmp_path):
     served = open_served_model(checkpoint, precision="bf16")
     (result,) = served.run_batch(served.decode(images[0].read_bytes(), tmp_path)[None])
     assert abs(float(result.probs.sum()) - 1.0) < 1e-9 and result.probs.dtype == torch.float64
+
+
+def test_a_missing_service_package_is_named(checkpoint, monkeypatch):
+    import sys
+
+    for module in ("prometheus_client", "python_multipart", "multipart"):  # as if they were not installed
+        monkeypatch.setitem(sys.modules, module, None)
+    rc, _, err = T.cli("serve", str(checkpoint))
+    assert rc == 2 and "needs prometheus-client, python-multipart" in err and "pip install" in err

@@ -53,6 +53,28 @@ def exposure_warning(host: str, api_key: str | None) -> str | None:
             f"reach this port can use the model; pass --api_key KEY (or set {API_KEY_ENV})")  # fmt: skip
 
 
+SERVE_PACKAGES = {"fastapi": ("fastapi",), "uvicorn": ("uvicorn",), "prometheus-client": ("prometheus_client",),
+                  "python-multipart": ("python_multipart", "multipart")}  # fmt: skip
+"""What the service is built on: package to install -> the module names it is imported under."""
+
+
+def _require_packages() -> None:
+    """A clear error naming what to install when a package of the service is missing."""
+    import importlib.util
+
+    missing = []
+    for package, modules in SERVE_PACKAGES.items():
+        try:
+            found = any(importlib.util.find_spec(m) is not None for m in modules)
+        except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules
+            found = False
+        if not found:
+            missing.append(package)
+    if missing:
+        raise ConfigError(f"conformer serve needs {', '.join(missing)}, which this Python does not have: "
+                          f"pip install {' '.join(missing)}  (or reinstall conformer-vision)")  # fmt: skip
+
+
 def _check(settings: ServeSettings, port: int) -> None:
     positive = {"--max_batch_size": settings.max_batch_size, "--max_queue": settings.max_queue,
                 "--max_images": settings.max_images, "--topk": settings.topk, "--timeout_s": settings.timeout_s,
@@ -109,6 +131,7 @@ def serve(
     Options are checked and the model loaded before anything listens, so a bad option or file is a
     ConformerError (the CLI's exit status 2) with no server started.
     """
+    _require_packages()
     import uvicorn
 
     settings = settings or ServeSettings()
