@@ -14,10 +14,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..benchmark import AMP_LEVELS, BACKENDS, COMPARE_PRESETS, MODES, ONNX_VARIANTS
 
     a = parser.add_argument
-    a("--arch", required=True, help="variant, e.g. conformer_tiny_patch16 (see `conformer info`)")
+    a("--arch", default=None, help="variant, e.g. conformer_tiny_patch16 (see `conformer info`); not with --mode data")
     a("--batch_size", type=int, default=8, help="images per step (default 8)")
     a("--image_size", type=int, default=224, help="input side in pixels (default 224)")
-    a("--mode", choices=MODES, default="infer", help="infer: model(x) under inference_mode; train: one AdamW step")
+    a("--mode", choices=[*MODES, "data"], default="infer",
+      help="infer: model(x) under inference_mode; train: one AdamW step; data: images/s of one loader worker "
+           "decoding and augmenting for training (no model)")
     a("--backend", choices=BACKENDS, default="eager", help="eager PyTorch, torch.compile, or onnxruntime (CPU)")
     a("--amp", choices=list(AMP_LEVELS), default="O0", help="O0 = float32, or bf16/fp16 autocast")
     a("--reference_mode", action="store_true", help="the plain reference implementation: no fast paths")
@@ -36,12 +38,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--agreement", type=int, default=0, metavar="N",
       help="with --compare: top-1 agreement with the first configuration on N Fashion-MNIST test images")
     a("--json", default=None, metavar="OUT", help="also write the results as JSON to OUT")
+    from ..data.throughput import add_data_arguments
+
+    add_data_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..benchmark import BenchmarkSpec, compare, fashion_mnist_batch, format_comparison, format_result, parse_preset
     from ..errors import ConfigError
 
+    if args.mode == "data":
+        from ..data.throughput import run_data_benchmark
+
+        return run_data_benchmark(args)
+    if not args.arch:
+        raise ConfigError("--arch is required (a variant, e.g. conformer_tiny_patch16; see `conformer info`)")
     base = BenchmarkSpec(
         arch=args.arch, batch_size=args.batch_size, image_size=args.image_size, mode=args.mode, backend=args.backend,
         amp=args.amp, reference_mode=args.reference_mode, onnx=args.onnx, device=args.device,
