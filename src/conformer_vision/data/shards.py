@@ -23,7 +23,7 @@ webdataset's `split_by_node`/`split_by_worker`, so that a run can resume in the 
 * Training: every process has `max(1, num_workers)` streams; the `world x streams` streams of the job
   each take every G-th shard of a permutation of all shards drawn from (seed, epoch), so no shard is
   read twice in an epoch, and each stream shuffles its samples through a buffer of `SHUFFLE_BUFFER`
-  samples seeded by (seed, epoch, stream). The epoch has `steps_per_epoch = images // (world x
+  samples seeded by (seed, epoch, stream), one pass over its shards at a time. The epoch has `steps_per_epoch = images // (world x
   batch)` steps on every process; stream w makes the process's batches w, w + W, w + 2W, ... (the
   order in which DataLoader collects its workers' batches), and reads its shards again from the
   start if it runs out (shards of unequal length), so some images of an epoch can be seen twice and
