@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--agreement", type=int, default=0, metavar="N",
       help="with --compare: top-1 agreement with the first configuration on N Fashion-MNIST test images")
     a("--json", default=None, metavar="OUT", help="also write the results as JSON to OUT")
-    from ..data.throughput import add_data_arguments
+    from .benchmark_data import add_data_arguments
 
     add_data_arguments(parser)
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
 
     if args.mode == "data":
-        from ..data.throughput import run_data_benchmark
+        from .benchmark_data import run_data_benchmark
 
         return run_data_benchmark(args)
     if not args.arch:

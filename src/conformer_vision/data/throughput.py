@@ -1,5 +1,6 @@
-"""``conformer benchmark --mode data``: how many training images one DataLoader worker decodes and
-augments per second, to size ``num_parallel_workers`` against a device's training throughput.
+"""How many training images one DataLoader worker decodes and augments per second, to size
+``num_parallel_workers`` against a device's training throughput (``conformer benchmark --mode data``,
+``cli/benchmark_data.py``).
 
 Each image goes through what a training loader worker does with it: ``load_rgb`` (the full decode),
 then the training transform of a config (default: the specification's recipe as ``config.py``
@@ -19,11 +20,8 @@ Two measures:
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,23 +33,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from conformer_vision.data.datasets import sample_seed, seeded_rngs
-from conformer_vision.data.images import list_images, load_rgb
-from conformer_vision.errors import ConfigError
+from conformer_vision.data.images import load_rgb
 
-__all__ = ["add_data_arguments", "measure_loading", "run_data_benchmark", "sample_jpegs"]
+__all__ = ["describe_recipe", "format_loading", "measure_loading", "sample_jpegs"]
 
 _SIZES = ((500, 375), (375, 500), (500, 333), (400, 400), (500, 400), (333, 500))  # ImageNet's common shapes
-
-
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``--mode data`` (the others it reads: --image_size, --batch_size, --json)."""
-    group = parser.add_argument_group("--mode data (loader throughput)")
-    group.add_argument("--data_dir", default=None,
-                       help="images to decode (searched recursively); default: 64 ImageNet-like JPEGs made from "
-                            "matplotlib's sample photograph")  # fmt: skip
-    group.add_argument("--images", type=int, default=200, help="images timed per measure (default 200)")
-    group.add_argument("--loader_workers", default="1,2", metavar="N,M,...",
-                       help="DataLoader worker counts to time (default 1,2)")
 
 
 class _TrainImages(Dataset):
@@ -133,37 +119,8 @@ def _time_loader(dataset: Dataset, workers: int, batch_size: int, images: int) -
     return {"workers": workers, "images_per_s": rate, "per_worker": rate / max(1, workers)}
 
 
-def run_data_benchmark(args: argparse.Namespace) -> int:
-    """The command: measure, print, and write --json when asked."""
-    from conformer_vision.config import Config
-    from conformer_vision.train import train_transform
-
-    try:
-        workers = tuple(int(w) for w in str(args.loader_workers).split(",") if w.strip())
-    except ValueError:
-        raise ConfigError(f"--loader_workers takes worker counts such as 1,2,4, got {args.loader_workers!r}") from None
-    if args.images < 1 or any(w < 0 for w in workers):
-        raise ConfigError(f"--images must be >= 1 and worker counts >= 0, got {args.images} and {args.loader_workers}")
-    cfg = Config(image_size=args.image_size)
-    transform = train_transform(cfg)
-    with tempfile.TemporaryDirectory(prefix="conformer-data-bench-") as tmp:
-        if args.data_dir:
-            paths = list_images(args.data_dir, recursive=True)
-            if not paths:
-                raise ConfigError(f"--data_dir {args.data_dir} holds no images")
-        else:
-            paths = sample_jpegs(Path(tmp))
-        result = measure_loading(paths, transform, images=args.images, loader_workers=workers,
-                                 batch_size=args.batch_size)  # fmt: skip
-    result.update(image_size=args.image_size, transform=_recipe(cfg), source=args.data_dir or "matplotlib photo crops")
-    print(format_loading(result))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
-    return 0
-
-
-def _recipe(cfg: Any) -> str:
+def describe_recipe(cfg: Any) -> str:
+    """The training transform options of a config (`config.Config`), in one line."""
     return (f"random-resized crop (min_crop {cfg.min_crop}, {cfg.interpolation}), hflip {cfg.hflip}, auto_augment "
             f"{cfg.auto_augment} ({cfg.aa_interpolation}), random erasing {cfg.re_prob} {cfg.re_mode} x{cfg.re_count}")
 
