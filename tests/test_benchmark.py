@@ -37,7 +37,7 @@ def test_inference_backends_side_by_side(tmp_path: Path, capsys: pytest.CaptureF
         assert r["flop_counter"] == "torch.utils.flop_counter" and 0 < r["peak_fraction"]
         assert r["extra"]["images"] == 10 and 0 <= r["extra"]["top1_agreement"] <= 1
     assert results[0]["extra"]["top1_agreement"] == 1.0
-    assert results[1]["extra"]["top1_agreement"] == 1.0  # the fast path gives the reference answer
+    assert results[1]["extra"]["top1_agreement"] == 1.0  # the model gives the reference network's answer
 
 
 def test_train_mode(capsys: pytest.CaptureFixture[str]):
@@ -47,8 +47,8 @@ def test_train_mode(capsys: pytest.CaptureFixture[str]):
         assert field in text, field
 
 
-def test_reference_mode_single(capsys: pytest.CaptureFixture[str]):
-    assert main(["benchmark", *SMALL, "--reference_mode"]) == 0
+def test_reference_network_single(capsys: pytest.CaptureFixture[str]):
+    assert main(["benchmark", *SMALL, "--network", "reference"]) == 0
     assert "| infer | reference |" in capsys.readouterr().out
 
 
@@ -57,7 +57,8 @@ def test_reference_mode_single(capsys: pytest.CaptureFixture[str]):
     [
         (["--backend", "onnxruntime", "--mode", "train"], "inference only"),
         (["--compare", "eager,onnx_plian"], "Did you mean 'onnx_plain'"),
-        (["--reference_mode", "--amp", "bf16"], "reference mode is plain eager float32"),
+        (["--network", "reference", "--amp", "bf16"], "the reference network is plain eager float32"),
+        (["--network", "optimized", "--mode", "train"], "optimize_for_inference makes an inference copy"),
         (["--agreement", "4"], "--agreement needs --compare"),
     ],
 )

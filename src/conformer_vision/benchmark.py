@@ -1,7 +1,7 @@
 """Speed of a Conformer: images/s, latency, peak memory, GFLOPs and the achieved fraction of GEMM peak.
 
 One configuration (``BenchmarkSpec``: variant, batch, input size, infer/train, backend, autocast
-dtype, reference mode) is timed as: build, warm up (``torch.compile`` and ONNX export happen here
+dtype, network) is timed as: build, warm up (``torch.compile`` and ONNX export happen here
 and are timed separately), then ``runs`` timed steps; images/s is batch / median step time.
 ``compare`` times several configurations SIDE BY SIDE: built once each, then timed in interleaved
 rounds (A B C, A B C, ...), so that a shared, noisy machine slows all of them alike and the
@@ -9,21 +9,25 @@ ratios stay meaningful.
 
 What one step is:
 
-* ``infer``, eager/compile: ``model(x)`` under ``torch.inference_mode()`` (and autocast), the call
-  a user writes. ``reference_mode`` = ``Conformer.set_reference_mode(True)``: explicit attention,
-  NCHW, no BatchNorm folding or fused convolutions; the default uses every fast path.
+* ``infer``, eager/compile: ``net(x)`` under ``torch.inference_mode()`` (and autocast), where
+  ``net`` is the ``network`` (``NETWORKS``): 'reference' = the model exactly as the authors wrote
+  it (explicit softmax attention, NCHW, every BatchNorm unfused, eval mode), 'model' = the model as
+  built (timm's default fused attention), 'optimized' = ``optimize_for_inference(model)`` (what
+  ``predict``, ``eval`` and the ``Predictor`` run). ``torch.compile`` compiles that network.
 * ``infer``, onnxruntime: ``session.run`` (``ONNX_VARIANTS``): 'plain' = ``torch.onnx.export`` of
-  the reference-mode network in a default session (only its intra-op threads set to ``threads``,
+  the reference network in a default session (only its intra-op threads set to ``threads``,
   like every other row: onnxruntime's own default is one thread per core); 'tuned' = this project's
   export of the default network (``export.export_model``) in a session with ORT_ENABLE_ALL and
   intra-op threads = ``threads``; 'int8' = the tuned graph after int8 dynamic quantisation, 'int8_static' = after int8
   static (QDQ) quantisation calibrated on real images (``quantize.quantize_onnx``, the implementation
   ``conformer export --quantize`` uses; calibration: ``compare``).
 * ``train``: ``engine.train_step``, the trainer's own update: autocast ``forward_heads``, the
-  two-head cross-entropy (mean of the heads), backward, global grad norm, AdamW step.
+  two-head cross-entropy (mean of the heads), backward, global grad norm, AdamW step; the
+  'reference' network uses explicit attention and PyTorch's default (per-tensor) AdamW, 'model'
+  the trainer's fused AdamW ('optimized' is inference only).
 
 GFLOPs are counted by ``torch.utils.flop_counter`` (a multiply-add = 2 FLOPs; convolutions and
-matrix products only, attention included) on the meta device for the reference-mode network: the
+matrix products only, attention included) on the meta device for the reference network: the
 forward pass for ``infer``, forward + backward for ``train``. The GEMM peak is measured in the same process: ``torch.mm`` of two 2048x2048 matrices
 in the step's dtype (8192 on a GPU), or an onnxruntime ``MatMul`` (fp32) / ``MatMulInteger``
 (int8) graph built with ``onnx.helper``; ``peak_fraction`` = achieved model GFLOP/s / that peak.
@@ -55,21 +59,23 @@ from .errors import ConfigError
 from .runtime import AMP_LEVELS
 
 __all__ = [
-    "BenchmarkSpec", "BenchmarkResult", "MODES", "BACKENDS", "AMP_LEVELS", "ONNX_VARIANTS", "COMPARE_PRESETS",
+    "BenchmarkSpec", "BenchmarkResult", "MODES", "BACKENDS", "NETWORKS", "AMP_LEVELS", "ONNX_VARIANTS", "COMPARE_PRESETS",
     "run_benchmark", "compare", "gemm_peak", "count_gflops", "format_result", "format_comparison", "parse_preset",
     "fashion_mnist_batch", "export_onnx",
 ]  # fmt: skip
 
 MODES = ("infer", "train")
 BACKENDS = ("eager", "compile", "onnxruntime")
+NETWORKS = ("reference", "model", "optimized")
 ONNX_VARIANTS = ("tuned", "plain", "int8", "int8_static")
 ONNX_QUANTIZE = {"int8": "int8_dynamic", "int8_static": "int8_static"}  # ONNX variant -> quantize.quantize_onnx mode
 CALIBRATION_IMAGES = 64  # Fashion-MNIST *train* images calibrating 'int8_static' (agreement uses test images)
 FLOP_COUNTER = "torch.utils.flop_counter"
 
 COMPARE_PRESETS: dict[str, dict[str, Any]] = {
-    "reference": {"reference_mode": True},  # plain eager fp32, no fast paths
-    "eager": {},  # default eager fp32
+    "reference": {"network": "reference"},  # the authors' network, eager fp32
+    "eager": {},  # the model as built, eager fp32
+    "optimized": {"network": "optimized"},  # optimize_for_inference(model), eager fp32
     "bf16": {"amp": "bf16"},
     "fp16": {"amp": "fp16"},
     "compile": {"backend": "compile"},
@@ -81,7 +87,10 @@ COMPARE_PRESETS: dict[str, dict[str, Any]] = {
     "onnx_int8": {"backend": "onnxruntime", "onnx": "int8"},
     "onnx_int8_static": {"backend": "onnxruntime", "onnx": "int8_static"},
 }
-"""Names for ``--compare``: overrides applied to the command's base configuration."""
+"""Names for ``--compare``: overrides applied to the command's base configuration. In inference,
+the autocast and compile entries (``OPTIMIZED_PRESETS``) time ``optimize_for_inference(model)``;
+in training, the model."""
+OPTIMIZED_PRESETS = ("bf16", "fp16", "compile", "compile_bf16", "bf16_cl", "compile_bf16_cl")
 
 
 @dataclass(frozen=True)
@@ -95,11 +104,11 @@ class BenchmarkSpec:
         mode: 'infer' or 'train'.
         backend: 'eager', 'compile' (``torch.compile``) or 'onnxruntime' (infer only, CPU).
         amp: 'O0' (float32), 'bf16' or 'fp16' autocast (eager/compile only).
-        reference_mode: the plain reference implementation (no fast paths).
+        network: 'reference', 'model' or 'optimized' (module docstring; eager/compile only).
         onnx: for onnxruntime: 'tuned', 'plain', 'int8' (dynamic) or 'int8_static' (module docstring).
         device: 'cpu' or 'cuda' ('cuda:N').
-        channels_last: store the weights and inputs channels_last (eager/compile; the model already
-            runs its activations channels_last on the CPU unless in reference mode).
+        channels_last: store the weights and inputs channels_last (eager/compile; 'optimized' has
+            channels_last weights by default, ``optimize_for_inference``).
         num_classes: classes of the heads.
         checkpoint: weights to load (any file ``checkpoint.load_model`` reads); None = random init.
     """
@@ -110,7 +119,7 @@ class BenchmarkSpec:
     mode: str = "infer"
     backend: str = "eager"
     amp: str = "O0"
-    reference_mode: bool = False
+    network: str = "model"
     onnx: str = "tuned"
     device: str = "cpu"
     channels_last: bool = False
@@ -128,8 +137,14 @@ class BenchmarkSpec:
             (not (self.backend == "onnxruntime" and self.amp != "O0"), "onnxruntime runs the float32 graph: use --amp O0 "
              "(the int8 variant is --onnx int8)"),
             (not (self.backend == "onnxruntime" and self.device != "cpu"), "the onnxruntime benchmark runs on the CPU"),
-            (not (self.reference_mode and (self.amp != "O0" or self.backend != "eager" or self.channels_last)),
-             "reference mode is plain eager float32 NCHW: drop --amp/--backend/--channels_last or --reference_mode"),
+            (self.network in NETWORKS, f"network must be one of {NETWORKS}, got {self.network!r}"),
+            (not (self.network == "reference" and (self.amp != "O0" or self.backend != "eager" or self.channels_last)),
+             "the reference network is plain eager float32 NCHW: drop --amp/--backend/--channels_last or "
+             "--network reference"),
+            (not (self.network == "optimized" and self.mode == "train"), "optimize_for_inference makes an inference "
+             "copy: use --network model (or reference) with --mode train"),
+            (not (self.backend == "onnxruntime" and self.network != "model"), "--network applies to PyTorch backends: "
+             "the onnxruntime graphs are chosen with --onnx"),
             (not (self.backend == "onnxruntime" and self.channels_last), "--channels_last applies to PyTorch backends"),
         ]  # fmt: skip
         for ok, message in checks:
@@ -138,13 +153,14 @@ class BenchmarkSpec:
 
     @property
     def label(self) -> str:
-        """Short name, e.g. 'eager fp32', 'eager bf16', 'reference', 'onnxruntime int8'."""
-        if self.reference_mode:
+        """Short name, e.g. 'reference', 'eager fp32', 'eager optimized bf16', 'onnxruntime int8'."""
+        if self.network == "reference":
             return "reference"
         if self.backend == "onnxruntime":
             return f"onnxruntime {self.onnx}"
+        net = " optimized" if self.network == "optimized" else ""
         cl = " channels_last" if self.channels_last else ""
-        return f"{self.backend} {'fp32' if self.amp == 'O0' else self.amp}{cl}"
+        return f"{self.backend}{net} {'fp32' if self.amp == 'O0' else self.amp}{cl}"
 
 
 @dataclass
@@ -205,7 +221,7 @@ def count_gflops(spec: BenchmarkSpec) -> tuple[int, float]:
     from .models import create_model
 
     model = create_model(spec.arch, num_classes=spec.num_classes, device="meta")
-    model.set_reference_mode(True)  # explicit attention: the counter does not see the CPU SDPA kernel
+    model.set_fused_attn(False)  # explicit attention: the counter does not see the CPU SDPA kernel
     model.train(spec.mode == "train")
     x = torch.zeros(spec.batch_size, 3, spec.image_size, spec.image_size, device="meta")
     with FlopCounterMode(display=False) as counter, torch.set_grad_enabled(spec.mode == "train"):
@@ -379,12 +395,18 @@ def _base_model(spec: BenchmarkSpec) -> nn.Module:
 
 
 def _torch_runner(spec: BenchmarkSpec, model: nn.Module, x: torch.Tensor) -> _Runner:
-    """eager / compile, infer / train."""
+    """eager / compile, infer / train, of the spec's network (module docstring)."""
+    from .models import optimize_for_inference
+
     dev = x.device
-    model = model.to(dev, memory_format=torch.channels_last if spec.channels_last else torch.preserve_format)
-    model.set_reference_mode(spec.reference_mode)
+    model = model.to(dev)
+    model.set_fused_attn(spec.network != "reference")
     amp = AMP_LEVELS[spec.amp]
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    if spec.network == "optimized":
+        model = optimize_for_inference(model)  # channels_last weights; --channels_last converts the inputs too
+    elif spec.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if spec.mode == "train":
         runner = _Runner(spec, _train_step_fn(spec, model, x), sync, dev)
     else:
@@ -406,7 +428,7 @@ def _torch_runner(spec: BenchmarkSpec, model: nn.Module, x: torch.Tensor) -> _Ru
 
 def _train_step_fn(spec: BenchmarkSpec, model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     """The trainer's update (``engine.train_step``): AdamW (lr 1e-4, wd 0.05), mean two-head CE.
-    Reference mode uses PyTorch's default AdamW (a per-tensor loop on the CPU), the rest the
+    The reference network uses PyTorch's default AdamW (a per-tensor loop on the CPU), the model the
     trainer's fused one."""
     from .engine import BothHeads, TrainParts, train_step
     from .losses import TwoHeadLoss
@@ -419,7 +441,7 @@ def _train_step_fn(spec: BenchmarkSpec, model: nn.Module, x: torch.Tensor) -> Ca
     scaler = torch.amp.GradScaler(x.device.type) if spec.amp == "fp16" else None
     parts = TrainParts(
         model=net, criterion=TwoHeadLoss(nn.CrossEntropyLoss()), scheduler=None, device=x.device,
-        optimizer=build_optimizer(model, "adamw", lr=1e-4, weight_decay=0.05, fused=not spec.reference_mode),
+        optimizer=build_optimizer(model, "adamw", lr=1e-4, weight_decay=0.05, fused=spec.network != "reference"),
         amp_dtype=AMP_LEVELS[spec.amp], scaler=scaler,
     )  # fmt: skip
     target = torch.randint(0, spec.num_classes, (x.shape[0],), generator=torch.Generator().manual_seed(0)).to(x.device)
@@ -438,14 +460,14 @@ def export_onnx(model: nn.Module, path: Path) -> Path:
 
 
 def _onnx_file(spec: BenchmarkSpec, model: nn.Module, workdir: Path, cache: dict[str, Any]) -> tuple[Path, float]:
-    """The exported graph and its export time: of the reference-mode model for 'plain', of the
-    default model otherwise (shared by the ONNX variants of one comparison)."""
+    """The exported graph and its export time: of the reference network for 'plain', this project's
+    export of the model otherwise (shared by the ONNX variants of one comparison)."""
     plain = spec.onnx == "plain"
     key = f"{spec.arch}-{spec.num_classes}-{spec.checkpoint}-{plain}"
     if key not in cache:
         start = time.perf_counter()
         if plain:
-            model.set_reference_mode(True)
+            model.set_fused_attn(False)
             path = _plain_export(model.eval(), workdir / f"{spec.arch}.plain.onnx", spec.image_size)
         else:
             path = export_onnx(model.eval(), workdir / f"{spec.arch}.onnx")
@@ -454,7 +476,7 @@ def _onnx_file(spec: BenchmarkSpec, model: nn.Module, workdir: Path, cache: dict
 
 
 def _plain_export(model: nn.Module, path: Path, image_size: int) -> Path:
-    """The baseline: ``torch.onnx.export`` of the plain (reference-mode) network, dynamic batch,
+    """The baseline: ``torch.onnx.export`` of the reference network, dynamic batch,
     with the same (TorchScript) exporter and opset as ``export_onnx`` and nothing else."""
     from .export import ExportWrapper
 
@@ -645,7 +667,9 @@ def parse_preset(base: BenchmarkSpec, names: Sequence[str]) -> list[BenchmarkSpe
             close = difflib.get_close_matches(name, list(COMPARE_PRESETS), n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"unknown --compare entry '{name}'.{hint} Valid: {', '.join(COMPARE_PRESETS)}")
-        plain = dict(backend="eager", amp="O0", reference_mode=False, onnx="tuned", channels_last=False)
+        plain = dict(backend="eager", amp="O0", network="model", onnx="tuned", channels_last=False)
+        if name in OPTIMIZED_PRESETS and base.mode == "infer":
+            plain["network"] = "optimized"
         specs.append(dataclasses.replace(base, **{**plain, **COMPARE_PRESETS[name]}))
     return specs
 

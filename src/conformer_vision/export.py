@@ -57,6 +57,7 @@ from torch import nn
 from .checkpoint import FORMAT, VERSION, LoadedModel, load_model, unwrap
 from .data.transforms import Preprocess
 from .errors import ConfigError, ConformerError
+from .models import optimize_for_inference
 from .quantize import DEFAULT_CALIBRATION_SIZE, QUANTIZE_MODES, calibration_images, quantize_onnx
 from .runtime import ONNX_INPUT, ONNX_OUTPUTS, OnnxPredictor, TorchPredictor, default_preprocess
 
@@ -176,13 +177,17 @@ def export_with_report(
               "EXPORTED_PROGRAM": _write_exported_program, "SAFETENSORS": _write_safetensors}[fmt]  # fmt: skip
     # Written under its final name inside a hidden folder next to it (archives record their file
     # name), checked there, then moved into place: a reader never sees an unchecked file.
+    # Graphs are exported from the inference copy (BatchNorm folded, FCUDown pooling first: fewer
+    # nodes, same outputs), with NCHW weights; weight files keep the model's own weights.
+    graph = fmt in ("ONNX", "TORCHSCRIPT", "EXPORTED_PROGRAM")
+    source = optimize_for_inference(model, channels_last=False) if graph else model
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as folder:
         tmp = Path(folder) / out.name
         if quantize == "none":
-            writer(model, meta, pre, tmp, opset=opset, exporter=exporter)
+            writer(source, meta, pre, tmp, opset=opset, exporter=exporter)
         else:
             float_path = Path(folder) / f"float.{out.name}"
-            writer(model, meta, pre, float_path, opset=opset, exporter=exporter)
+            writer(source, meta, pre, float_path, opset=opset, exporter=exporter)
             quantize_onnx(float_path, tmp, quantize, images)
             float_path.unlink()
         report = None

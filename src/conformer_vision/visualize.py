@@ -13,8 +13,9 @@
 * Grad-CAM (Selvaraju et al., 2017) of the fused prediction's top class on each branch;
 * the top-5 classes with probabilities (fused, and per head).
 
-Everything is read from the model's own modules with forward hooks and the attention modules'
-``keep_attention`` switch; nothing of the network is re-implemented here. Inputs of any size work:
+Everything is read from the model's own modules with forward hooks (attention maps: with the
+attention modules' ``fused_attn`` switched off meanwhile, each one's ``attn_drop`` receives its
+softmax map); nothing of the network is re-implemented here. Inputs of any size work:
 the model zero-pads to a multiple of the patch size, so token grids are (padded H / patch,
 padded W / patch) and maps are cropped back to the unpadded image for display.
 
@@ -175,8 +176,9 @@ def _stage_ends(model: Conformer) -> list[tuple[str, nn.Module]]:
 @contextlib.contextmanager
 def _recording(model: Conformer) -> Iterator[dict[str, Any]]:
     """Hooks that store the tensors ``explain`` needs into the yielded dict during a forward pass:
-    'cnn' and 'tokens' (name -> tensor), 'cam_cnn' and 'cam_trans' (kept in the autograd graph).
-    Attention modules keep their maps meanwhile; everything is restored on exit."""
+    'cnn' and 'tokens' (name -> tensor), 'cam_cnn' and 'cam_trans' (kept in the autograd graph), and on
+    exit 'attentions' (one (B, heads, N, N) map per transformer block, from the explicit softmax path
+    the attention modules take meanwhile); hooks and attention switches are restored on exit."""
     rec: dict[str, Any] = {"cnn": {}, "tokens": {}}
     attns = [model.trans_1.attn] + [b.trans_block.attn for b in model.blocks]
     handles = []
@@ -195,17 +197,26 @@ def _recording(model: Conformer) -> Iterator[dict[str, Any]]:
     last = model.blocks[-1]
     handles.append(last.cnn_block.register_forward_hook(lambda _m, _i, out: rec.__setitem__("cam_cnn", out[0])))
     handles.append(last.trans_block.register_forward_pre_hook(lambda _m, args: rec.__setitem__("cam_trans", args[0])))
-    previous = [a.keep_attention for a in attns]
-    for a in attns:
-        a.keep_attention = True
+    maps: list[torch.Tensor | None] = [None] * len(attns)
+
+    def keep_map(index: int) -> Any:
+        def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...], _out: Any) -> None:
+            maps[index] = inp[0].detach()  # the softmax attention map entering attn_drop
+
+        return hook
+
+    previous = [a.fused_attn for a in attns]
+    for i, a in enumerate(attns):
+        a.fused_attn = False
+        handles.append(a.attn_drop.register_forward_hook(keep_map(i)))
     try:
         yield rec
-        rec["attentions"] = [a.last_attention for a in attns]
+        rec["attentions"] = maps
     finally:
         for h in handles:
             h.remove()
         for a, p in zip(attns, previous):
-            a.keep_attention, a.last_attention = p, None
+            a.fused_attn = p
 
 
 def _padding(model: Conformer, hw: tuple[int, int]) -> tuple[int, int, int, int]:

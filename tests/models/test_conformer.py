@@ -10,7 +10,7 @@ import timm
 import torch
 
 import conformer_vision
-from conformer_vision.models import ConformerArgs, create_model, list_models
+from conformer_vision.models import ConformerArgs, create_model, list_models, optimize_for_inference
 from conformer_vision.models.convert import load_state_dict_strict
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -27,12 +27,16 @@ def _mini_from_vector(vector: dict, **kw) -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fused_attn", "reference_mode"])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_matches_reference_vector(reference_vector, fused, channels_last):
-    model = _mini_from_vector(reference_vector, fused_attn=fused)
-    if channels_last:
+@pytest.mark.parametrize("network", ["fused_attn", "explicit_attn", "channels_last", "optimize_for_inference"])
+def test_matches_reference_vector(reference_vector, network):
+    """``model(x)`` (fused or the reference's explicit attention, NCHW or channels_last) and
+    ``optimize_for_inference(model)(x)`` give the reference network's outputs."""
+    model = _mini_from_vector(reference_vector, fused_attn=network != "explicit_attn")
+    channels_last = network == "channels_last"  # the optimised copy takes NCHW inputs as they come
+    if network == "channels_last":
         model = model.to(memory_format=torch.channels_last)
+    if network == "optimize_for_inference":
+        model = optimize_for_inference(model)
     for name, x in reference_vector["inputs"].items():
         want = reference_vector["outputs"][name]
         scale = max(want["conv_logits"].abs().max(), want["trans_logits"].abs().max()).item()
@@ -92,9 +96,15 @@ def test_forward_returns_one_tensor_in_train_and_eval():
     with torch.no_grad():
         conv, trans = model.forward_heads(x)
         torch.testing.assert_close(model(x), conv + trans)
-        feats = model.forward_features(x)
-        assert feats[0].shape == (2, 64, 2, 2) and feats[1].shape == (2, 1 + 16, 32)
-        assert model.forward_head(feats, pre_logits=True).shape == (2, 64 + 32)
+        feats = model.forward_features(x)  # (B, C + D, H/32, W/32): CNN map and class token
+        assert feats.shape == (2, 64 + 32, 2, 2) and model.num_features == model.head_hidden_size == 96
+        cnn, cls = model.split_features(feats)
+        assert cnn.shape == (2, 64, 2, 2) and cls.shape == (2, 32)
+        assert torch.equal(feats[:, 64:], cls[:, :, None, None].expand(-1, -1, 2, 2))
+        pre = model.forward_head(feats, pre_logits=True)
+        torch.testing.assert_close(pre, torch.cat([cnn.mean((2, 3)), cls], 1))
+        torch.testing.assert_close(model.conv_cls_head(pre[:, :64]), conv)
+        torch.testing.assert_close(model.trans_cls_head(pre[:, 64:]), trans)
 
 
 @pytest.mark.parametrize("size", [(241, 241), (100, 60), (33, 47), (16, 16)])

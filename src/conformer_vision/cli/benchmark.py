@@ -11,7 +11,7 @@ HELP = "time inference or training of a variant (eager, torch.compile, onnxrunti
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..benchmark import AMP_LEVELS, BACKENDS, COMPARE_PRESETS, MODES, ONNX_VARIANTS
+    from ..benchmark import AMP_LEVELS, BACKENDS, COMPARE_PRESETS, MODES, NETWORKS, ONNX_VARIANTS
 
     a = parser.add_argument
     a("--arch", default=None, help="variant, e.g. conformer_tiny_patch16 (see `conformer info`); not with --mode data")
@@ -22,7 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            "decoding and augmenting for training (no model)")
     a("--backend", choices=BACKENDS, default="eager", help="eager PyTorch, torch.compile, or onnxruntime (CPU)")
     a("--amp", choices=list(AMP_LEVELS), default="O0", help="O0 = float32, or bf16/fp16 autocast")
-    a("--reference_mode", action="store_true", help="the plain reference implementation: no fast paths")
+    a("--network", choices=NETWORKS, default="model",
+      help="reference: the authors' network (explicit attention, unfused BatchNorm, NCHW); model: the model as "
+           "built (default); optimized: optimize_for_inference(model), what predict/eval run (inference only)")
     a("--onnx", choices=ONNX_VARIANTS, default="tuned",
       help="onnxruntime graph: tuned session (default), plain export + default session, int8 dynamic quantisation, "
            "int8_static (QDQ, calibrated on 64 Fashion-MNIST train images)")
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--arch is required (a variant, e.g. conformer_tiny_patch16; see `conformer info`)")
     base = BenchmarkSpec(
         arch=args.arch, batch_size=args.batch_size, image_size=args.image_size, mode=args.mode, backend=args.backend,
-        amp=args.amp, reference_mode=args.reference_mode, onnx=args.onnx, device=args.device,
+        amp=args.amp, network=args.network, onnx=args.onnx, device=args.device,
         channels_last=args.channels_last,
         num_classes=args.num_classes, checkpoint=args.checkpoint,
     )  # fmt: skip

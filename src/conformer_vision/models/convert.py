@@ -28,11 +28,11 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..serialization import read_checkpoint
-from .conformer import ALIASES, VARIANTS, ConformerArgs, variant_args
+from .variants import ALIASES, VARIANTS, ConformerArgs, variant_args
 
 __all__ = [
     "detect_layout", "to_reference_keys", "extract_state_dict", "describe_state_dict", "load_pretrained",
-    "read_weights", "reconcile_model_args", "STRUCTURE_FIELDS", "NUMERICS_FIELDS",
+    "read_weights", "reconcile_model_args", "checkpoint_filter_fn", "STRUCTURE_FIELDS", "NUMERICS_FIELDS",
 ]  # fmt: skip
 
 log = logging.getLogger("conformer_vision.models")
@@ -80,6 +80,12 @@ def to_reference_keys(sd: dict[str, torch.Tensor], layout: str | None = None) ->
             key = f"{head}.{_MINDSPORE_NORMS.get(leaf, leaf)}" if head else _MINDSPORE_NORMS.get(leaf, leaf)
         out[key] = value
     return out
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """timm's pretrained-weights hook: a state dict (or checkpoint dict) timm read from a Hub folder,
+    URL or given state dict -> the model's key names (every layout ``extract_state_dict`` knows)."""
+    return extract_state_dict(state_dict)[0]
 
 
 def extract_state_dict(obj: Any, use_ema: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# timm's own model tests (tests/test_models.py of timm's source distribution, unmodified) for the
+# conformer_* models, run against the INSTALLED timm: forward, backward, default cfgs, torchscript,
+# features_only, FX forward/backward and FX torchscript.
+#   bash scripts/timm_model_tests.sh [PYTEST_ARGS...]
+# The sdist of the installed timm version is fetched once with pip into the cache
+# (TIMM_TESTS_CACHE, default ~/.cache/conformer-vision/timm-tests) and only its tests/ folder and
+# pyproject.toml (pytest markers) are unpacked, so `import timm` always finds the installed package.
+# A conftest.py written next to them imports conformer_vision, which registers the models.
+# PYTHON: the interpreter (default .venv's python, else python3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=${PYTHON:-}
+if [[ -z $PY ]]; then
+  if [[ -x ${VENV:-.venv}/bin/python ]]; then PY=${VENV:-.venv}/bin/python; else PY=python3; fi
+fi
+VERSION=$("$PY" -c 'import timm; print(timm.__version__)')
+CACHE=${TIMM_TESTS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/conformer-vision/timm-tests}
+DIR=$CACHE/timm-$VERSION
+
+if [[ ! -f $DIR/tests/test_models.py ]]; then
+  mkdir -p "$CACHE"
+  TMP=$(mktemp -d "$CACHE/.fetch.XXXXXX")
+  trap 'rm -rf "$TMP"' EXIT
+  echo "timm_model_tests: fetching the source distribution of timm $VERSION"
+  "$PY" -m pip download --quiet --no-deps --no-binary :all: "timm==$VERSION" -d "$TMP"
+  tar -xzf "$TMP/timm-$VERSION.tar.gz" -C "$TMP" "timm-$VERSION/tests" "timm-$VERSION/pyproject.toml"
+  rm -rf "$DIR"
+  mv "$TMP/timm-$VERSION" "$DIR"
+fi
+
+# Registers conformer_* in timm before test_models.py lists the models at import time.
+cat > "$DIR/conftest.py" <<EOF
+import sys
+
+sys.path.insert(0, "$ROOT/src")  # this checkout's package, installed (editable) or not
+import conformer_vision  # noqa: E402,F401
+EOF
+
+# timm trims its list on GitHub's runners (memory); the five Conformers are small enough for all of it.
+cd "$DIR"
+exec env -u GITHUB_ACTIONS "$PY" -m pytest tests/test_models.py -k conformer -q -p no:cacheprovider -W ignore::pytest.PytestUnknownMarkWarning "$@"
