@@ -371,6 +371,13 @@ def test_hub_folder_gives_the_checkpoints_answers(base, checkpoint, images, tmp_
     (tmp_path / "bad" / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
     rc, _, err = T.cli("serve", str(tmp_path / "bad"))
     assert rc == 2 and "is not a timm model config" in err
+    import timm
+    from timm.models._hub import save_for_hf
+
+    other = timm.create_model("test_resnet", num_classes=3)  # one of timm's own tiny test models
+    save_for_hf(other, str(tmp_path / "resnet"), safe_serialization=True)
+    rc, _, err = T.cli("serve", str(tmp_path / "resnet"))
+    assert rc == 2 and "not a Conformer" in err and "Traceback" not in err
 
 
 # -- option errors (in-process: nothing listens yet) ---------------------------------------------------

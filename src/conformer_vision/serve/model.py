@@ -240,12 +240,15 @@ def open_served_model(
 
 
 def _open_hub_folder(folder: Path, *, device: str, amp_dtype: torch.dtype | None, use_ema: bool) -> TorchPredictor:
-    """A timm hub-layout folder: ``config.json`` (architecture, model_args, label_names,
-    pretrained_cfg) + ``model.safetensors``, as timm's ``save_for_hf`` writes it."""
-    from ..checkpoint import load_model
+    """A hub-layout folder (``config.json`` + ``model.safetensors``, as timm's ``push_to_hf_hub`` /
+    ``save_for_hf`` write it) built by timm itself: ``timm.create_model("local-dir:FOLDER",
+    pretrained=True)`` (the Conformer variants are registered in timm); class names and preprocessing
+    from the config's ``label_names`` and ``pretrained_cfg``."""
+    import timm
 
-    config_file, weights = folder / HUB_CONFIG, folder / HUB_WEIGHTS
-    if not config_file.is_file() or not weights.is_file():
+    from ..models import Conformer
+
+    if not (folder / HUB_CONFIG).is_file() or not (folder / HUB_WEIGHTS).is_file():
         present = ", ".join(sorted(p.name for p in folder.iterdir())[:6]) or "nothing"
         raise CheckpointError(
             f"{folder} is a folder but not a hub-layout model: it needs {HUB_CONFIG} and {HUB_WEIGHTS} "
@@ -254,18 +257,17 @@ def _open_hub_folder(folder: Path, *, device: str, amp_dtype: torch.dtype | None
     if use_ema:
         raise ConfigError("--use_ema applies to checkpoints; a hub folder holds one set of weights")
     try:
-        cfg = json.loads(config_file.read_text())
-        arch = cfg["architecture"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{config_file} is not a timm model config ({type(e).__name__}: {e})") from None
-    model_args = {k: v for k, v in (cfg.get("model_args") or {}).items() if k != "num_classes"}
-    try:
-        loaded = load_model(weights, arch=arch, num_classes=cfg.get("num_classes"), **model_args)
-    except (ValueError, TypeError) as e:  # an architecture or option that is not a Conformer's
-        raise CheckpointError(f"{folder}: {e}") from None
-    pre_cfg = cfg.get("pretrained_cfg") or {}
-    keys = {k: pre_cfg[k] for k in ("interpolation", "crop_pct", "mean", "std") if k in pre_cfg}
-    if "input_size" in pre_cfg:
-        keys["input_size"] = tuple(pre_cfg["input_size"][-2:])
-    return TorchPredictor(loaded.model, device, amp_dtype, class_names=cfg.get("label_names"),
-                          preprocess=Preprocess(**keys), arch=loaded.arch)  # fmt: skip
+        model = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    except (KeyError, TypeError, json.JSONDecodeError) as e:  # a config.json that is not timm's
+        raise CheckpointError(f"{folder / HUB_CONFIG} is not a timm model config ({type(e).__name__}: {e})") from None
+    except (RuntimeError, ValueError) as e:  # an unknown architecture, weights that do not fit
+        raise CheckpointError(f"{folder}: timm cannot build the model it describes ({str(e).splitlines()[0][:300]})") from None
+    if not isinstance(model, Conformer):
+        raise CheckpointError(f"{folder} holds a {type(model).__name__} ({model.pretrained_cfg.get('architecture')}), "
+                              "not a Conformer: conformer serve runs Conformer models")  # fmt: skip
+    cfg = model.pretrained_cfg
+    keys = {k: cfg[k] for k in ("interpolation", "crop_pct", "mean", "std") if k in cfg}
+    if "input_size" in cfg:
+        keys["input_size"] = tuple(cfg["input_size"][-2:])
+    return TorchPredictor(model, device, amp_dtype, class_names=cfg.get("label_names"), preprocess=Preprocess(**keys),
+                          arch=getattr(model, "variant", None))  # fmt: skip
