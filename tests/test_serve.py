@@ -475,13 +475,13 @@ def test_batcher_groups_predictions_runs_explanations_alone_and_drops_abandoned_
 
 
 def test_precision_takes_every_amp_level_name(checkpoint, images, tmp_path):
-    from conformer_vision.serve import open_served_model
+    from conformer_vision.serve import PRECISIONS, open_served_model
 
-    expected = {"O0": "float32", "fp32": "float32", "O1": "float16 autocast", "O3": "float16 autocast",
-                "fp16": "float16 autocast", "bf16": "bfloat16 autocast"}  # fmt: skip
-    for level, name in expected.items():
-        assert open_served_model(checkpoint, precision=level).describe()["precision"] == name, level
+    f16, bf16 = torch.float16, torch.bfloat16
+    assert PRECISIONS == {"O0": None, "fp32": None, "float32": None, "O1": f16, "O2": f16, "O3": f16, "fp16": f16,
+                          "float16": f16, "bf16": bf16, "bfloat16": bf16}  # fmt: skip
     served = open_served_model(checkpoint, precision="bf16")
+    assert served.describe()["precision"] == "bfloat16 autocast" and served.predictor.amp_dtype == bf16
     (result,) = served.run_batch(served.decode(images[0].read_bytes(), tmp_path)[None])
     assert abs(float(result.probs.sum()) - 1.0) < 1e-9 and result.probs.dtype == torch.float64
 
