@@ -3,7 +3,8 @@
 # virtual environment .venv (never into the system's python, which Debian 12 / Ubuntu 24.04 refuse
 # anyway: PEP 668, "externally-managed-environment"):
 #   bash scripts/setup.sh          then  . .venv/bin/activate  to use `conformer` in that shell
-# - Debian's dataset-fashion-mnist (the quickstart and some tests read it), and python3-venv where
+# - Debian's dataset-fashion-mnist (the quickstart and some tests read it), chromium (the serving
+#   page's browser test), and python3-venv where
 #   the interpreter cannot make virtual environments (Debian ships venv/ensurepip apart);
 # - .venv made with `$PYTHON -m venv` (PYTHON: the interpreter to make it from, default python3);
 # - torch/torchvision pinned to the versions this project's machines hold locally (TORCH_VERSION,
@@ -62,6 +63,11 @@ make_venv() {  # make_venv [--clear]: a new environment from BASE, stamped as ou
 if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
   echo "setup: installing Debian's dataset-fashion-mnist (the real-data quickstart and tests use it)"
   apt_install dataset-fashion-mnist
+fi
+
+if ! dpkg -s chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  echo "setup: installing Debian's chromium (the browser test of conformer serve's page drives it headless)"
+  apt_install chromium
 fi
 
 # --- the virtual environment

@@ -161,7 +161,10 @@ echo "[\\"apt-get\\", \\"$*\\"]" >> "$FAKE_LOG"
 case "$*" in *python3-venv*) touch "$FAKE_ENSUREPIP";; esac
 """
 FAKE_DPKG = """#!/bin/sh
-[ -z "$FAKE_NO_DATASET" ]
+case "$*" in
+  *dataset-fashion-mnist*) [ -z "$FAKE_NO_DATASET" ];;
+  *chromium*) [ -z "$FAKE_NO_CHROMIUM" ];;
+esac
 """
 
 
@@ -183,7 +186,7 @@ class Machine:
     def run(self, script: str, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
         """``bash scripts/SCRIPT ARGS``; its result and the calls of the stand-ins."""
         self.log.write_text("")
-        base = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "VENV", "FAKE_NO_DATASET")}
+        base = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "VENV", "FAKE_NO_DATASET", "FAKE_NO_CHROMIUM")}
         env = {**base, "PATH": f"{self.bin}:{os.environ['PATH']}", "VENV": str(self.venv), "FAKE_LOG": str(self.log),
                "FAKE_ENSUREPIP": str(self.ensurepip), "FAKE_VENV_PYTHON": str(self.bin / "venv-python"), **env}  # fmt: skip
         result = subprocess.run(["bash", str(SCRIPTS / script), *args], env=env, capture_output=True, text=True,
@@ -239,13 +242,14 @@ def test_setup_leaves_a_broken_venv_it_did_not_make_alone(tmp_path):
     assert (machine.venv / "notes.txt").read_text() == "mine" and not [c for c in calls if c[0] == "python-a"]
 
 
-def test_setup_installs_python3_venv_and_the_dataset_with_apt_where_missing(tmp_path):
+def test_setup_installs_python3_venv_the_dataset_and_chromium_with_apt_where_missing(tmp_path):
     machine = Machine(tmp_path)
     machine.ensurepip.unlink()  # Debian's python without python3-venv
-    result, calls = machine.run("setup.sh", PYTHON="python-a", FAKE_NO_DATASET="1")
+    result, calls = machine.run("setup.sh", PYTHON="python-a", FAKE_NO_DATASET="1", FAKE_NO_CHROMIUM="1")
     assert result.returncode == 0, result.stderr
     apt = [c[1] for c in calls if c[0] == "apt-get"]
-    assert apt == ["update -qq", "install -y -qq dataset-fashion-mnist", "install -y -qq python3-venv"]
+    assert apt == ["update -qq", "install -y -qq dataset-fashion-mnist", "install -y -qq chromium",
+                   "install -y -qq python3-venv"]
     assert "cannot make virtual environments (no venv/ensurepip): installing python3-venv" in result.stdout
     assert ["python-a", "-m", "venv", str(machine.venv)] in calls and installs(calls) == [PINNED, EDITABLE]
 
