@@ -217,3 +217,142 @@ def test_a_rejected_export_never_replaces_an_existing_file(tmp_path, monkeypatch
         assert (tmp_path / expected).stat().st_size > 1000
     assert mine.read_text() == "my notes\n" and not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [mine.name, "w.safetensors.failed.2", "w.safetensors.failed.3"]
+
+
+# -- HF_HUB: timm's Hugging Face Hub folder ------------------------------------------------------------
+
+
+def test_hub_folder_is_what_timm_rebuilds(base, tmp_path):
+    """`conformer export --file_format HF_HUB` (the real command): timm.create_model("local-dir:DIR",
+    pretrained=True) gives the checkpoint's logits exactly; config.json holds the class names and the
+    preprocessing; predict/eval open the folder with both; re-exporting replaces the two files only."""
+    import json
+
+    import timm
+
+    folder = tmp_path / "hub"
+    run = T.cli_process("export", "--checkpoint", str(T.checkpoint(base)), "--file_format", "HF_HUB",
+                        "--output", str(folder))  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "checked against PyTorch" in run.stdout and f'local-dir:{folder}' in run.stdout
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    model, classes, pre = T.trained_model(base)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architecture"] == "conformer_mini_test" and config["label_names"] == classes
+    assert config["num_classes"] == len(classes) and config["model_args"]["embed_dim"] == 32
+    cfg = config["pretrained_cfg"]
+    assert (cfg["input_size"], cfg["interpolation"], cfg["crop_pct"]) == ([3, *pre.input_size], pre.interpolation,
+                                                                          pre.crop_pct)  # fmt: skip
+    assert cfg["mean"] == list(pre.mean) and cfg["std"] == list(pre.std) and cfg["license"] == "apache-2.0"
+    assert config["conformer_vision"]["preprocess"] == pre.to_dict() == describe_export(folder)["preprocess"]
+    rebuilt = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    assert rebuilt.pretrained_cfg["label_names"] == classes
+    x = _photo_batch(base, (32, 32))[:4]
+    with torch.inference_mode():
+        assert torch.equal(rebuilt(x), load_model(T.checkpoint(base)).model(x))
+    predictor = open_predictor(folder)
+    assert predictor.class_names == classes and predictor.preprocess == pre and predictor.arch == "conformer_mini_test"
+    (folder / "README.md").write_text("model card\n")  # added by the user before pushing
+    rc, out, err = T.cli("export", "--checkpoint", str(T.checkpoint(base)), "--file_format", "hf", "--output",
+                         str(folder), "--no_check")  # fmt: skip
+    assert rc == 0, err
+    assert "replacing the hub folder that was there" in out and (folder / "README.md").read_text() == "model card\n"
+
+
+def test_hub_folder_keeps_mindspore_numerics(tmp_path):
+    """The model arguments round-trip through config.json's model_args: a model with the MindSpore
+    numerics (TF 'same' max-pool padding, tanh GELU, LayerNorm eps 1e-7) comes back with them, and
+    its logits (which those numerics change) are the model's own."""
+    import timm
+
+    numerics = dict(same_pad_maxpool=True, approximate_gelu=True, trans_norm_eps=1e-7)
+    model = create_model("conformer_mini_test", num_classes=4, **numerics).eval()
+    folder = export_model(model, file_format="HF_HUB", output=tmp_path / "ms", class_names=list("abcd"))
+    rebuilt = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    assert {k: getattr(rebuilt.args, k) for k in numerics} == numerics and rebuilt.num_classes == 4
+    x = torch.randn(2, 3, 45, 61, generator=torch.Generator().manual_seed(0))
+    plain = create_model("conformer_mini_test", num_classes=4).eval()
+    plain.load_state_dict(model.state_dict())
+    with torch.inference_mode():
+        assert torch.equal(rebuilt(x), model(x)) and not torch.allclose(plain(x), model(x), atol=1e-6)
+    fresh = timm.create_model(f"local-dir:{folder}")  # no weights asked for: the same network, initialised
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    assert fresh.args == rebuilt.args
+
+
+def test_hf_hub_names_read_a_pushed_folder(tmp_path, monkeypatch):
+    """hf-hub:user/repo is read by the same code once the folder is on the Hub: the Hub client's
+    download is replaced by the folder itself (no network in tests)."""
+    import timm
+    import timm.models._hub as timm_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    model = create_model("conformer_mini_test", num_classes=3).eval()
+    folder = export_model(model, file_format="HF_HUB", output=tmp_path / "pushed", class_names=["x", "y", "z"])
+    asked = []
+
+    def from_the_folder(repo_id, filename, revision=None, cache_dir=None, **_):
+        asked.append((repo_id, filename))
+        if not (folder / filename).is_file():
+            raise EntryNotFoundError(f"{filename} not in {repo_id}")
+        return str(folder / filename)
+
+    monkeypatch.setattr(timm_hub, "hf_hub_download", from_the_folder)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.equal(timm.create_model("hf-hub:someone/conformer-mini", pretrained=True).eval()(x), model(x))
+        predictor = open_predictor("hf-hub:someone/conformer-mini")
+        assert predictor.class_names == ["x", "y", "z"]
+        torch.testing.assert_close(predictor.fused(x), model(x), rtol=1e-4, atol=1e-5)
+    assert ("someone/conformer-mini", "config.json") in asked and ("someone/conformer-mini", "model.safetensors") in asked
+
+
+def test_hub_output_never_replaces_a_users_folder(tmp_path, monkeypatch):
+    """A folder holding files the toolkit did not write, or a file, is refused before any work (exit 2,
+    one line, nothing touched); a rejected export is kept beside it as <output>.failed."""
+    model = create_model("conformer_mini_test", num_classes=3).eval()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"architecture": "resnet18"}')  # someone else's hub folder
+    checkpoint = tmp_path / "m.safetensors"
+    export_model(model, file_format="SAFETENSORS", output=checkpoint)
+    for target, message in ((mine, "holds files conformer-vision did not write (config.json)"),
+                            (checkpoint, "is a file; the HF_HUB format writes a folder")):  # fmt: skip
+        rc, _, err = T.cli("export", "--checkpoint", str(checkpoint), "--file_format", "HF_HUB", "--output",
+                           str(target))  # fmt: skip
+        assert rc == 2 and message in err and "Traceback" not in err
+    assert (mine / "config.json").read_text() == '{"architecture": "resnet18"}' and checkpoint.stat().st_size > 1000
+    import conformer_vision.export as export
+
+    real = export._runner
+
+    def off_by_a_bit(path, fmt):  # a broken writer: logits off by 1% of their scale
+        run = real(path, fmt)
+        return lambda x: tuple(t + 0.01 * t.abs().max() for t in run(x))
+
+    monkeypatch.setattr(export, "_runner", off_by_a_bit)
+    with pytest.raises(ConformerError, match="does not match PyTorch"):
+        export_model(model, file_format="HF_HUB", output=tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in (tmp_path / "new.failed").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_unusable_hub_folders_are_one_line_errors(tmp_path):
+    from conformer_vision.errors import CheckpointError
+
+    foreign = tmp_path / "resnet"
+    foreign.mkdir()
+    (foreign / "config.json").write_text('{"architecture": "resnet18", "num_classes": 10, "pretrained_cfg": {}}')
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for name, message in ((f"local-dir:{tmp_path / 'nowhere'}", "does not exist"),
+                          (str(empty), "is not a hub folder: it has no config.json"),
+                          (f"local-dir:{foreign}", "holds a timm 'resnet18' model, not a Conformer variant")):  # fmt: skip
+        with pytest.raises(CheckpointError, match=message):
+            open_predictor(name)
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (90, 120, 200)).save(tmp_path / "blue.png")
+    rc, _, err = T.cli("predict", str(tmp_path / "blue.png"), "--checkpoint", str(foreign), "--output",
+                       str(tmp_path / "p.json"))  # fmt: skip
+    assert rc == 2 and "not a Conformer variant" in err and "Traceback" not in err

@@ -1,9 +1,17 @@
-"""Export a trained model to ONNX, TorchScript, a torch.export program or safetensors.
+"""Export a trained model to ONNX, TorchScript, a torch.export program, safetensors or a Hugging
+Face Hub folder.
 
 Every format describes itself like a checkpoint: architecture, ``model_args``, class names and the
 preprocessing (``data.transforms.Preprocess.to_dict()``) travel with the weights, as JSON strings
-in ONNX ``metadata_props`` and the safetensors header, and as ``conformer_vision.json`` inside
-TorchScript / ``.pt2`` archives.
+in ONNX ``metadata_props`` and the safetensors header, as ``conformer_vision.json`` inside
+TorchScript / ``.pt2`` archives, and in config.json of a hub folder.
+
+HF_HUB writes a folder, timm's Hub layout (``hub.py``): config.json (architecture, model_args,
+label_names, pretrained_cfg with the preprocessing) and model.safetensors, so that
+``timm.create_model("local-dir:DIR", pretrained=True)`` rebuilds the model, and
+``timm.create_model("hf-hub:user/repo", pretrained=True)`` once the folder is pushed. The output must be
+a new or empty folder, or a hub folder this project wrote (whose two files are replaced); anything
+else is refused before the model is loaded.
 
 The graph formats (ONNX, TORCHSCRIPT, EXPORTED_PROGRAM) take ``input`` (B, 3, H, W) float32 with
 dynamic batch, height and width, and return ``(logits, conv_logits, trans_logits)``, each (B, K):
@@ -11,12 +19,13 @@ the fused prediction and the two heads. Inputs whose sides are not multiples of 
 zero-padded inside the graph exactly as ``Conformer.pad_input`` does.
 
 Each export checks itself before it gets its final name: ONNX with ``onnx.checker``, then every
-format against the PyTorch model on seeded inputs (a batch of 2 at the model's input size and one
-non-square image whose sides are not multiples of the patch size). Logits must agree within
+format (a hub folder as timm rebuilds it from ``local-dir:``) against the PyTorch model on seeded
+inputs (a batch of 2 at the model's input size and one non-square image whose sides are not
+multiples of the patch size). Logits must agree within
 ``rtol`` (1e-4) of the logit scale (the largest |fused logit|) and the top-1 class must agree
 wherever the reference's top-2 margin exceeds that tolerance. On a mismatch the file is kept as
-``<output>.failed`` (``.failed.2``, ... when that name is taken: no existing file is replaced) and a
-``ConformerError`` gives the figures.
+``<output>.failed`` (``.failed.2``, ... when that name is taken: no existing file or folder is
+replaced) and a ``ConformerError`` gives the figures.
 
 EXPORTED_PROGRAM limitation: torch.export keeps guards that the last feature map is larger than 1x1, so
 the program takes heights and widths from 2 x patch + 1 (33 for patch 16) up; a model whose input
@@ -57,6 +66,7 @@ from torch import nn
 from .checkpoint import FORMAT, VERSION, LoadedModel, load_model, unwrap
 from .data.transforms import Preprocess
 from .errors import ConfigError, ConformerError
+from .hub import HUB_CONFIG, HUB_WEIGHTS, check_hub_output, load_hub_model, read_hub_metadata, save_hub_folder
 from .models import optimize_for_inference
 from .quantize import DEFAULT_CALIBRATION_SIZE, QUANTIZE_MODES, calibration_images, quantize_onnx
 from .runtime import ONNX_INPUT, ONNX_OUTPUTS, OnnxPredictor, TorchPredictor, default_preprocess
@@ -70,7 +80,9 @@ log = logging.getLogger("conformer_vision.export")
 
 FILE_FORMATS = {
     "ONNX": ".onnx", "TORCHSCRIPT": ".torchscript.pt", "EXPORTED_PROGRAM": ".pt2", "SAFETENSORS": ".safetensors",
+    "HF_HUB": "",
 }  # fmt: skip
+"""Format -> file suffix; HF_HUB writes a folder (default name: the architecture)."""
 EXTRA_FILE = "conformer_vision.json"  # metadata inside TorchScript and .pt2 archives
 RTOL = 1e-4
 QUANT_MAX_REL = 0.25  # int8 self-check: a logit off by more than this x logit scale is a gross mismatch
@@ -109,7 +121,8 @@ def export_metadata(
 
 
 def default_output(arch: str, file_format: str) -> Path:
-    """``<arch><suffix>`` in the current directory (the specification: named after the architecture)."""
+    """``<arch><suffix>`` in the current directory (the specification: named after the architecture;
+    the HF_HUB folder is ``<arch>``)."""
     return Path.cwd() / f"{arch}{FILE_FORMATS[file_format]}"
 
 
@@ -171,10 +184,12 @@ def export_with_report(
     out = Path(output) if output is not None else default_output(arch or loaded.arch, fmt)
     if not out.suffix:
         out = out.with_name(out.name + FILE_FORMATS[fmt])
+    if fmt == "HF_HUB":
+        check_hub_output(out)
     images = calibration_images(calibration, pre, calibration_size) if quantize == "int8_static" else None
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer = {"ONNX": _write_onnx, "TORCHSCRIPT": _write_torchscript,
-              "EXPORTED_PROGRAM": _write_exported_program, "SAFETENSORS": _write_safetensors}[fmt]  # fmt: skip
+    writer = {"ONNX": _write_onnx, "TORCHSCRIPT": _write_torchscript, "EXPORTED_PROGRAM": _write_exported_program,
+              "SAFETENSORS": _write_safetensors, "HF_HUB": _write_hub}[fmt]  # fmt: skip
     # Written under its final name inside a hidden folder next to it (archives record their file
     # name), checked there, then moved into place: a reader never sees an unchecked file.
     # Graphs are exported from the inference copy (BatchNorm folded, FCUDown pooling first: fewer
@@ -200,15 +215,26 @@ def export_with_report(
                 log.error("kept the rejected export as %s for inspection", failed)
                 raise
             log.info("export check passed: %s", report)
-        os.replace(tmp, out)
+        if fmt == "HF_HUB":
+            _move_hub_files(tmp, out)
+        else:
+            os.replace(tmp, out)
     return out, report
+
+
+def _move_hub_files(tmp: Path, out: Path) -> None:
+    """Move a checked hub folder's files into ``out`` (new, empty, or a hub folder written here:
+    ``check_hub_output``), the weights before config.json; other files in ``out`` stay."""
+    out.mkdir(exist_ok=True)
+    for name in (HUB_WEIGHTS, HUB_CONFIG):
+        os.replace(tmp / name, out / name)
 
 
 def _keep_rejected(tmp: Path, out: Path) -> Path:
     """Move a rejected export ``tmp`` out of the temporary folder to ``<out>.failed`` or, when a
     file of that name exists (a user's, or an earlier rejected export), ``<out>.failed.2``, ``.3``...:
     never over an existing file (a hard link claims the name atomically; where links are not
-    supported, the name is checked and then renamed to)."""
+    supported, and for a hub folder, the name is checked and then renamed to)."""
     for n in range(1, 1000):
         failed = out.with_name(f"{out.name}.failed" + (f".{n}" if n > 1 else ""))
         try:
@@ -366,6 +392,10 @@ def _write_exported_program(model: nn.Module, meta: dict[str, Any], pre: Preproc
     torch.export.save(program, str(path), extra_files={EXTRA_FILE: json.dumps(meta)})
 
 
+def _write_hub(model: nn.Module, meta: dict[str, Any], pre: Preprocess, path: Path, **_: Any) -> None:
+    save_hub_folder(model, path, meta, pre)
+
+
 def _write_safetensors(model: nn.Module, meta: dict[str, Any], pre: Preprocess, path: Path, **_: Any) -> None:
     from safetensors.torch import save_file
 
@@ -484,6 +514,8 @@ def _runner(path: Path, fmt: str) -> Any:
         return run_onnx
     if fmt == "SAFETENSORS":
         module: Any = ExportWrapper(load_model(path).model)
+    elif fmt == "HF_HUB":  # rebuilt the way timm's create_model("local-dir:...") does it
+        module = ExportWrapper(load_hub_model(f"local-dir:{path}").model.eval())
     elif fmt == "TORCHSCRIPT":
         module = torch.jit.load(str(path), map_location="cpu")
     else:
@@ -497,8 +529,11 @@ def _torch_run(fn: Any, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 def describe_export(path: str | Path) -> dict[str, Any]:
-    """The metadata stored in an exported file (any of the four formats); {} when it has none."""
+    """The metadata stored in an exported file (any of the formats; a hub folder's config.json); {}
+    when it has none."""
     path = Path(path)
+    if path.is_dir():
+        return read_hub_metadata(path)
     if path.suffix == ".onnx":
         return dict(OnnxPredictor(path, "CPU").metadata)
     if path.suffix == ".safetensors":

@@ -389,7 +389,9 @@ def open_predictor(
     contradiction: str = "error",
     source: str = "command line",
 ) -> TorchPredictor | OnnxPredictor:
-    """A predictor for any model file: ``.onnx`` -> ``OnnxPredictor``, else ``checkpoint.load_model``.
+    """A predictor for any model file: ``.onnx`` -> ``OnnxPredictor``, a hub folder (a folder path,
+    ``local-dir:FOLDER`` or ``hf-hub:user/repo``: ``hub.load_hub_model``) -> ``TorchPredictor`` with
+    its label_names and preprocessing, else ``checkpoint.load_model``.
 
     ``arch`` is needed only for foreign checkpoints that do not name their architecture. ``arch`` and
     ``num_classes`` that contradict what a model file records are handled by ``contradiction``
@@ -399,7 +401,12 @@ def open_predictor(
     input size refuses another one.
     """
     from .checkpoint import check_request
+    from .hub import is_hub_name
 
+    if is_hub_name(path) or Path(path).is_dir():
+        predictor: TorchPredictor | OnnxPredictor = _open_hub(path, arch, device, use_ema, amp_dtype, channels_last,
+                                                              num_classes, contradiction, source)  # fmt: skip
+        return _with_image_size(predictor, image_size)
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
@@ -417,7 +424,7 @@ def open_predictor(
             log.warning("%s does not name its architecture: --arch %s cannot be checked against it", path, arch)
         check_request(path, {"arch": onnx.arch, "num_classes": onnx.num_classes},
                       {"arch": arch, "num_classes": num_classes}, contradiction, source)  # fmt: skip
-        predictor: TorchPredictor | OnnxPredictor = onnx
+        predictor = onnx
     else:
         from .checkpoint import load_model
 
@@ -433,6 +440,12 @@ def open_predictor(
         )  # fmt: skip
         if pre is None:
             log.info("%s records no preprocessing: using %s", path, predictor.preprocess.to_dict())
+    return _with_image_size(predictor, image_size)
+
+
+def _with_image_size(predictor: TorchPredictor | OnnxPredictor,
+                     image_size: int | tuple[int, int] | None) -> TorchPredictor | OnnxPredictor:  # fmt: skip
+    """``predictor`` with ``image_size`` as its input size (a fixed-size graph refuses another)."""
     if image_size is not None:
         import dataclasses
 
@@ -441,3 +454,21 @@ def open_predictor(
             predictor.check_input_size(hw)
         predictor.preprocess = dataclasses.replace(predictor.preprocess, input_size=hw)
     return predictor
+
+
+def _open_hub(
+    name: str | Path, arch: str | None, device: str | torch.device, use_ema: bool, amp_dtype: torch.dtype | None,
+    channels_last: bool, num_classes: int | None, contradiction: str, source: str,
+) -> TorchPredictor:  # fmt: skip
+    """A hub folder or repository as a ``TorchPredictor`` (``open_predictor``)."""
+    from .checkpoint import check_request
+    from .hub import load_hub_model
+
+    if use_ema:
+        raise ConfigError("--use_ema applies to checkpoints; a hub folder holds one set of weights "
+                          "(export with --use_ema to get the EMA weights into it)")  # fmt: skip
+    hub = load_hub_model(name)
+    check_request(name, {"arch": hub.arch, "num_classes": hub.num_classes},
+                  {"arch": arch, "num_classes": num_classes}, contradiction, source)  # fmt: skip
+    return TorchPredictor(hub.model.eval(), device, amp_dtype, class_names=hub.class_names,
+                          preprocess=hub.preprocess, arch=hub.arch, channels_last=channels_last)  # fmt: skip

@@ -3,15 +3,17 @@
 The specification's spelling works too: ``--config CFG --pretrained CKPT --file_format ONNX
 --arch conformer_tiny`` (every config option is accepted; the output defaults to ``<arch>.onnx`` in
 the current directory). Formats: ONNX (dynamic batch and spatial size, class names and
-preprocessing in the metadata), TORCHSCRIPT, EXPORTED_PROGRAM (.pt2), SAFETENSORS. The export
-checks itself against PyTorch and fails (exit 2, the file renamed ``.failed``) on a mismatch.
+preprocessing in the metadata), TORCHSCRIPT, EXPORTED_PROGRAM (.pt2), SAFETENSORS, HF_HUB (a folder
+in timm's Hugging Face Hub layout: ``timm.create_model("local-dir:DIR", pretrained=True)``). The
+export checks itself against PyTorch and fails (exit 2, the file renamed ``.failed``) on a mismatch.
 
 ``--quantize int8_dynamic`` / ``int8_static`` (ONNX only) writes an int8 graph (``quantize``);
 static quantisation calibrates on ``--calibration DIR`` (``--calibration_size`` images).
 
 The output path is checked before anything is loaded (an existing file there is replaced, and the
-command says so). The checkpoint is the truth about the model: an ``--arch``/``--num_classes`` on the
-command line that contradicts it is an error (an export named ``conformer_tiny.onnx`` never holds
+command says so; an HF_HUB folder must be new, empty, or a hub folder this toolkit wrote). The
+checkpoint is the truth about the model: an ``--arch``/``--num_classes`` on the command line that
+contradicts it is an error (an export named ``conformer_tiny.onnx`` never holds
 another variant), the config file's differing values are a warning. ``--image_size``,
 ``--interpolation`` and ``--crop_pct`` on the command line set the preprocessing recorded in the
 export; the config file's fill in for checkpoints that record none.
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "export a checkpoint to ONNX, TorchScript, a torch.export program or safetensors"
+HELP = "export a checkpoint to ONNX, TorchScript, a torch.export program, safetensors or a Hugging Face Hub folder"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..quantize import DEFAULT_CALIBRATION_SIZE, QUANTIZE_MODES
 
     parser.add_argument("--output", metavar="PATH", default=None,
-                        help="output file (default: <arch>.onnx / .torchscript.pt / .pt2 / .safetensors in the cwd)")
+                        help="output file (default: <arch>.onnx / .torchscript.pt / .pt2 / .safetensors in the cwd), "
+                             "or folder for HF_HUB (default: <arch>)")  # fmt: skip
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--exporter", choices=("dynamo", "torchscript", "auto"), default="dynamo",
                         help="ONNX exporter: torch.export-based (default), the legacy tracer, or dynamo with "
@@ -58,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.transforms import Preprocess
     from ..errors import ConfigError
     from ..export import FILE_FORMATS, default_output, export_with_report
+    from ..hub import check_hub_output
     from ..paths import check_output_dir, check_output_file
     from ..runtime import default_preprocess
     from ._common import config_file_keys, request_levels, resolve_preprocess
@@ -74,8 +78,10 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else None
     if output is not None and not output.suffix:
         output = output.with_name(output.name + FILE_FORMATS[fmt])
+    hub = fmt == "HF_HUB"
+    replaced = False
     if output is not None:
-        check_output_file(output, "--output")
+        replaced = check_hub_output(output) if hub else check_output_file(output, "--output").exists()
     else:  # the default name needs the architecture; its folder, the current one, is checked now
         check_output_dir(Path.cwd(), "the current folder (the default --output)")
     in_file = config_file_keys(args.config)
@@ -94,8 +100,8 @@ def run(args: argparse.Namespace) -> int:
     preprocess, size_note = resolve_preprocess(cfg, given, in_file, args.config, recorded,
                                                default_preprocess(loaded.model), checkpoint)  # fmt: skip
     if output is None:  # the specification: named after the architecture as the user spelt it
-        output = check_output_file(default_output(raw["arch"] if "arch" in given else loaded.arch, fmt), "--output")
-    replaced = output.exists()
+        output = default_output(raw["arch"] if "arch" in given else loaded.arch, fmt)
+        replaced = check_hub_output(output) if hub else check_output_file(output, "--output").exists()
     path, report = export_with_report(
         loaded.model, arch=loaded.arch, file_format=fmt, output=output, opset=args.opset, check=not args.no_check,
         preprocess=preprocess, exporter=args.exporter, quantize=args.quantize, calibration=args.calibration,
@@ -111,5 +117,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"checked against PyTorch on inputs {report['inputs']}: max |diff| {report['max_abs_diff']:.3g} "
               f"({report['max_rel_diff']:.3g} of the logit scale), top-1 agreement {report['top1_agree']}")
     print(f"exported {loaded.arch} ({fmt}, input {size_note}) to {path}"
-          + (" (replacing the file that was there)" if replaced else ""))  # fmt: skip
+          + (f" (replacing the {'hub folder' if hub else 'file'} that was there)" if replaced else ""))  # fmt: skip
+    if hub:
+        print(f'load it with timm.create_model("local-dir:{path}", pretrained=True) after import conformer_vision, '
+              "or push the folder to the Hugging Face Hub and use hf-hub:user/repo")  # fmt: skip
     return 0
