@@ -434,3 +434,41 @@ def test_cuda_requested_without_cuda_is_a_clear_error(monkeypatch):
 
 def test_fallback_arch_names_match_the_model_registry():
     assert set(FALLBACK_MODEL_NAMES) <= set(available_archs())
+
+
+# ---------------------------------------------------------------- fine-tuning options and the hub format
+
+
+def test_fine_tuning_options_default_off_and_validate(tmp_path):
+    cfg = Config()
+    assert cfg.layer_decay is None and cfg.freeze_stages == 0
+    cfg = load_config(write(tmp_path, "layer_decay: 0.75\nfreeze_stages: 5\n"), ["--layer_decay", "0.65"])
+    assert (cfg.layer_decay, cfg.freeze_stages) == (0.65, 5)
+    assert load_config(None, ["--layer_decay", "null"]).layer_decay is None
+    assert load_config(None, ["--layer_decay", "1"]).layer_decay == 1.0  # in (0, 1]: 1 = every layer alike
+    for tokens, expected in ((["--layer_decay", "0"], "layer_decay: 0 is out of range; it must be in (0, 1]"),
+                             (["--layer_decay", "1.2"], "layer_decay: 1.2 is out of range"),
+                             (["--layer_decay", "fast"], "layer_decay: expected a number or null"),
+                             (["--freeze_stages", "6"], "freeze_stages: 6 is out of range; it must be in [0, 5]"),
+                             (["--freeze_stages", "-1"], "freeze_stages: -1 is out of range")):  # fmt: skip
+        assert expected in error_of(None, tokens)
+
+
+@pytest.mark.parametrize("tokens, suggestion", [
+    (["--frozen_stages", "1"], "freeze_stages"),  # mmpretrain / mmdetection's name
+    (["--trainable_layers", "3"], "freeze_stages"),  # torchvision's (counted from the top)
+])
+def test_other_codebases_fine_tuning_names_point_to_ours(tokens, suggestion):
+    msg = error_of(None, tokens)
+    assert "did you mean" in msg and suggestion in msg
+    assert load_config(None, ["--layer-decay", "0.75"]).layer_decay == 0.75  # timm's train.py flag, as spelt there
+
+
+@pytest.mark.parametrize("value", ["HF_HUB", "hf", "hub", "hf-hub", "HuggingFace"])
+def test_hub_export_format_and_its_spellings(value):
+    assert load_config(None, {"file_format": value}).file_format == "HF_HUB"
+
+
+def test_pretrained_takes_hub_names():
+    assert load_config(None, ["--pretrained", "local-dir:exports/tiny"]).pretrained == "local-dir:exports/tiny"
+    assert "hf-hub:user/repo" in next(f.metadata["help"] for f in dataclasses.fields(Config) if f.name == "pretrained")

@@ -116,3 +116,83 @@ def test_unknown_names_are_refused(model) -> None:
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-2)
     with pytest.raises(ValueError, match="cosine_lr"):
         build_scheduler(opt, "poly", epochs=1, steps_per_epoch=1)
+
+
+# -- layer-wise learning-rate decay and frozen stages ---------------------------------------------
+
+
+def _layer(name: str) -> int:
+    """The layer a parameter is in, written out independently of the model's group_matcher: the stem
+    (shared convolution, class token, patch embedding) 0, block k k (the final norm with block 12),
+    the heads 13."""
+    top = name.split(".")[0]
+    if top in ("cls_token", "conv1", "bn1", "trans_patch_conv"):
+        return 0
+    if top in ("conv_1", "trans_1"):
+        return 1
+    if top.startswith("conv_trans_"):
+        return int(top.rsplit("_", 1)[1])
+    return {"trans_norm": 12, "conv_cls_head": 13, "trans_cls_head": 13}[top]
+
+
+def test_layer_decay_groups_scale_each_layer_and_keep_no_weight_decay() -> None:
+    model = create_model("conformer_mini_test", num_classes=10)
+    opt = build_optimizer(model, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.75)
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen = [names[id(p)] for g in opt.param_groups for p in g["params"]]
+    assert sorted(seen) == sorted(names.values())  # every parameter in exactly one group
+    scale_of = {names[id(p)]: g["lr_scale"] for g in opt.param_groups for p in g["params"]}
+    decay_of = {names[id(p)]: g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    for name, scale in scale_of.items():
+        assert scale == pytest.approx(0.75 ** (13 - _layer(name))), name
+    by_layer = sorted(scale_of.items(), key=lambda item: _layer(item[0]))
+    assert all(a[1] <= b[1] for a, b in zip(by_layer, by_layer[1:]))  # monotonic from the stem to the heads
+    assert scale_of["cls_token"] == scale_of["conv1.weight"] == pytest.approx(0.75**13)
+    assert scale_of["conv_trans_12.trans_block.attn.qkv.weight"] == scale_of["trans_norm.weight"] == pytest.approx(0.75)
+    assert scale_of["conv_cls_head.weight"] == scale_of["trans_cls_head.bias"] == 1.0
+    for name in ("cls_token", "bn1.weight", "trans_norm.bias", "conv_trans_3.trans_block.norm1.weight",
+                 "conv_cls_head.bias", "trans_1.attn.qkv.bias"):  # fmt: skip
+        assert decay_of[name] == 0.0, name
+    for name in ("conv1.weight", "trans_patch_conv.weight", "conv_trans_5.trans_block.mlp.fc1.weight",
+                 "trans_cls_head.weight"):  # fmt: skip
+        assert decay_of[name] == 0.05, name
+    assert opt.param_groups[0]["lr_scale"] == 1.0  # the group the log reports the lr of
+    assert opt.defaults["fused"] is True  # the fused kernels are kept with layer-wise groups
+    assert isinstance(build_optimizer(model, "sgd", lr=0.1, weight_decay=0.0, layer_decay=0.5), torch.optim.SGD)
+
+
+def test_the_schedule_applies_the_layer_scale_through_warmup_and_decay() -> None:
+    model = create_model("conformer_mini_test", num_classes=10)
+    opt = build_optimizer(model, "adamw", lr=1e-2, weight_decay=0.05, layer_decay=0.5)
+    sched = build_scheduler(opt, "cosine_lr", epochs=10, steps_per_epoch=10, warmup_epochs=2, warmup_lr=1e-4,
+                            min_lr=1e-3)  # fmt: skip
+    stem = next(g for g in opt.param_groups if any(p is model.conv1.weight for p in g["params"]))
+    heads = opt.param_groups[0]
+    for step, scheduled in ((0, 1e-4), (10, 1e-4 + 10 * (1e-2 - 1e-4) / 20), (20, 1e-2), (60, 1e-3 + 0.5 * 9e-3)):
+        sched.step_update(step)
+        assert heads["lr"] == pytest.approx(scheduled) and stem["lr"] == pytest.approx(scheduled * 0.5**13)
+    # what the optimizer does with it: one AdamW step moves the stem about lr x scale, the heads about lr
+    before = model.conv1.weight.detach().clone(), model.conv_cls_head.weight.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    stem_step = float((model.conv1.weight.detach() - before[0]).abs().max())
+    head_step = float((model.conv_cls_head.weight.detach() - before[1]).abs().max())
+    assert stem_step == pytest.approx(stem["lr"], rel=0.05) and head_step == pytest.approx(heads["lr"], rel=0.05)
+
+
+def test_frozen_parameters_are_left_out_of_every_group() -> None:
+    from conformer_vision.finetune import freeze_stages
+
+    model = create_model("conformer_mini_test", num_classes=10)
+    frozen = freeze_stages(model, 5)  # linear probe: the whole backbone
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert sorted(trainable) == ["conv_cls_head.bias", "conv_cls_head.weight", "trans_cls_head.bias",
+                                 "trans_cls_head.weight"]  # fmt: skip
+    assert len(frozen) + len(trainable) == len(list(model.parameters()))
+    for layer_decay in (None, 0.75):
+        groups = param_groups(model, 0.05, layer_decay)
+        grouped = [p for g in groups for p in g["params"]]
+        assert len(grouped) == 4 and all(p.requires_grad for p in grouped) and all(g["params"] for g in groups)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        build_optimizer(torch.nn.Linear(2, 2).requires_grad_(False), "adamw", lr=1e-3, weight_decay=0.0)

@@ -338,3 +338,84 @@ def test_exact_resume_from_shards_after_sigterm(data: Path, shards: Path, tmp_pa
     for key in ("model", "ema"):
         assert all(torch.equal(expected[key][k], resumed[key][k]) for k in expected[key]), key
     assert resumed["metrics"]["num_samples"] == 12  # every val image once
+
+
+# -- fine-tuning: starting from a hub folder, frozen stages, layer-wise lr decay ----------------------
+
+
+@pytest.fixture(scope="module")
+def hub_start(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-class conformer_mini_test written as a hub folder (what `conformer export --file_format HF_HUB` writes)."""
+    from conformer_vision.export import export_model
+    from conformer_vision.models import create_model
+
+    torch.manual_seed(1)
+    model = create_model("conformer_mini_test", num_classes=3).eval()
+    out = tmp_path_factory.mktemp("hub") / "start"
+    return export_model(model, file_format="HF_HUB", output=out, class_names=["class0", "class1", "class2"])
+
+
+def _hub_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_fine_tune_from_a_hub_folder_with_frozen_stages_and_layer_decay(data: Path, tmp_path: Path, hub_start: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    """pretrained: local-dir:DIR, freeze_stages 2, layer_decay 0.75, two steps: the stem and blocks
+    1-4 (weights and BatchNorm statistics) are bit for bit the folder's, the later blocks and both
+    heads have moved, and the start-up summary says what trains."""
+    cfg = make_config(data, tmp_path / "run", epochs=1, train_num_samples=16, pretrained=f"local-dir:{hub_start}",
+                      freeze_stages=2, layer_decay=0.75)  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="conformer_vision.train"):
+        result = train(cfg)
+    assert result.status == "completed" and result.step == 2
+    assert f"weights from local-dir:{hub_start}" in caplog.text
+    assert "fine-tuning: stages 0-1 frozen (the stem, blocks 1-4)" in caplog.text and "layer_decay 0.75" in caplog.text
+    start, end = _hub_weights(hub_start), final_state(result)["model"]
+    frozen = [k for k in start if k.split(".")[0] in ("conv1", "bn1", "conv_1", "trans_1", "trans_patch_conv",
+                                                       "cls_token", "conv_trans_2", "conv_trans_3", "conv_trans_4")]  # fmt: skip
+    assert "conv_trans_4.cnn_block.bn1.running_var" in frozen and "bn1.num_batches_tracked" in frozen
+    assert all(torch.equal(start[k], end[k]) for k in frozen)
+    for key in ("conv_trans_5.cnn_block.conv1.weight", "conv_trans_5.cnn_block.bn1.running_mean",
+                "conv_trans_12.trans_block.attn.qkv.weight", "trans_norm.weight", "conv_cls_head.weight",
+                "trans_cls_head.bias"):  # fmt: skip
+        assert not torch.equal(start[key], end[key]), key
+    # another class count from the same folder: new heads, everything else the folder's
+    with caplog.at_level(logging.WARNING):
+        two = build_model(make_config(data, tmp_path / "two", num_classes=2, pretrained=f"local-dir:{hub_start}"), 2)
+    assert "re-initialised both heads" in caplog.text and two.num_classes == 2
+    assert torch.equal(two.conv_trans_7.cnn_block.conv2.weight, start["conv_trans_7.cnn_block.conv2.weight"])
+
+
+def test_linear_probe_trains_the_heads_only_with_frozen_batchnorm(data: Path, tmp_path: Path) -> None:
+    """freeze_stages 5: the optimizer holds the two heads alone; the training module's train() keeps
+    every BatchNorm in eval mode (also after evaluate() put the model back in train mode)."""
+    t = components(data, tmp_path, freeze_stages=5, layer_decay=0.5, sync_bn=True)
+    held = {id(p) for g in t.parts.optimizer.param_groups for p in g["params"]}
+    heads = {id(p) for m in (t.model.conv_cls_head, t.model.trans_cls_head) for p in m.parameters()}
+    assert held == heads and [g["lr_scale"] for g in t.parts.optimizer.param_groups] == [1.0, 1.0]
+    norms = [m for m in t.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, GlooSyncBatchNorm) for m in norms)  # swapped, then frozen
+    t.model.train()  # as evaluate() leaves it
+    t.parts.model.train()  # as each epoch starts
+    assert not any(m.training for m in norms) and t.model.conv_cls_head.training
+    assert not any(p.requires_grad for m in norms for p in m.parameters())
+
+
+def test_resume_with_frozen_stages_and_layer_decay(data: Path, tmp_path: Path, hub_start: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Interrupted and resumed, a fine-tuning run ends with an uninterrupted run's weights bit for bit;
+    resuming with other frozen stages (other parameter groups) is a one-line error."""
+    recipe = dict(epochs=1, pretrained=f"local-dir:{hub_start}", freeze_stages=1, layer_decay=0.8)
+    reference = final_state(train(make_config(data, tmp_path / "a", **recipe)))
+    monkeypatch.setenv("CONFORMER_FAULT_SIGTERM_AT_STEP", "3")
+    stopped = train(make_config(data, tmp_path / "b", **recipe))
+    assert (stopped.status, stopped.step) == ("interrupted", 3)
+    monkeypatch.delenv("CONFORMER_FAULT_SIGTERM_AT_STEP")
+    with pytest.raises(ckpt_module.CheckpointError, match="written with layer_decay 0.8, freeze_stages 1, this run "
+                       "has layer_decay 0.8, freeze_stages 3"):  # fmt: skip
+        train(make_config(data, tmp_path / "b", checkpoint="auto", **{**recipe, "freeze_stages": 3}))
+    resumed = final_state(train(make_config(data, tmp_path / "b", checkpoint="auto", **recipe)))
+    assert all(torch.equal(reference["model"][k], resumed["model"][k]) for k in reference["model"])

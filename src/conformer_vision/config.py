@@ -263,12 +263,14 @@ class Config:
         "O0", "Mixed precision: O0 fp32; O1/O2/O3 fp16 autocast with loss scaling; bf16 bf16 autocast.",
         group=_MODEL, choices=("O0", "O1", "O2", "O3", "bf16"), aliases={"bfloat16": "bf16", "fp32": "O0"})
     file_format: str = _opt(
-        "ONNX", "Export format.", group=_MODEL,
-        choices=("ONNX", "TORCHSCRIPT", "EXPORTED_PROGRAM", "SAFETENSORS"),
-        aliases={"torch.export": "EXPORTED_PROGRAM", "pt2": "EXPORTED_PROGRAM", "jit": "TORCHSCRIPT"},
+        "ONNX", "Export format (HF_HUB: a timm/Hugging Face Hub folder, config.json + model.safetensors).",
+        group=_MODEL, choices=("ONNX", "TORCHSCRIPT", "EXPORTED_PROGRAM", "SAFETENSORS", "HF_HUB"),
+        aliases={"torch.export": "EXPORTED_PROGRAM", "pt2": "EXPORTED_PROGRAM", "jit": "TORCHSCRIPT",
+                 "hf": "HF_HUB", "hub": "HF_HUB", "hf-hub": "HF_HUB", "huggingface": "HF_HUB"},
         rejected={"mindir": "MINDIR is a MindSpore format", "air": "AIR is a MindSpore/Ascend format"})
     pretrained: str = _opt("", "Weights to start from (reference, mmpretrain, MindSpore-converted or our "
-                           "checkpoint); '' = random init.", group=_MODEL)
+                           "checkpoint, or a hub folder: local-dir:DIR, hf-hub:user/repo); '' = random init.",
+                           group=_MODEL)
     image_size: Union[int, list[int]] = _opt(224, "Input size: an int or [height, width].", group=_MODEL,
                                              range=_ONE_UP, length=2)
     num_classes: int = _opt(1000, "Number of classes (must match the dataset's class folders).", group=_MODEL,
@@ -355,6 +357,15 @@ class Config:
                                spec=False)
     use_ema: bool = _opt(False, "Evaluate/export the EMA weights stored in the checkpoint instead of the raw "
                          "ones.", group=_MODEL, spec=False)
+    # Fine-tuning: layer-wise learning-rate decay and frozen stages (docs/training.md, "Fine-tuning").
+    layer_decay: Union[float, None] = _opt(
+        None, "Layer-wise lr decay (timm's --layer-decay): the heads train at the scheduled lr, block k at "
+        "lr x layer_decay**(depth + 1 - k), the stem at lr x layer_decay**(depth + 1); in (0, 1]; null = off.",
+        group=_OPTIM, spec=False)
+    freeze_stages: int = _opt(
+        0, "Freeze the first N stages (requires_grad off, BatchNorm statistics kept): 0 = none; stages are the "
+        "stem, blocks 1-4, 5-8, 9-11, block 12 + final norm; 5 = the whole backbone (linear probe: only the two "
+        "heads train).", group=_TRAIN, range=_Range(0, 5), spec=False)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -398,6 +409,9 @@ class Config:
             out.append(("start_epoch", f"{self.start_epoch} must be below epochs ({self.epochs})"))
         if self.compile and self.pynative_mode:
             out.append(("compile", "compile: true contradicts pynative_mode: true (eager only); drop one"))
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            out.append(("layer_decay", f"{self.layer_decay:g} is out of range; it must be in (0, 1] (e.g. 0.75), "
+                        "or null for no decay"))
         return out
 
     # ------------------------------------------------------------------ derived values
@@ -497,6 +511,7 @@ _FOREIGN_NAMES: dict[str, str] = {
     "data_dir": "data_url", "output_dir": "ckpt_root_dir", "resume": "checkpoint", "model_ema": "with_ema",
     "model_ema_decay": "ema_decay", "clip_grad": "clip_grad_norm", "amp": "amp_level", "device": "device_target",
     "batch": "batch_size", "finetune": "pretrained", "color-jitter": "color_jitter", "crop_ratio": "crop_pct",
+    "frozen_stages": "freeze_stages", "trainable_layers": "freeze_stages",
 }
 
 

@@ -84,8 +84,10 @@ from .data.datasets import EvalLoader, drop_failed, sample_seed
 from .data.index import index_splits
 from .data.shards import ShardDataset, open_split, shards_info_url
 from .data.shards import check_resume as check_shard_resume
-from .engine import BothHeads, StepRecord, TrainParts, evaluate, train_one_epoch
+from .engine import StepRecord, TrainParts, evaluate, train_one_epoch
 from .errors import CheckpointError, ConfigError, ConformerError, DataError
+from .finetune import TrainingModule, describe_frozen, freeze_stages
+from .hub import is_hub_name, load_hub_model
 from .losses import build_criterion
 from .models import Conformer, create_model
 from .models.convert import load_state_dict_strict
@@ -362,13 +364,17 @@ def _check_num_classes(cfg: Config, classes: list[str], where: str) -> None:
 
 
 def build_model(cfg: Config, num_classes: int) -> Conformer:
-    """The configured variant; ``pretrained`` weights loaded (another class count re-initialises both heads)."""
+    """The configured variant; ``pretrained`` weights loaded (another class count re-initialises both
+    heads). ``pretrained`` may be a weights file or a hub model, ``local-dir:FOLDER`` /
+    ``hf-hub:user/repo``, rebuilt by timm from its config.json (``hub.load_hub_model``)."""
+    options = dict(
+        num_classes=num_classes, drop_rate=cfg.drop, attn_drop_rate=cfg.drop_block, drop_path_rate=cfg.drop_path,
+        approximate_gelu=not cfg.disable_approximate_gelu, same_pad_maxpool=not cfg.use_pytorch_maxpool,
+    )  # fmt: skip
     try:
-        return create_model(
-            cfg.arch, num_classes=num_classes, pretrained=cfg.pretrained or None, drop_rate=cfg.drop,
-            attn_drop_rate=cfg.drop_block, drop_path_rate=cfg.drop_path,
-            approximate_gelu=not cfg.disable_approximate_gelu, same_pad_maxpool=not cfg.use_pytorch_maxpool,
-        )  # fmt: skip
+        if cfg.pretrained and is_hub_name(cfg.pretrained):
+            return load_hub_model(cfg.pretrained, options, variant=cfg.arch).model.train()  # type: ignore[return-value]
+        return create_model(cfg.arch, pretrained=cfg.pretrained or None, **options)
     except CheckpointError as e:
         raise CheckpointError(f"pretrained: {e}") from None
 
@@ -639,16 +645,18 @@ class Trainer:
             model = D.convert_sync_batchnorm(model, device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        freeze_stages(model, cfg.freeze_stages)  # after the SyncBatchNorm swap, which makes new parameters
         self.model = model
         self.ema = self._build_ema(resume)
-        module = D.wrap_ddp(BothHeads(model), device)
+        module = D.wrap_ddp(TrainingModule(model, cfg.freeze_stages), device)
         if cfg.compile:  # after DDP, as torch recommends (graph breaks at the gradient buckets)
             module = torch.compile(module)  # type: ignore[assignment]
         spe = self.data.steps_per_epoch
         if cfg.warmup_length >= cfg.epochs and self.info.is_main:
             _warn_warmup_only(cfg, spe)
         optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.base_lr, weight_decay=cfg.weight_decay,
-                                    betas=tuple(cfg.beta), eps=cfg.eps, momentum=cfg.momentum)  # type: ignore[arg-type]
+                                    betas=tuple(cfg.beta), eps=cfg.eps, momentum=cfg.momentum,  # type: ignore[arg-type]
+                                    layer_decay=cfg.layer_decay)  # fmt: skip
         scheduler = build_scheduler(optimizer, cfg.lr_scheduler, epochs=cfg.epochs, steps_per_epoch=spe,
                                     warmup_epochs=cfg.warmup_length, warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr,
                                     lr_adjust=cfg.lr_adjust, lr_gamma=cfg.lr_gamma)  # fmt: skip
@@ -683,7 +691,7 @@ class Trainer:
         are loaded in ``setup``); RNG states last, right before the loop."""
         ts = ckpt["train_state"]
         spe = self.data.steps_per_epoch
-        self.parts.optimizer.load_state_dict(ts["optimizer"])
+        self._restore_optimizer(ts["optimizer"], ckpt.get("config") or {})
         # The scheduler's stored state is not reloaded: the learning rate is a function of the step
         # and of this run's options, so a run resumed with a larger ``epochs`` stretches its schedule.
         if self.parts.scaler is not None and ts.get("scaler"):
@@ -706,6 +714,27 @@ class Trainer:
                         len(rng), self.info.world_size)
         log.info("resuming at epoch %d, step %d (batch %d of %d)", self.epoch + 1, self.step, self.start_batch, spe)
         self._note_new_length(ckpt)
+
+    def _restore_optimizer(self, state: dict[str, Any], saved: dict[str, Any]) -> None:
+        """The optimizer's state from a checkpoint. Its parameter groups must be this run's (the same
+        ``freeze_stages``, and ``layer_decay`` on or off alike); the groups' ``lr_scale`` are this
+        run's (a changed ``layer_decay`` value applies from the resumed step, as a changed base_lr)."""
+        optimizer = self.parts.optimizer
+        scales = [g.get("lr_scale") for g in optimizer.param_groups]
+        try:
+            optimizer.load_state_dict(state)
+        except ValueError as e:
+            before = ", ".join(f"{k} {saved.get(k, 'unset')}" for k in ("layer_decay", "freeze_stages"))
+            now = f"layer_decay {self.cfg.layer_decay}, freeze_stages {self.cfg.freeze_stages}"
+            raise CheckpointError(
+                f"the checkpoint's optimizer does not fit this run's parameter groups ({e}): it was written with "
+                f"{before}, this run has {now}; resume with the checkpoint's values, or start a new run from its "
+                "weights with --pretrained") from None  # fmt: skip
+        for group, scale in zip(optimizer.param_groups, scales):
+            if scale is None:
+                group.pop("lr_scale", None)
+            else:
+                group["lr_scale"] = scale
 
     def _note_new_length(self, ckpt: dict[str, Any]) -> None:
         """Say so when a resumed run has another ``epochs`` than its checkpoint's config: the
@@ -914,6 +943,13 @@ def _log_start(cfg: Config, run: Trainer, plan: StartPlan) -> None:
              info.world_size)  # fmt: skip
     log.info("model %s: %s parameters, %s; %d epochs, %s with %s, amp_level %s", cfg.arch, f"{params:,}", source,
              cfg.epochs, cfg.optimizer, cfg.lr_scheduler, cfg.amp_level)  # fmt: skip
+    if cfg.freeze_stages or cfg.layer_decay is not None:
+        trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+        lowest = min(g.get("lr_scale", 1.0) for g in run.parts.optimizer.param_groups)
+        decay = ("no layer decay" if cfg.layer_decay is None else f"layer_decay {cfg.layer_decay:g}: the heads at the "
+                 f"scheduled lr, the lowest trainable layer at {lowest:.3g} x that")  # fmt: skip
+        log.info("fine-tuning: %s, %s of %s parameters train; %s", describe_frozen(cfg.freeze_stages),
+                 f"{trainable:,}", f"{params:,}", decay)  # fmt: skip
     log.info("device %s: %d process(es), %d compute thread(s) and %d loader worker(s) per process", run.device,
              info.world_size, torch.get_num_threads(), cfg.num_parallel_workers)  # fmt: skip
 
@@ -1016,6 +1052,9 @@ def _redirect_logging(enabled: bool) -> Any:
 def _pretrained_state(cfg: Config) -> dict[str, Any] | None:
     """With ``exclude_epoch_state: false``, a pretrained file that is one of our checkpoints also
     gives its epoch, optimizer, schedule and EMA (not its RNG: this is a new run)."""
+    if is_hub_name(cfg.pretrained):
+        log.info("exclude_epoch_state: false, but %s is a hub model: weights only", cfg.pretrained)
+        return None
     obj = read_checkpoint(cfg.pretrained)
     if not (isinstance(obj, dict) and obj.get("format") == FORMAT and obj.get("train_state")):
         log.info("exclude_epoch_state: false, but %s holds no training state: weights only", cfg.pretrained)
