@@ -1,5 +1,6 @@
 """``conformer prepare fashion-mnist OUT_DIR``: write a dataset as an ImageFolder tree.
-``conformer prepare shards SRC OUT``: write a class-folder tree as WebDataset shards (``data.shards``)."""
+``conformer prepare shards SRC OUT``: write a class-folder tree as WebDataset shards (``data.shards``).
+``conformer prepare fashion-mnist-detection OUT_DIR``: the detection set (``data.detection_set``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ HELP = "prepare a dataset as class folders (fashion-mnist from Debian's dataset-
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", choices=["fashion-mnist", "shards"],
-                        help="dataset to prepare; shards: WebDataset shards of a class-folder tree (SRC OUT)")
+    parser.add_argument("dataset", choices=["fashion-mnist", "shards", "fashion-mnist-detection"],
+                        help="dataset to prepare; shards: WebDataset shards of a class-folder tree (SRC OUT); "
+                             "fashion-mnist-detection: items on 128 px canvases with COCO boxes")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="destination folder (gets train/ and val/); shards: SRC")
     parser.add_argument("--image_size", type=int, default=32, help="side of the written square RGB images (default 32)")
     parser.add_argument("--limit_per_class", type=int, default=None,
@@ -25,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.dataset == "shards" or args.shards_out is not None:
         return _run_shards(args)
+    if args.dataset == "fashion-mnist-detection":
+        return _run_detection(args)
     from ..data.fashion_mnist import DEFAULT_SOURCE_DIR, prepare_fashion_mnist
 
     summary = prepare_fashion_mnist(
@@ -34,6 +38,20 @@ def run(args: argparse.Namespace) -> int:
     verb = "wrote" if summary["created"] else "already prepared:"
     print(f"{verb} {summary['num_train']} train and {summary['num_val']} val images "
           f"({summary['image_size']}x{summary['image_size']}, {len(summary['classes'])} classes) in {summary['root']}")
+    return 0
+
+
+def _run_detection(args: argparse.Namespace) -> int:
+    from ..data.detection_set import prepare_detection_set
+    from ..data.fashion_mnist import DEFAULT_SOURCE_DIR
+    from ..errors import ConfigError
+
+    if args.image_size != 32 or args.limit_per_class is not None or args.val_from != "test":
+        raise ConfigError("--image_size, --limit_per_class and --val_from apply to fashion-mnist only; "
+                          "fashion-mnist-detection takes OUT_DIR and --source_dir")
+    summary = prepare_detection_set(args.out_dir, source_dir=args.source_dir or DEFAULT_SOURCE_DIR)
+    counts = ", ".join(f"{c['images']} {split} images ({c['objects']} objects)" for split, c in summary["counts"].items())
+    print(f"{'wrote' if summary['created'] else 'already prepared:'} {counts} with COCO annotations in {summary['root']}")
     return 0
 
 
