@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
 # Set up (scripts/setup.sh: the project's virtual environment .venv) and run the whole test suite
-# on CPU with its python. PYTHON=/path/to/python3 chooses the interpreter .venv is made from.
+# on CPU with its python: the project's tests, then timm's own model tests for the conformer_*
+# models (scripts/timm_model_tests.sh, against the installed timm). Arguments are passed to pytest
+# and run the project's tests only (a subset). PYTHON=/path/to/python3 chooses the interpreter
+# .venv is made from.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec "${VENV:-.venv}/bin/python" -m pytest tests "$@"
+PY=${VENV:-.venv}/bin/python
+if [[ $# -gt 0 ]]; then
+  exec "$PY" -m pytest tests "$@"
+fi
+"$PY" -m pytest tests
+PYTHON=$PY exec bash scripts/timm_model_tests.sh

@@ -2,12 +2,14 @@
 # timm's own model tests (tests/test_models.py of timm's source distribution, unmodified) for the
 # conformer_* models, run against the INSTALLED timm: forward, backward, default cfgs, torchscript,
 # features_only, FX forward/backward and FX torchscript.
-#   bash scripts/timm_model_tests.sh [PYTEST_ARGS...]
+#   bash scripts/timm_model_tests.sh [PYTEST_ARGS...]   (a -k EXPR narrows the selection: conformer and (EXPR))
 # The sdist of the installed timm version is fetched once with pip into the cache
 # (TIMM_TESTS_CACHE, default ~/.cache/conformer-vision/timm-tests) and only its tests/ folder and
 # pyproject.toml (pytest markers) are unpacked, so `import timm` always finds the installed package.
 # A conftest.py written next to them imports conformer_vision, which registers the models.
-# PYTHON: the interpreter (default .venv's python, else python3).
+# PYTHON: the interpreter (default .venv's python, else python3). OMP_NUM_THREADS defaults to 1:
+# the tests run many small operations, and on shared cores a second OpenMP thread mostly waits at
+# barriers (3.5 instead of 9 minutes on a busy 2-core machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -38,6 +40,12 @@ sys.path.insert(0, "$ROOT/src")  # this checkout's package, installed (editable)
 import conformer_vision  # noqa: E402,F401
 EOF
 
+SELECT=conformer
+ARGS=()
+while [[ $# -gt 0 ]]; do
+  if [[ $1 == -k && $# -gt 1 ]]; then SELECT="conformer and ($2)"; shift 2; else ARGS+=("$1"); shift; fi
+done
 # timm trims its list on GitHub's runners (memory); the five Conformers are small enough for all of it.
 cd "$DIR"
-exec env -u GITHUB_ACTIONS "$PY" -m pytest tests/test_models.py -k conformer -q -p no:cacheprovider -W ignore::pytest.PytestUnknownMarkWarning "$@"
+exec env -u GITHUB_ACTIONS OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" "$PY" -m pytest tests/test_models.py -k "$SELECT" \
+  -q -p no:cacheprovider -W ignore::pytest.PytestUnknownMarkWarning ${ARGS[@]+"${ARGS[@]}"}

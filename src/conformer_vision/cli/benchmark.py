@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            "int8_static (QDQ, calibrated on 64 Fashion-MNIST train images)")
     a("--device", default="cpu", help="cpu or cuda[:N] (eager/compile)")
     a("--channels_last", action="store_true", help="store weights and inputs channels_last (eager/compile)")
+    a("--grad_checkpointing", action="store_true", help="with --mode train: recompute each block in the backward "
+      "pass instead of storing its activations (less memory, more compute)")
     a("--threads", type=int, default=None, help="intra-op threads for torch and onnxruntime (default: all cores)")
     a("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     a("--runs", type=int, default=5, help="timed steps; images/s uses their median (default 5)")
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         arch=args.arch, batch_size=args.batch_size, image_size=args.image_size, mode=args.mode, backend=args.backend,
         amp=args.amp, network=args.network, onnx=args.onnx, device=args.device,
         channels_last=args.channels_last,
-        num_classes=args.num_classes, checkpoint=args.checkpoint,
+        num_classes=args.num_classes, checkpoint=args.checkpoint, grad_checkpointing=args.grad_checkpointing,
     )  # fmt: skip
     specs = parse_preset(base, [n.strip() for n in args.compare.split(",") if n.strip()]) if args.compare else [base]
     if args.agreement and not args.compare:

@@ -168,7 +168,7 @@ def load_state_dict_strict(
     misshaped = [k for k in own if k in sd and sd[k].shape != own[k].shape]
     head_only = bool(misshaped) and all(k.startswith(_HEAD_PREFIXES) for k in misshaped)
     if missing or unexpected or (misshaped and not (head_only and allow_new_heads)):
-        lines = [f"{source} does not fit {getattr(model, 'variant', type(model).__name__)}:"]
+        lines = [f"{source} does not fit {getattr(model, 'variant', None) or type(model).__name__}:"]
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
             if keys:
                 detail = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" if label == "mis-shaped" else k for k in keys[:5]]
