@@ -183,7 +183,7 @@ def test_stage_mapping_and_trainable_layers_freeze_stages() -> None:
     assert [stage_of(n) for n in ("model.conv1.weight", "bn1.bias", "cls_token", "model.trans_1.attn.qkv.weight",
                                   "conv_trans_4.cnn_block.conv1.weight", "conv_trans_5.fusion_block.bn1.weight",
                                   "conv_trans_11.trans_block.norm1.weight", "conv_trans_12.expand_block.bn.weight",
-                                  "model.trans_norm.weight")] == [0, 0, 1, 1, 1, 2, 3, 4, None]  # fmt: skip
+                                  "model.trans_norm.weight", "fpn.layer_blocks.0.0.weight")] == [0, 0, 1, 1, 1, 2, 3, 4, 4, None]  # fmt: skip
     with pytest.raises(ConfigError, match="trainable_layers"):
         conformer_fpn_backbone(MINI, trainable_layers=6)
     torch.manual_seed(0)

@@ -17,7 +17,8 @@ blocks per stage are d/3):
     stage 1  blocks 1-4:  conv_1, trans_patch_conv, trans_1, cls_token, conv_trans_2 .. 4   (stride 4)
     stage 2  blocks 5-8:  conv_trans_5 .. 8                        (stride 8)
     stage 3  blocks 9-11: conv_trans_9 .. 11                       (stride 16)
-    stage 4  block 12:    conv_trans_12 (its fusion block halves the map: stride 32)
+    stage 4  block 12:    conv_trans_12 (its fusion block halves the map: stride 32), and trans_norm
+                          (the LayerNorm of the token map, when that map is returned)
 
 A Conformer block holds both branches, so freezing a stage freezes its transformer blocks too.
 The authors' detection backbone freezes the stem only (``frozen_stages=1``), i.e. ``trainable_layers=4``.
@@ -49,6 +50,7 @@ NUM_STAGES = 5
 
 _STEM = ("conv1", "bn1")
 _FIRST_BLOCK = ("conv_1", "trans_patch_conv", "trans_1", "cls_token")
+_TOP = ("trans_norm",)
 _BLOCK = re.compile(r"conv_trans_(\d+)")
 
 
@@ -63,6 +65,8 @@ def stage_of(name: str, depth: int = 12) -> int | None:
             return 0
         if part in _FIRST_BLOCK:
             return 1
+        if part in _TOP:
+            return 4
         match = _BLOCK.fullmatch(part)
         if match:
             block = int(match.group(1))
