@@ -268,9 +268,10 @@ class Config:
         aliases={"torch.export": "EXPORTED_PROGRAM", "pt2": "EXPORTED_PROGRAM", "jit": "TORCHSCRIPT",
                  "hf": "HF_HUB", "hub": "HF_HUB", "hf-hub": "HF_HUB", "huggingface": "HF_HUB"},
         rejected={"mindir": "MINDIR is a MindSpore format", "air": "AIR is a MindSpore/Ascend format"})
-    pretrained: str = _opt("", "Weights to start from (reference, mmpretrain, MindSpore-converted or our "
-                           "checkpoint, or a hub folder: local-dir:DIR, hf-hub:user/repo); '' = random init.",
-                           group=_MODEL)
+    pretrained: str = _opt("", "Weights to start from: imagenet (the published ImageNet-1k weights of arch, "
+                           "downloaded once into the torch hub cache), a weights file (reference, mmpretrain, "
+                           "MindSpore-converted or our checkpoint), or a hub folder (local-dir:DIR, "
+                           "hf-hub:user/repo); '' = random init.", group=_MODEL)
     image_size: Union[int, list[int]] = _opt(224, "Input size: an int or [height, width].", group=_MODEL,
                                              range=_ONE_UP, length=2)
     num_classes: int = _opt(1000, "Number of classes (must match the dataset's class folders).", group=_MODEL,
@@ -400,6 +401,7 @@ class Config:
                         f"{', '.join([*archs, *ARCH_ALIASES])}{_suggest(self.arch, [*archs, *ARCH_ALIASES])}"))
         else:
             self.arch = canonical
+            out += self._published_problems()
         for key in ("train_num_samples", "val_num_samples"):
             if getattr(self, key) == 0 or getattr(self, key) < -1:
                 out.append((key, f"{getattr(self, key)} must be -1 (all) or a positive count"))
@@ -413,6 +415,21 @@ class Config:
             out.append(("layer_decay", f"{self.layer_decay:g} is out of range; it must be in (0, 1] (e.g. 0.75), "
                         "or null for no decay"))
         return out
+
+    def _published_problems(self) -> list[tuple[str, str]]:
+        """``pretrained: imagenet`` needs an ``arch`` with published weights (``pretrained.PUBLISHED``)."""
+        from conformer_vision.pretrained import IMAGENET, PUBLISHED, is_imagenet_name
+
+        try:
+            if not is_imagenet_name(self.pretrained):
+                return []
+        except ConfigError as e:  # a file named imagenet exists too
+            return [("pretrained", str(e))]
+        self.pretrained = IMAGENET
+        if self.arch not in PUBLISHED:
+            return [("pretrained", f"imagenet: {self.arch} has no published ImageNet weights (published: "
+                     f"{', '.join(PUBLISHED)}); choose one of those as arch, or give a weights file")]
+        return []
 
     # ------------------------------------------------------------------ derived values
 

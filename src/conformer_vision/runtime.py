@@ -46,8 +46,8 @@ AMP_LEVELS = {"O0": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 """Autocast choices of inference and benchmarks: name -> ``amp_dtype`` (None = float32)."""
 
 __all__ = [
-    "Predictor", "TorchPredictor", "OnnxPredictor", "open_predictor", "default_preprocess", "resolve_device",
-    "onnx_providers", "ONNX_INPUT", "ONNX_OUTPUTS", "ONNX_METADATA_KEYS",
+    "Predictor", "TorchPredictor", "OnnxPredictor", "open_predictor", "with_imagenet_names", "default_preprocess",
+    "resolve_device", "onnx_providers", "ONNX_INPUT", "ONNX_OUTPUTS", "ONNX_METADATA_KEYS",
 ]  # fmt: skip
 
 log = logging.getLogger("conformer_vision.runtime")
@@ -391,7 +391,8 @@ def open_predictor(
 ) -> TorchPredictor | OnnxPredictor:
     """A predictor for any model file: ``.onnx`` -> ``OnnxPredictor``, a hub folder (a folder path,
     ``local-dir:FOLDER`` or ``hf-hub:user/repo``: ``hub.load_hub_model``) -> ``TorchPredictor`` with
-    its label_names and preprocessing, else ``checkpoint.load_model``.
+    its label_names and preprocessing, ``imagenet`` -> the published ImageNet weights of ``arch``
+    (``pretrained.load_published``; downloaded once), else ``checkpoint.load_model``.
 
     ``arch`` is needed only for foreign checkpoints that do not name their architecture. ``arch`` and
     ``num_classes`` that contradict what a model file records are handled by ``contradiction``
@@ -402,7 +403,12 @@ def open_predictor(
     """
     from .checkpoint import check_request
     from .hub import is_hub_name
+    from .pretrained import is_imagenet_name
 
+    if is_imagenet_name(path):
+        predictor = _open_published(arch, device, use_ema, amp_dtype, channels_last, num_classes, contradiction,
+                                    source)  # fmt: skip
+        return _with_image_size(predictor, image_size)
     if is_hub_name(path) or Path(path).is_dir():
         predictor: TorchPredictor | OnnxPredictor = _open_hub(path, arch, device, use_ema, amp_dtype, channels_last,
                                                               num_classes, contradiction, source)  # fmt: skip
@@ -441,6 +447,44 @@ def open_predictor(
         if pre is None:
             log.info("%s records no preprocessing: using %s", path, predictor.preprocess.to_dict())
     return _with_image_size(predictor, image_size)
+
+
+def with_imagenet_names(predictor: TorchPredictor | OnnxPredictor) -> TorchPredictor | OnnxPredictor:
+    """``predictor`` with ImageNet-1k's class names (timm's tables) when its model file names no
+    classes and its heads have 1000 outputs (the published weights, the authors', mmpretrain's and
+    timm's files), for what ``predict`` shows and writes. Not applied by ``open_predictor``:
+    evaluation maps the val folders to the model's classes by name, and ImageNet's val folders are
+    named by synset (n01440764, ...) in the standard order."""
+    from .pretrained import imagenet_class_names
+
+    if predictor.class_names is None:
+        onnx = isinstance(predictor, OnnxPredictor)
+        count = predictor.num_classes if onnx else getattr(predictor.model, "num_classes", None)
+        names = imagenet_class_names(count)
+        if names is not None:
+            log.info("the model's 1000 classes carry no names: showing ImageNet-1k's")
+            predictor.class_names = names
+    return predictor
+
+
+def _open_published(
+    arch: str | None, device: str | torch.device, use_ema: bool, amp_dtype: torch.dtype | None, channels_last: bool,
+    num_classes: int | None, contradiction: str, source: str,
+) -> TorchPredictor:  # fmt: skip
+    """The published ImageNet weights of ``arch`` (``pretrained.load_published``: fetched once into
+    the torch hub cache) as a ``TorchPredictor`` with their preprocessing (recorded: the variant's
+    ``pretrained_cfg``)."""
+    from .checkpoint import check_request
+    from .pretrained import IMAGENET, load_published
+
+    if use_ema:
+        raise ConfigError("--use_ema applies to checkpoints; the published ImageNet weights are one set of weights")
+    loaded = load_published(arch)
+    check_request(IMAGENET, {"num_classes": loaded.model.num_classes}, {"num_classes": num_classes}, contradiction,
+                  source)  # fmt: skip
+    # No class names, as for the authors' files (see with_imagenet_names): eval maps synset folders.
+    return TorchPredictor(loaded.model, device, amp_dtype, preprocess=loaded.preprocess, arch=loaded.arch,
+                          channels_last=channels_last)  # fmt: skip
 
 
 def _with_image_size(predictor: TorchPredictor | OnnxPredictor,

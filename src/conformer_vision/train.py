@@ -92,6 +92,7 @@ from .losses import build_criterion
 from .models import Conformer, create_model
 from .models.convert import load_state_dict_strict
 from .optim import build_optimizer, build_scheduler
+from .pretrained import IMAGENET, PUBLISHED
 from .paths import check_output_dir, free_bytes
 from .rundir import MANIFEST_NAME, OwnedFiles, RunManifest, absolute, hold_run_lock, run_dir_for, write_text_atomic
 from .runlog import METRICS_FILE, RunLog
@@ -365,8 +366,10 @@ def _check_num_classes(cfg: Config, classes: list[str], where: str) -> None:
 
 def build_model(cfg: Config, num_classes: int) -> Conformer:
     """The configured variant; ``pretrained`` weights loaded (another class count re-initialises both
-    heads). ``pretrained`` may be a weights file or a hub model, ``local-dir:FOLDER`` /
-    ``hf-hub:user/repo``, rebuilt by timm from its config.json (``hub.load_hub_model``)."""
+    heads). ``pretrained`` may be ``imagenet`` (the variant's published ImageNet-1k weights, fetched
+    once into the torch hub cache: ``pretrained.fetch``), a weights file or a hub model,
+    ``local-dir:FOLDER`` / ``hf-hub:user/repo``, rebuilt by timm from its config.json
+    (``hub.load_hub_model``)."""
     options = dict(
         num_classes=num_classes, drop_rate=cfg.drop, attn_drop_rate=cfg.drop_block, drop_path_rate=cfg.drop_path,
         approximate_gelu=not cfg.disable_approximate_gelu, same_pad_maxpool=not cfg.use_pytorch_maxpool,
@@ -374,6 +377,8 @@ def build_model(cfg: Config, num_classes: int) -> Conformer:
     try:
         if cfg.pretrained and is_hub_name(cfg.pretrained):
             return load_hub_model(cfg.pretrained, options, variant=cfg.arch).model.train()  # type: ignore[return-value]
+        if cfg.pretrained == IMAGENET:
+            return create_model(cfg.arch, pretrained=True, **options)
         return create_model(cfg.arch, pretrained=cfg.pretrained or None, **options)
     except CheckpointError as e:
         raise CheckpointError(f"pretrained: {e}") from None
@@ -936,6 +941,8 @@ def _log_start(cfg: Config, run: Trainer, plan: StartPlan) -> None:
         source = "weights of the checkpoint resumed"
     else:
         source = f"weights from {cfg.pretrained}" if cfg.pretrained else "random initial weights"
+        if cfg.pretrained == IMAGENET:
+            source = f"the published ImageNet-1k weights ({PUBLISHED[cfg.arch].file_name})"
     log.info("run directory %s: %s", plan.run_dir, plan.how)
     log.info("data %s: train %d images in %d classes (%s), val %d images in %d of them; %d steps per epoch of %d images "
              "(%d per process x %d)", cfg.data_url, data.num_train, len(classes), shown, data.num_val,
@@ -1052,8 +1059,8 @@ def _redirect_logging(enabled: bool) -> Any:
 def _pretrained_state(cfg: Config) -> dict[str, Any] | None:
     """With ``exclude_epoch_state: false``, a pretrained file that is one of our checkpoints also
     gives its epoch, optimizer, schedule and EMA (not its RNG: this is a new run)."""
-    if is_hub_name(cfg.pretrained):
-        log.info("exclude_epoch_state: false, but %s is a hub model: weights only", cfg.pretrained)
+    if is_hub_name(cfg.pretrained) or cfg.pretrained == IMAGENET:
+        log.info("exclude_epoch_state: false, but %s is not a checkpoint of a run: weights only", cfg.pretrained)
         return None
     obj = read_checkpoint(cfg.pretrained)
     if not (isinstance(obj, dict) and obj.get("format") == FORMAT and obj.get("train_state")):

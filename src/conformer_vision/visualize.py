@@ -403,19 +403,28 @@ def visualize_image(
 ) -> Path:
     """Render the branches' view of ``image`` under the model in ``checkpoint`` to ``output``.
 
-    ``arch`` is needed only for foreign weight files; ``input_size`` (H, W) overrides the
-    checkpoint's preprocessing size (any size works, e.g. non-square). Returns the written path.
+    ``arch`` is needed only for foreign weight files and for ``checkpoint="imagenet"`` (the variant's
+    published ImageNet-1k weights, downloaded once); ``input_size`` (H, W) overrides the
+    checkpoint's preprocessing size (any size works, e.g. non-square). A model without class names
+    whose heads have 1000 outputs is shown with ImageNet-1k's names. Returns the written path.
     """
     from .checkpoint import load_model
     from .data.images import load_rgb
     from .data.transforms import preprocess_image
+    from .pretrained import imagenet_class_names, is_imagenet_name, load_published
 
     dev = _device(device)
     picture = load_rgb(image)  # fails first, before the (slower) model load
-    loaded = load_model(checkpoint, arch=arch, use_ema=use_ema)
+    if is_imagenet_name(checkpoint):
+        if use_ema:
+            raise ConfigError("--use_ema applies to checkpoints; the published ImageNet weights are one set of weights")
+        loaded = load_published(arch)
+    else:
+        loaded = load_model(checkpoint, arch=arch, use_ema=use_ema)
     pre = _preprocess(loaded, input_size)
     model = loaded.model.to(dev)
-    classes = list(loaded.class_names or [f"class {i}" for i in range(model.num_classes)])
+    names = loaded.class_names or imagenet_class_names(model.num_classes)
+    classes = list(names or [f"class {i}" for i in range(model.num_classes)])
     exp = explain(model, preprocess_image(picture, pre), token_reduce=token_reduce)
     title = f"{Path(image).name}  |  {loaded.arch}{' (EMA)' if use_ema else ''}  |  {Path(checkpoint).name}"
     return render_explanation(exp, classes, output, pre.mean, pre.std, title=title)

@@ -1,8 +1,10 @@
-"""``conformer predict DATA [DATA ...] --checkpoint CKPT_OR_ONNX [--output predictions.json] [--topk K]``.
+"""``conformer predict DATA [DATA ...] --checkpoint CKPT_OR_ONNX [--output predictions.json] [--topk K]``,
+or ``--pretrained imagenet --arch VARIANT`` for the published ImageNet-1k weights.
 
 DATA is an image or a folder of images (``--recursive`` for sub-folders). Prints ``PATH (class: N)``
-per image and writes the specification's JSON ``{path: class}`` to ``--output``; with ``--topk K``
-each value is a list of ``{"class", "name", "prob"}``, best first. Files that cannot be decoded are
+per image (with ``--topk K``, followed by the K best as ``  PROB%  NAME (class N)`` lines) and writes
+the specification's JSON ``{path: class}`` to ``--output``; with ``--topk K`` each value is a list of
+``{"class", "name", "prob"}``, best first. Files that cannot be decoded are
 reported on stderr and in ``<output>.errors.json`` beside it (``{path: reason}``; ``{}`` when all were
 read), never inside the predictions; the rest are predicted, and the exit status is then 1. Both
 output files are checked before anything is loaded; existing files there are replaced (and said so).
@@ -13,16 +15,21 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "classify images (a file or a folder) with a checkpoint or an ONNX export"
+HELP = "classify images (a file or a folder) with a checkpoint, an ONNX export or the published ImageNet weights"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..runtime import AMP_LEVELS
 
     parser.add_argument("data", nargs="+", metavar="DATA", help="image file(s) or folder(s) of images")
-    parser.add_argument("--checkpoint", "--onnx_path", dest="checkpoint", required=True, metavar="FILE",
-                        help="checkpoint, weights file (with --arch) or .onnx export")  # fmt: skip
-    parser.add_argument("--arch", default=None, help="architecture of a foreign weights file (e.g. conformer_tiny)")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", "--onnx_path", dest="checkpoint", metavar="FILE",
+                       help="checkpoint, weights file (with --arch) or .onnx export")  # fmt: skip
+    model.add_argument("--pretrained", metavar="imagenet|FILE",
+                       help="imagenet: the published ImageNet-1k weights of --arch (downloaded once into the "
+                            "torch hub cache; ImageNet class names), or a weights file as --checkpoint")  # fmt: skip
+    parser.add_argument("--arch", default=None,
+                        help="architecture of a foreign weights file or of --pretrained imagenet (e.g. conformer_tiny)")
     parser.add_argument("--output", default="predictions.json", metavar="FILE.json",
                         help="where to write the predictions (default predictions.json; unreadable files go to "
                              "FILE.errors.json beside it; existing files are replaced)")  # fmt: skip
@@ -44,19 +51,23 @@ def run(args: argparse.Namespace) -> int:
 
     from ..paths import check_output_file
     from ..predict import collect_images, errors_path, predict_paths, predictions_json, write_json
-    from ..runtime import AMP_LEVELS, open_predictor
+    from ..runtime import AMP_LEVELS, open_predictor, with_imagenet_names
     from ._common import check_counts
 
     check_counts(batch_size=(args.batch_size, 1), workers=(args.workers, 0), topk=(args.topk, 1))
     output = check_output_file(args.output, "--output")
     errors_file = check_output_file(errors_path(output), "the error list beside --output")
     files = collect_images(args.data, recursive=args.recursive)
-    predictor = open_predictor(args.checkpoint, arch=args.arch, device=args.device, use_ema=args.use_ema,
-                               amp_dtype=AMP_LEVELS[args.amp])  # fmt: skip
+    predictor = open_predictor(args.checkpoint or args.pretrained, arch=args.arch, device=args.device,
+                               use_ema=args.use_ema, amp_dtype=AMP_LEVELS[args.amp])  # fmt: skip
+    with_imagenet_names(predictor)  # 1000 unnamed classes are ImageNet's: show their names
     topk = 1 if args.topk is None else args.topk
     results, errors = predict_paths(predictor, files, topk=topk, batch_size=args.batch_size, workers=args.workers)
     for path, preds in results.items():
         print(f"{path} (class: {preds[0]['class']})")
+        if args.topk is not None:  # the K best, with their names: what a person reads
+            for pred in preds:
+                print(f"  {100 * pred['prob']:6.2f}%  {pred['name']} (class {pred['class']})")
     for path, reason in errors.items():
         print(f"error: cannot read {path}: {reason}", file=sys.stderr)
     replaced = [str(p) for p in (output, errors_file) if Path(p).exists()]

@@ -18,8 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..serve.server import API_KEY_ENV
 
     d = ServeSettings()
-    parser.add_argument("model", metavar="MODEL", help="checkpoint (.pt), weights file (with --arch), .onnx export "
-                                                       "or hub-layout folder (config.json + model.safetensors)")
+    parser.add_argument("model", metavar="MODEL", help="checkpoint (.pt), weights file (with --arch), .onnx export, "
+                                                       "hub-layout folder (config.json + model.safetensors) or "
+                                                       "imagenet (with --arch: the published ImageNet-1k weights)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine "
                                                             "only; 0.0.0.0 = every interface: use --api_key)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 = any free port)")
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoints: O0/fp32/float32 float32 (default), O1/O2/O3/fp16/float16 float16 autocast, "
                              "bf16/bfloat16 bfloat16 autocast; an ONNX file runs in its own precision (O0 only)")  # fmt: skip
     parser.add_argument("--topk", type=int, default=d.topk, help=f"classes per image unless ?topk=K (default {d.topk})")
-    parser.add_argument("--arch", default=None, help="architecture of a foreign weights file (e.g. conformer_tiny)")
+    parser.add_argument("--arch", default=None, help="architecture of a foreign weights file or of imagenet (e.g. conformer_tiny)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto (ONNX: cuda = the CUDA provider)")
     parser.add_argument("--use_ema", action="store_true", help="serve the checkpoint's EMA weights")
     parser.add_argument("--image_size", type=int, nargs="+", default=None, metavar="PX",

@@ -35,6 +35,7 @@ from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from torch import nn
 
+from ..pretrained import PUBLISHED, fetch, no_weights_message
 from .convert import checkpoint_filter_fn, infer_architecture, load_state_dict_strict, read_weights, reconcile_model_args
 from .layers import SamePadMaxPool2d, TransformerBlock, gelu_layer, pad_to_multiple
 from .variants import ALIASES, VARIANTS, ConformerArgs, canonical_name, list_models, variant_args
@@ -208,9 +209,10 @@ class Conformer(nn.Module):
         """``args`` or the ``ConformerArgs`` fields as keywords (unknown ones: TypeError).
 
         ``global_pool``: 'avg' or '' (no pooling: ``forward`` returns the feature map, as timm's
-        models do; ``forward_heads`` still pools). ``img_size`` is only recorded: the network has no position embedding
-        and takes any size. ``device`` / ``dtype``: where and in which precision the parameters
-        are created (``device='meta'``: shapes only)."""
+        models do; ``forward_heads`` still pools). ``img_size`` is only recorded (timm's nominal
+        input size): the network has no position embedding and takes any size. ``device`` /
+        ``dtype``: where and in which precision the parameters are created (``device='meta'``:
+        shapes only)."""
         super().__init__()
         if args is not None and kwargs:
             raise TypeError("pass either ConformerArgs or keyword arguments, not both")
@@ -227,6 +229,7 @@ class Conformer(nn.Module):
         self.patch_size = a.patch_size
         self.embed_dim = a.embed_dim
         self.img_size = img_size
+        self.variant: str | None = None  # the registered name, set by the factories
         self.grad_checkpointing = False
         stage_ch = [int(a.base_channel * a.channel_ratio * m) for m in (1, 2, 4)]
         self.conv_features = stage_ch[2]
@@ -515,8 +518,10 @@ def default_out_indices(depth: int = 12) -> tuple[int, ...]:
 
 def _weights_file(variant: str, pretrained: bool | str | os.PathLike, kwargs: dict[str, Any]) -> str | None:
     """The weights file to read with this project's reader, if any: ``pretrained=PATH``, or
-    ``pretrained=True`` with a ``file`` in the pretrained cfg (``pretrained_cfg_overlay=dict(file=PATH)``).
-    ``pretrained=True`` without a source is a ValueError: nothing is downloaded."""
+    ``pretrained=True`` with a ``file`` in the pretrained cfg (``pretrained_cfg_overlay=dict(file=PATH)``),
+    or with a ``url`` (the published weights, or an overlay's): fetched once into the torch hub cache
+    (``pretrained.fetch``: timeout, hash check, nothing half-written kept). A hub folder or an
+    ``hf_hub_id`` is left to timm. ``pretrained=True`` without a source is a ValueError."""
     if isinstance(pretrained, (str, os.PathLike)):
         return os.fspath(pretrained)
     if not pretrained:
@@ -524,10 +529,11 @@ def _weights_file(variant: str, pretrained: bool | str | os.PathLike, kwargs: di
     cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
     if cfg.file and cfg.source != "local-dir":
         return str(cfg.file)
-    if cfg.state_dict or cfg.hf_hub_id or cfg.url or cfg.source == "local-dir":
+    if cfg.url and not (cfg.state_dict or cfg.hf_hub_id or cfg.source == "local-dir"):
+        return str(fetch(cfg.url, cache_dir=kwargs.get("cache_dir"), what=f"{variant}'s pretrained weights"))
+    if cfg.state_dict or cfg.hf_hub_id or cfg.source == "local-dir":
         return None  # timm loads it (checkpoint_filter_fn maps foreign key layouts)
-    raise ValueError(f"no weights are downloaded for {variant}: pass pretrained=PATH to a checkpoint file "
-                     "(the authors', mmpretrain's, safetensors or this project's)")  # fmt: skip
+    raise ValueError(no_weights_message(variant))
 
 
 def _args_for_file(variant: str, sd: dict[str, torch.Tensor], meta: dict[str, Any], explicit: dict[str, Any],
@@ -541,10 +547,11 @@ def _args_for_file(variant: str, sd: dict[str, torch.Tensor], meta: dict[str, An
     return variant_args(variant, **{"num_classes": held or 1000, **explicit})
 
 
-def _conformer_with_weights(sd: dict[str, torch.Tensor], source: str, **kwargs: Any) -> Conformer:
+def _conformer_with_weights(sd: dict[str, torch.Tensor], source: str, variant: str, **kwargs: Any) -> Conformer:
     """A Conformer with ``sd`` loaded strictly (``convert.load_state_dict_strict``); timm's builder
     calls this as the model class, so the weights are in before any ``features_only`` pruning."""
     model = Conformer(**kwargs)
+    model.variant = variant  # named in the error of a file that does not fit
     load_state_dict_strict(model, sd, source=source)
     return model
 
@@ -561,7 +568,7 @@ def _create_conformer(variant: str, pretrained: bool | str | os.PathLike = False
         explicit = {k: v for k, v in kwargs.items() if k in ConformerArgs.__dataclass_fields__}
         args = _args_for_file(variant, sd, meta, explicit, path)
         kwargs.update(args.to_dict())
-        model_cls = partial(_conformer_with_weights, sd, path)
+        model_cls = partial(_conformer_with_weights, sd, path, variant)
         overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
         kwargs["pretrained_cfg_overlay"] = {**overlay, "file": path, "num_classes": args.num_classes}
     else:
@@ -578,9 +585,11 @@ def _create_conformer(variant: str, pretrained: bool | str | os.PathLike = False
 
 
 def create_model(
-    name: str, num_classes: int | None = None, pretrained: str | os.PathLike | None = None, **overrides: Any
+    name: str, num_classes: int | None = None, pretrained: bool | str | os.PathLike | None = None, **overrides: Any
 ) -> Conformer:
-    """Build a Conformer variant, optionally loading weights from ``pretrained`` (a file path).
+    """Build a Conformer variant, optionally loading weights from ``pretrained``: a file path, or
+    True for the variant's published ImageNet-1k weights (fetched once into the torch hub cache,
+    ``pretrained.fetch``; ``pretrained_cfg_overlay=dict(file=PATH)`` names a local copy instead).
 
     ``pretrained`` accepts the authors' checkpoints, mmpretrain's, safetensors files and this
     project's own checkpoints and safetensors exports (layout detected from the keys; see
@@ -595,8 +604,6 @@ def create_model(
     heads re-initialised (transfer learning, logged). Foreign files: the variant's arguments with
     ``overrides``; ``num_classes`` defaults to the file's head count (1000 without a file).
     """
-    if pretrained is True:
-        raise ValueError("no weights are downloaded: pass pretrained=PATH to a checkpoint file")
     known = {*ConformerArgs.__dataclass_fields__, *_TIMM_MODEL_KWARGS}
     unknown = set(overrides) - known
     if unknown:
@@ -618,23 +625,29 @@ _TIMM_MODEL_KWARGS = (
 # Default cfgs and variants
 
 
-def _cfg(top1: float | None = None, **kwargs: Any) -> dict[str, Any]:
+def _cfg(top1: float | None = None, variant: str | None = None, **kwargs: Any) -> dict[str, Any]:
+    """timm's pretrained cfg; a variant with published ImageNet weights (``pretrained.PUBLISHED``)
+    gets their URL (the hash prefix in the file name is checked on download) and their top-1."""
+    published = PUBLISHED.get(variant or "")
+    if published is not None:
+        kwargs = {"url": published.url, **kwargs}
+        top1 = published.top1
     return {
         "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.875,
         "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
         "first_conv": "conv1", "classifier": ("conv_cls_head", "trans_cls_head"), "license": "apache-2.0",
         "paper_ids": "arXiv:2105.03889", "paper_name": "Conformer: Local Features Coupling Global "
         "Representations for Visual Recognition", "origin_url": "https://github.com/pengzhiliang/Conformer",
-        "notes": (f"reference ImageNet top-1 {top1}",) if top1 else (), **kwargs,
+        "notes": (f"ImageNet-1k top-1 {top1}",) if top1 else (), **kwargs,
     }  # fmt: skip
 
 
 default_cfgs = generate_default_cfgs(
     {
-        "conformer_tiny_patch16": _cfg(81.3),
-        "conformer_small_patch16": _cfg(83.4),
-        "conformer_small_patch32": _cfg(81.96),
-        "conformer_base_patch16": _cfg(84.1),
+        "conformer_tiny_patch16": _cfg(variant="conformer_tiny_patch16"),
+        "conformer_small_patch16": _cfg(variant="conformer_small_patch16"),
+        "conformer_small_patch32": _cfg(variant="conformer_small_patch32"),
+        "conformer_base_patch16": _cfg(variant="conformer_base_patch16"),
         "conformer_mini_test": _cfg(None),
     }
 )

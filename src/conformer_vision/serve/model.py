@@ -27,6 +27,7 @@ import torch
 from ..data.images import load_rgb
 from ..data.transforms import Preprocess
 from ..errors import CheckpointError, ConfigError
+from ..pretrained import imagenet_class_names
 from ..runtime import Predictor, TorchPredictor, open_predictor
 
 __all__ = ["PRECISIONS", "ImageResult", "ServedModel", "open_served_model", "precision_dtype"]
@@ -73,7 +74,7 @@ class ServedModel:
         self.source = source
         self.kind = kind  # "checkpoint", "onnx" or "hub folder"
         count = _num_classes(predictor)
-        names = predictor.class_names
+        names = predictor.class_names or imagenet_class_names(count)  # 1000 unnamed classes: ImageNet-1k's
         self.class_names = list(names) if names else [str(i) for i in range(count)]
         self.transform = predictor.preprocess.eval_transform()
 
