@@ -263,6 +263,7 @@ def test_faster_rcnn_with_conformer_backbone_trains(detection_set: dict[str, Any
     assert set(out[0]) == {"boxes", "labels", "scores"}
 
 
+@pytest.mark.slow
 def test_detection_benchmark_script_reports_coco_map(detection_set: dict[str, Any], tmp_path: Path, coco: Any) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(

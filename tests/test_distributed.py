@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from conformer_vision.checkpoint import read_checkpoint
@@ -59,6 +60,7 @@ def losses(run_dir: Path) -> list[float]:
             if json.loads(line)["kind"] == "train"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> None:
     """torchrun (gloo, 2 x batch 8, SyncBN) vs one process (batch 16): the same samples per step
     (DistributedSampler interleaves one shuffled order), the same statistics, averaged gradients.

@@ -55,6 +55,7 @@ def test_format_eval_line_is_the_specification_form():
         "eval results: {'Top1-Acc': 0.5, 'Top5-Acc': 1.0}"  # fmt: skip
 
 
+@pytest.mark.slow
 def test_eval_cli_checkpoint_and_onnx_agree(base, tmp_path):
     extra = ("--output", str(tmp_path / "m.json"), "--confusion_matrix", str(tmp_path / "cm.png"))
     rc, out, err = T.cli(*_eval_args(base, "--checkpoint", str(T.checkpoint(base)), *extra))

@@ -58,6 +58,7 @@ def test_write_json_replaces_atomically_and_leaves_no_temporary_file_on_failure(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.json", "p.json"]
 
 
+@pytest.mark.slow
 def test_predict_cli_folder_checkpoint_and_onnx_write_the_same_json(base, tmp_path):
     photos = T.photos(base)
     rc, out, err = T.cli("predict", str(photos), "--checkpoint", str(T.checkpoint(base)), "--output",
@@ -162,6 +163,7 @@ def test_recursive_folders(base, tmp_path):
     assert len(collect_images([tmp_path / "top"], recursive=True)) == 2
 
 
+@pytest.mark.slow
 def test_real_entry_point_exit_status(base, tmp_path):
     """`python -m conformer_vision predict` in its own process: status 1 with a broken file."""
     folder = T.broken_folder(tmp_path)

@@ -120,6 +120,7 @@ def test_usage_and_usage_errors(fake_python, name):
     assert dangling.returncode == 2 and "missing value" in dangling.stderr
 
 
+@pytest.mark.slow
 def test_infer_onnx_wrapper_classifies_a_folder(base, tmp_path):
     """A real run: run_infer_onnx.sh with the project's python on real photos and a real export."""
     onnx_path, photos = T.onnx_export(base), T.photos(base)

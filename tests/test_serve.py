@@ -79,6 +79,7 @@ def assert_same_answers(served: list[list[dict]], expected: dict[str, list[dict]
 # -- the main server ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_answers_match_conformer_predict(main_server, checkpoint, images, tmp_path):
     expected = predict_cli(checkpoint, images, tmp_path / "p.json")
     assert len({v[0]["class"] for v in expected.values()}) > 1  # the images do not all look alike to it
@@ -104,6 +105,7 @@ def test_answers_match_conformer_predict(main_server, checkpoint, images, tmp_pa
         assert_same_answers([top], expected, [path])
 
 
+@pytest.mark.slow
 def test_heads_give_each_branch_probability(main_server, images):
     r = httpx.post(f"{main_server.url}/v1/predict?topk=50&heads=true", files=S.uploads(images[:1]), headers=AUTH)
     (top,) = r.json()["predictions"]
@@ -113,6 +115,7 @@ def test_heads_give_each_branch_probability(main_server, images):
         assert abs(sum(e[branch] for e in top) - 1.0) < 1e-6
 
 
+@pytest.mark.slow
 def test_api_key_is_required_where_it_matters(main_server, images):
     url = main_server.url
     missing = httpx.post(f"{url}/v1/predict", files=S.uploads(images[:1]))
@@ -132,6 +135,7 @@ def _png_bytes(size: tuple[int, int], mode: str = "L") -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow
 def test_bad_requests_get_clear_4xx_json(main_server, images):
     url, good = main_server.url, images[0].read_bytes()
     post = lambda files, path="/v1/predict", **kw: httpx.post(url + path, files=files, headers=AUTH, timeout=60, **kw)  # noqa: E731
@@ -162,6 +166,7 @@ def test_bad_requests_get_clear_4xx_json(main_server, images):
     assert again.status_code == 200
 
 
+@pytest.mark.slow
 def test_metrics_count_requests_batches_and_queue(main_server, images):
     url = main_server.url
     before = httpx.get(f"{url}/metrics", headers=AUTH).text
@@ -181,6 +186,7 @@ def test_metrics_count_requests_batches_and_queue(main_server, images):
     assert "conformer_queue_depth 0.0" in after and "conformer_images_in_flight 0.0" in after
 
 
+@pytest.mark.slow
 def test_explain_returns_gradcam_overlays_of_both_branches(main_server, images):
     url = main_server.url
     r = httpx.post(f"{url}/v1/explain", files=S.uploads(images[:1]), headers=AUTH, timeout=60)
@@ -198,6 +204,7 @@ def test_explain_returns_gradcam_overlays_of_both_branches(main_server, images):
     assert decoded["cnn"].tobytes() != decoded["input"].tobytes() != decoded["transformer"].tobytes()
 
 
+@pytest.mark.slow
 def test_page_and_model_description(main_server):
     page = httpx.get(main_server.url + "/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -216,6 +223,7 @@ def test_page_and_model_description(main_server):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (Debian package 'chromium', installed by scripts/setup.sh)")
 def test_page_in_headless_chromium_classifies_an_upload_like_the_api(main_server, base, tmp_path):
     """Headless Chromium from Debian's package driven by Playwright's Python API (``executable_path``:
@@ -281,6 +289,7 @@ def _wait_in_flight(url: str, count: int, timeout: float = 10) -> None:
     raise AssertionError(f"never {count} images in flight")
 
 
+@pytest.mark.slow
 def test_onnx_answers_match_predict_on_the_onnx_file(onnx_server, base, images, tmp_path):
     assert "warning" not in onnx_server.log()  # loopback without a key: no warning
     r = httpx.post(f"{onnx_server.url}/v1/predict", files=S.uploads(images[:2]), timeout=30)
@@ -291,6 +300,7 @@ def test_onnx_answers_match_predict_on_the_onnx_file(onnx_server, base, images, 
     assert explain.status_code == 501 and "needs a PyTorch model" in explain.json()["error"]
 
 
+@pytest.mark.slow
 def test_requests_from_different_clients_share_a_batch(onnx_server, images):
     url = onnx_server.url
     before = httpx.get(f"{url}/metrics").text
@@ -307,6 +317,7 @@ def test_requests_from_different_clients_share_a_batch(onnx_server, images):
     assert grew("conformer_batch_size_count") == 1 and grew("conformer_batch_size_sum") == 2
 
 
+@pytest.mark.slow
 def test_full_queue_is_503_and_slow_answer_is_504(onnx_server, images):
     url = onnx_server.url
     before = httpx.get(f"{url}/metrics").text
@@ -329,6 +340,7 @@ def test_full_queue_is_503_and_slow_answer_is_504(onnx_server, images):
     assert ok.status_code == 200
 
 
+@pytest.mark.slow
 def test_sigterm_drains_in_flight_requests(onnx_server, images):
     url = onnx_server.url
     answers: list[httpx.Response] = []
@@ -420,6 +432,7 @@ def test_port_in_use_is_a_clear_error(checkpoint):
 # -- the load script (scripts/serve_load.py), at toy scale ---------------------------------------------
 
 
+@pytest.mark.slow
 def test_load_script_measures_floods_and_checks_answers(tmp_path):
     """The whole script on conformer_mini_test (in this process; the server is its own subprocess):
     it stops by itself and reports every figure. Throughput against offline is not asserted: at 32 px

@@ -11,10 +11,13 @@ from conformer_vision.config import load_config
 from conformer_vision.data.fashion_mnist import DEFAULT_SOURCE_DIR, prepare_fashion_mnist
 from conformer_vision.train import train
 
-pytestmark = pytest.mark.skipif(
-    not (DEFAULT_SOURCE_DIR / "train-images-idx3-ubyte.gz").exists(),
-    reason="Debian package dataset-fashion-mnist not installed (bash scripts/setup.sh installs it)",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (DEFAULT_SOURCE_DIR / "train-images-idx3-ubyte.gz").exists(),
+        reason="Debian package dataset-fashion-mnist not installed (bash scripts/setup.sh installs it)",
+    ),
+]
 
 
 def test_fashion_mnist_learns(tmp_path: Path) -> None:

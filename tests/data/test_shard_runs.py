@@ -22,6 +22,8 @@ from conformer_vision.data import load_rgb, prepare_fashion_mnist
 from conformer_vision.data.index import scan_split
 from conformer_vision.train import train
 
+pytestmark = pytest.mark.slow  # real trainings, two of them under torchrun
+
 SRC = Path(__file__).resolve().parents[2] / "src"
 RUN = dict(arch="conformer_mini_test", num_classes=10, image_size=32, batch_size=8, epochs=1, warmup_length=0,
            device_target="cpu", num_parallel_workers=2, print_loss_every=5, ckpt_save_every_seconds=0,

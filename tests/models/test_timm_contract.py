@@ -150,6 +150,7 @@ def test_torchscript_and_fx_give_the_eager_outputs():
                 torch.testing.assert_close(run(x), want)
 
 
+@pytest.mark.slow
 def test_timm_model_tests_script_runs_timms_tests_against_the_installed_timm(tmp_path):
     """scripts/timm_model_tests.sh with a cached source distribution (no download): the conftest
     it writes registers conformer_*, the selection is -k conformer (a -k of the caller narrows it),

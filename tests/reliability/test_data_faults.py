@@ -59,6 +59,7 @@ def dirty_data(tmp_path_factory: pytest.TempPathFactory) -> DirtyData:
     return DirtyData(root, bad, odd)
 
 
+@pytest.mark.slow
 def test_8_to_12_training_on_dirty_data_skips_and_counts_bad_files(dirty_data, reference_run, tmp_path):
     run = tmp_path / "run"
     pretrained = checkpoints(reference_run)[-1]  # 2 classes: transfer learning to 3 (scenario 7)
@@ -89,6 +90,7 @@ def test_8_to_12_training_on_dirty_data_skips_and_counts_bad_files(dirty_data, r
     assert f"{pretrained}: its heads have 2 classes, the model has 3" in log and "re-initialised both heads" in log
 
 
+@pytest.mark.slow
 def test_8_bad_files_over_the_budget_stop_the_run_with_a_clear_error(dirty_data, tmp_path):
     # The default budget (1% of 33 entries = 0) is exceeded while indexing (the directory x.jpg).
     result = conformer_inprocess(*train_args(dirty_data.root, tmp_path / "r1", num_classes=3))
@@ -105,6 +107,7 @@ def test_8_bad_files_over_the_budget_stop_the_run_with_a_clear_error(dirty_data,
     assert re.search(r"too many unreadable images under \S+: [23] of 33 \(budget 1", result.stderr), result.stderr
 
 
+@pytest.mark.slow
 def test_10_odd_modes_give_the_same_tensor_and_prediction_in_train_predict_and_onnx(
     reference_run, onnx_model, tmp_path
 ):
@@ -142,6 +145,7 @@ def test_11_an_empty_class_folder_is_a_clear_error_naming_it(dataset, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_12_a_val_class_unknown_to_train_is_a_clear_error_in_train_and_eval(dataset, reference_run, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(dataset, data)
@@ -154,6 +158,7 @@ def test_12_a_val_class_unknown_to_train_is_a_clear_error_in_train_and_eval(data
     assert_user_error(result, "has class folder(s) ['fox'] that are not in the class list")
 
 
+@pytest.mark.slow
 def test_12_eval_labels_val_images_by_class_name_not_folder_position(dataset, reference_run, tmp_path):
     """A val split with only 'dog': its images are class 1 of the checkpoint, not folder 0."""
     data = tmp_path / "data"

@@ -41,6 +41,7 @@ def _one_error_line(stderr: str) -> str:
 # ---- 21: evaluation drops unreadable images --------------------------------------------------- #
 
 
+@pytest.mark.slow
 def test_21_eval_drops_unreadable_images_and_counts_only_good_ones(dataset, reference_run, onnx_model, tmp_path):
     """8 good val images + 3 unreadable ones (truncated, text, empty): the metrics are exactly those
     of the 8 good ones, counted once; the 3 are counted and named. eval-onnx likewise, in a real
@@ -79,6 +80,7 @@ def test_21_eval_drops_unreadable_images_and_counts_only_good_ones(dataset, refe
 # ---- 23: the model file against --arch / --num_classes / --image_size ------------------------- #
 
 
+@pytest.mark.slow
 def test_23_a_contradicting_arch_or_num_classes_is_an_error_in_predict_export_and_eval(
     dataset, reference_run, onnx_model, tmp_path, monkeypatch, caplog
 ):
@@ -110,6 +112,7 @@ def test_23_a_contradicting_arch_or_num_classes_is_an_error_in_predict_export_an
     assert "at 32x32 (recorded in the model file)" in result.stdout
 
 
+@pytest.mark.slow
 def test_23_eval_honours_image_size_and_prints_it(dataset, reference_run, tmp_path):
     ckpt = checkpoints(reference_run)[-1]
     metrics = {}
@@ -128,6 +131,7 @@ def test_23_eval_honours_image_size_and_prints_it(dataset, reference_run, tmp_pa
 # ---- 28: impossible output paths -------------------------------------------------------------- #
 
 
+@pytest.mark.slow
 def test_28_impossible_output_paths_are_one_line_errors_before_any_work(dataset, reference_run, tmp_path):
     ckpt = checkpoints(reference_run)[-1]
     a_file = tmp_path / "some_file.yaml"
@@ -155,6 +159,7 @@ def test_28_impossible_output_paths_are_one_line_errors_before_any_work(dataset,
 # ---- 29: bad counts and foreign ONNX graphs --------------------------------------------------- #
 
 
+@pytest.mark.slow
 def test_29_negative_or_zero_counts_are_one_line_errors(dataset, onnx_model, tmp_path):
     image = tmp_path / "a.png"
     noise_image(5).save(image)
@@ -236,6 +241,7 @@ def test_29_foreign_onnx_that_images_cannot_feed_is_refused_in_one_line(dataset,
 # ---- 31: the specification's prediction JSON stays pure --------------------------------------- #
 
 
+@pytest.mark.slow
 def test_31_predict_json_holds_only_the_specs_mapping_and_errors_go_beside_it(reference_run, tmp_path, monkeypatch):
     """An image file literally named ``errors`` is predicted like any other; unreadable files are in
     predictions.errors.json, not in the mapping."""

@@ -59,6 +59,7 @@ def _real_photos() -> list[Path]:
     return [Path(cbook.get_sample_data(name, asfileobj=False)) for name in names]
 
 
+@pytest.mark.slow
 def test_16_onnx_export_is_valid_dynamic_and_matches_pytorch_on_real_photos(reference_run, onnx_model, tmp_path):
     import onnx
     import onnxruntime as ort
@@ -82,6 +83,7 @@ def test_16_onnx_export_is_valid_dynamic_and_matches_pytorch_on_real_photos(refe
             assert torch.equal(got.argmax(1), expected.argmax(1))
 
 
+@pytest.mark.slow
 def test_16_eval_of_the_onnx_export_reports_the_checkpoint_metrics(dataset, reference_run, onnx_model, tmp_path):
     metrics = {}
     for name, model in (("ckpt", checkpoints(reference_run)[-1]), ("onnx", onnx_model)):
@@ -96,6 +98,7 @@ def test_16_eval_of_the_onnx_export_reports_the_checkpoint_metrics(dataset, refe
     assert abs(metrics["onnx"]["Loss"] - metrics["ckpt"]["Loss"]) < 1e-4
 
 
+@pytest.mark.slow
 def test_17_predict_reports_unreadable_and_missing_inputs_and_predicts_the_rest(reference_run, tmp_path):
     good = [tmp_path / "a.png", tmp_path / "b.jpg"]
     noise_image(1).save(good[0])

@@ -29,7 +29,8 @@ from conformer_vision.serialization import atomic_save, read_checkpoint
 
 from .conftest import assert_user_error, checkpoints, conformer, conformer_inprocess, load, noise_image, train_args
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one thread each, beside the child processes
+# every test needs a training run in a subprocess; small models: one thread each, beside the child processes
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
