@@ -6,19 +6,21 @@ import argparse
 import dataclasses
 import json
 import pickle
+import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conformer_vision.config import (
     EXTRA_OPTIONS,
-    FALLBACK_MODEL_NAMES,
     OPTION_ALIASES,
     SPEC_OPTIONS,
     Config,
     add_config_arguments,
-    available_archs,
     config_from_args,
     load_config,
 )
@@ -414,26 +416,49 @@ def test_config_from_args_reports_bad_values():
 
 
 def test_derived_values():
-    import torch
+    from conformer_vision.runtime import AMP_LEVELS
 
-    assert Config(amp_level="O0").amp_dtype is None and not Config(amp_level="O0").use_grad_scaler
-    assert Config(amp_level="O3").amp_dtype is torch.float16 and Config(amp_level="O1").use_grad_scaler
-    assert Config(amp_level="bf16").amp_dtype is torch.bfloat16 and not Config(amp_level="bf16").use_grad_scaler
-    assert Config(device_target="cpu").device == torch.device("cpu")
+    assert AMP_LEVELS[Config(amp_level="O0").amp_level] is None and not Config(amp_level="O0").use_grad_scaler
+    assert AMP_LEVELS[Config(amp_level="O3").amp_level] is torch.float16 and Config(amp_level="O1").use_grad_scaler
+    assert AMP_LEVELS[Config(amp_level="bf16").amp_level] is torch.bfloat16
+    assert not Config(amp_level="bf16").use_grad_scaler and Config(amp_level="fp16").use_grad_scaler
     assert Config(arch="conformer_small").canonical_arch == "conformer_small_patch16"
+    assert Config(image_size=[192, 256]).image_hw == (192, 256)
 
 
-def test_cuda_requested_without_cuda_is_a_clear_error(monkeypatch):
-    import torch
+def test_arch_names_are_the_model_registry():
+    from conformer_vision.models import ALIASES, list_models
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert Config(device_target="auto").device == torch.device("cpu")
-    with pytest.raises(ConfigError, match="CUDA is not available"):
-        Config(device_target="GPU").device
+    for name in [*list_models(), *ALIASES]:
+        assert Config(arch=name).arch == ALIASES.get(name, name)
 
 
-def test_fallback_arch_names_match_the_model_registry():
-    assert set(FALLBACK_MODEL_NAMES) <= set(available_archs())
+def test_config_module_imports_no_torch():
+    """config.py itself is torch-free (its tables come from torch-free modules; the rest is imported
+    lazily where a value is checked): a fresh interpreter that imports it alone has no torch."""
+    code = ("import importlib.util, sys; spec = importlib.util.find_spec('conformer_vision'); "
+            "sys.modules['conformer_vision'] = type(sys)('conformer_vision'); "
+            "sys.modules['conformer_vision'].__path__ = spec.submodule_search_locations; "
+            "import conformer_vision.config; assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_mixup_needs_an_even_batch_before_any_data_is_read(tmp_path, monkeypatch):
+    from conformer_vision.train import train
+
+    monkeypatch.chdir(tmp_path)  # the default output folders, which must not even be created
+    cfg = load_config(None, {"batch_size": 7, "data_url": str(tmp_path / "no-data-here")})
+    with pytest.raises(ConfigError, match=r"batch_size 7 must be even with mixup/cutmix \(timm pairs samples\)"):
+        train(cfg)
+    assert not list(tmp_path.iterdir())
+    Config(batch_size=7, mixup=0.0, cutmix=0.0).check_training()  # no mixing, or no augmentation: any size
+    Config(batch_size=7, augment=False).check_training()
+
+
+def test_options_md_is_generated_from_the_fields():
+    render = runpy.run_path(str(ROOT / "scripts" / "options_docs.py"))["render"]
+    assert (ROOT / "docs" / "options.md").read_text(encoding="utf-8") == render(), (
+        "docs/options.md is stale: python scripts/options_docs.py > docs/options.md")
 
 
 # ---------------------------------------------------------------- fine-tuning options and the hub format

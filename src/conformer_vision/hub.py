@@ -277,7 +277,6 @@ def _preprocess(source: tuple[str, str], pretrained_cfg: Mapping[str, Any]) -> d
         recorded = read_hub_metadata(source[1]).get("preprocess")
         if recorded:
             return Preprocess.from_dict(recorded).to_dict()
-    keys = {k: pretrained_cfg[k] for k in ("interpolation", "crop_pct", "mean", "std") if pretrained_cfg.get(k)}
-    if pretrained_cfg.get("input_size"):
-        keys["input_size"] = tuple(pretrained_cfg["input_size"][-2:])
-    return Preprocess(**keys).to_dict()
+    from .runtime import default_preprocess
+
+    return default_preprocess(pretrained_cfg).to_dict()

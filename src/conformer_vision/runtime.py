@@ -39,15 +39,18 @@ from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from . import precision
 from .data.transforms import Preprocess
 from .errors import CheckpointError, ConfigError, ConformerError
 
-AMP_LEVELS = {"O0": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-"""Autocast choices of inference and benchmarks: name -> ``amp_dtype`` (None = float32)."""
+AMP_LEVELS: dict[str, torch.dtype | None] = {
+    name: None if level.dtype is None else getattr(torch, level.dtype) for name, level in precision.AMP_LEVELS.items()
+}
+"""Every ``amp_level`` name (the table in ``precision``) -> its autocast dtype (None = float32, no autocast)."""
 
 __all__ = [
     "Predictor", "TorchPredictor", "OnnxPredictor", "open_predictor", "with_imagenet_names", "default_preprocess",
-    "resolve_device", "onnx_providers", "ONNX_INPUT", "ONNX_OUTPUTS", "ONNX_METADATA_KEYS",
+    "resolve_device", "amp_dtype", "AMP_LEVELS", "onnx_providers", "ONNX_INPUT", "ONNX_OUTPUTS", "ONNX_METADATA_KEYS",
 ]  # fmt: skip
 
 log = logging.getLogger("conformer_vision.runtime")
@@ -94,31 +97,53 @@ class Predictor(Protocol):
         ...
 
 
-def default_preprocess(model: nn.Module | None = None, image_size: int | tuple[int, int] | None = None) -> Preprocess:
-    """The preprocessing of a model whose file does not record one: the variant's timm-style
-    ``pretrained_cfg`` (224, bicubic, crop 0.875, ImageNet mean/std), ``image_size`` overriding."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    kwargs: dict[str, Any] = {k: cfg[k] for k in ("interpolation", "crop_pct", "mean", "std") if k in cfg}
+def default_preprocess(
+    model: nn.Module | Mapping[str, Any] | None = None, image_size: int | tuple[int, int] | None = None
+) -> Preprocess:
+    """The preprocessing of a model whose file records none, from timm's ``pretrained_cfg`` (the
+    model's, or the mapping given, e.g. a hub config.json's): input size, interpolation, crop_pct,
+    mean, std; what the cfg lacks takes ``Preprocess``'s defaults (224, bicubic, 0.875, ImageNet's
+    mean/std). ``image_size`` overrides the input size. Every path that needs a model's default
+    preprocessing comes here."""
+    cfg = model if isinstance(model, Mapping) else getattr(model, "pretrained_cfg", None) or {}
+    kwargs: dict[str, Any] = {k: cfg[k] for k in ("interpolation", "crop_pct", "mean", "std") if cfg.get(k)}
     if image_size is not None:
         kwargs["input_size"] = image_size
-    elif "input_size" in cfg:
+    elif cfg.get("input_size"):
         kwargs["input_size"] = tuple(cfg["input_size"][-2:])
     return Preprocess(**kwargs)
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """'cpu', 'cuda', 'cuda:1', 'gpu' or 'auto' -> a torch.device; ConfigError when CUDA is asked
-    for but not available."""
-    name = str(device).lower()
+def amp_dtype(name: str) -> torch.dtype | None:
+    """The autocast dtype of the ``amp_level`` ``name`` in any spelling (None = float32); ConfigError
+    naming the valid names otherwise."""
+    return AMP_LEVELS[precision.amp_level(name)]
+
+
+def resolve_device(
+    device: str | torch.device = "auto", index: int | None = None, option: str = "--device"
+) -> torch.device:
+    """The one place a device name becomes a ``torch.device``: 'cpu', 'cuda', 'cuda:N', 'gpu[:N]' or
+    'auto' (cuda when available, else cpu). ``index`` places a bare 'cuda' (training: LOCAL_RANK under
+    torchrun, else device_id). ConfigError, naming ``option``, for an unknown name, CUDA asked for
+    where there is none, or an index beyond the visible devices."""
+    name = str(device).strip().lower()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     name = "cuda" + name[3:] if name.startswith("gpu") else name
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} was requested but CUDA is not available here; use --device cpu")
+        raise ConfigError(f"{option} {device}: unknown device; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            hint = f"use {option} cpu (or auto)"
+            raise ConfigError(f"{option} {device} was requested but CUDA is not available here; {hint}")
+        dev = torch.device("cuda", dev.index if dev.index is not None else index or 0)
+        visible = torch.cuda.device_count()
+        if dev.index >= visible:
+            raise ConfigError(f"{option} {device}: cuda:{dev.index} requested but only {visible} CUDA device(s) "
+                              "are visible")
     return dev
 
 

@@ -95,6 +95,7 @@ from .optim import build_optimizer, build_scheduler
 from .pretrained import IMAGENET, PUBLISHED
 from .paths import check_output_dir, free_bytes
 from .rundir import MANIFEST_NAME, OwnedFiles, RunManifest, absolute, hold_run_lock, run_dir_for, write_text_atomic
+from .runtime import AMP_LEVELS, resolve_device
 from .runlog import METRICS_FILE, RunLog
 
 __all__ = ["train", "Trainer", "TrainResult", "FaultPlan", "run_dir_of", "build_model", "capture_rng_state", "restore_rng_state"]
@@ -388,9 +389,6 @@ def _build_mixup(cfg: Config, num_classes: int, steps_per_epoch: int) -> tuple[A
     """timm's Mixup (or None) and the global step from which it is switched off."""
     if not (cfg.augment and (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.mixup_prob > 0):
         return None, None
-    if cfg.batch_size % 2:
-        raise ConfigError(f"batch_size {cfg.batch_size} must be even with mixup/cutmix (timm pairs samples); "
-                          "change it or set mixup: 0 and cutmix: 0")
     from timm.data import Mixup
 
     mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob, switch_prob=cfg.switch_prob,
@@ -637,6 +635,7 @@ class Trainer:
 
     def setup(self, resume: dict[str, Any] | None) -> None:
         cfg, device = self.cfg, self.device
+        cfg.check_training()
         seed_everything(cfg.seed + self.info.rank)
         self.data = build_data(cfg, self.info)
         if resume is not None and resume.get("class_names") not in (None, self.data.class_names):
@@ -670,7 +669,7 @@ class Trainer:
         criterion = build_criterion(soft_targets=mixup is not None, label_smoothing=cfg.label_smoothing if cfg.augment else 0.0)
         self.parts = TrainParts(
             model=module, criterion=criterion, optimizer=optimizer, scheduler=scheduler, device=device,
-            amp_dtype=cfg.amp_dtype, scaler=scaler, static_loss_scale=None if cfg.is_dynamic_loss_scale else cfg.loss_scale,
+            amp_dtype=AMP_LEVELS[cfg.amp_level], scaler=scaler, static_loss_scale=None if cfg.is_dynamic_loss_scale else cfg.loss_scale,
             ema=self.ema, mixup=mixup, mixup_off_step=mixup_off, channels_last=cfg.channels_last,
             clip_grad_norm=cfg.clip_grad_norm if cfg.use_clip_grad_norm else None,
         )  # fmt: skip
@@ -857,7 +856,7 @@ class Trainer:
             log.warning("epoch %d: %d unreadable training image(s) skipped so far (budget %d)", epoch + 1,
                         len(dataset.bad_files), dataset.bad_budget)  # fmt: skip
         if (epoch + 1) % cfg.eval_every == 0 or last:
-            kw = dict(device=self.device, num_classes=len(self.data.class_names), amp_dtype=cfg.amp_dtype,
+            kw = dict(device=self.device, num_classes=len(self.data.class_names), amp_dtype=AMP_LEVELS[cfg.amp_level],
                       channels_last=cfg.channels_last)  # fmt: skip
             self.metrics = evaluate(self.model, self.data.val_loader, **kw)
             if self.ema is not None:
@@ -964,9 +963,11 @@ def _log_start(cfg: Config, run: Trainer, plan: StartPlan) -> None:
 def train(cfg: Config) -> TrainResult:
     """Train (or resume) the run ``cfg`` describes; see the module docstring. Returns how it ended;
     raises ConformerError subclasses for expected problems (bad data, config, checkpoint, divergence)."""
+    cfg.check_training()  # before any folder, checkpoint or data is touched
     if int(os.environ.get("RANK", "0")) == 0:  # rank 0 alone writes; torchrun stops the others on its error
         check_output_folders(cfg)
-    device = cfg.device
+    # a bare cuda is this process's GPU: LOCAL_RANK under torchrun, else device_id
+    device = resolve_device(cfg.device_target, int(os.environ.get("LOCAL_RANK", cfg.device_id)), "device_target")
     info = D.init_distributed(device, cfg.device_num)
     try:
         with _quiet_unless_main(info.is_main):

@@ -366,16 +366,6 @@ def _bars(ax: Any, exp: Explanation, class_names: list[str]) -> None:
 # The task
 
 
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise ConfigError(f"invalid device {name!r} ({e}); use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    return device
-
-
 def _preprocess(loaded: Any, input_size: tuple[int, int] | None) -> Any:
     """The checkpoint's Preprocess (the model's defaults for foreign files), optionally resized."""
     from .data.transforms import Preprocess
@@ -383,10 +373,9 @@ def _preprocess(loaded: Any, input_size: tuple[int, int] | None) -> Any:
     if loaded.preprocess:
         pre = Preprocess.from_dict(loaded.preprocess)
     else:
-        cfg = getattr(loaded.model, "pretrained_cfg", None) or {}
-        keys = {"input_size": tuple(cfg["input_size"][-2:])} if "input_size" in cfg else {}
-        keys.update({k: cfg[k] for k in ("interpolation", "crop_pct", "mean", "std") if k in cfg})
-        pre = Preprocess(**keys)
+        from .runtime import default_preprocess
+
+        pre = default_preprocess(loaded.model)
         log.warning("checkpoint stores no preprocessing; using %s", pre)
     return dataclasses.replace(pre, input_size=tuple(input_size)) if input_size else pre
 
@@ -412,8 +401,9 @@ def visualize_image(
     from .data.images import load_rgb
     from .data.transforms import preprocess_image
     from .pretrained import imagenet_class_names, is_imagenet_name, load_published
+    from .runtime import resolve_device
 
-    dev = _device(device)
+    dev = resolve_device(device)
     picture = load_rgb(image)  # fails first, before the (slower) model load
     if is_imagenet_name(checkpoint):
         if use_ema:

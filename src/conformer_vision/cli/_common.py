@@ -15,6 +15,7 @@ Not a command (``cli.COMMANDS`` does not list it). Three things every such comma
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 from collections.abc import Iterable
@@ -37,6 +38,16 @@ def check_counts(**counts: tuple[int | None, int]) -> None:
         if value is not None and value < minimum:
             meaning = " (0 = in this process)" if minimum == 0 else ""
             raise ConfigError(f"--{name} must be >= {minimum}{meaning}, got {value}")
+
+
+def add_amp_argument(parser: argparse.ArgumentParser, *spellings: str, dest: str = "amp_level", note: str = "") -> None:
+    """``--amp_level`` (and the command's older ``spellings``, e.g. predict's ``--amp``): the one
+    vocabulary of ``precision.AMP_LEVELS`` in every command, stored in its canonical spelling; an
+    unknown name is a one-line ConfigError (exit 2) with the valid ones."""
+    from ..precision import AMP_HELP, amp_level
+
+    parser.add_argument("--amp_level", *spellings, dest=dest, type=amp_level, default="O0", metavar="LEVEL",
+                        help=AMP_HELP + note)
 
 
 def config_file_keys(path: str | None) -> set[str]:

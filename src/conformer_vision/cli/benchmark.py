@@ -11,7 +11,8 @@ HELP = "time inference or training of a variant (eager, torch.compile, onnxrunti
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..benchmark import AMP_LEVELS, BACKENDS, COMPARE_PRESETS, MODES, NETWORKS, ONNX_VARIANTS
+    from ..benchmark import BACKENDS, COMPARE_PRESETS, MODES, NETWORKS, ONNX_VARIANTS
+    from ._common import add_amp_argument
 
     a = parser.add_argument
     a("--arch", default=None, help="variant, e.g. conformer_tiny_patch16 (see `conformer info`); not with --mode data")
@@ -21,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="infer: model(x) under inference_mode; train: one AdamW step; data: images/s of one loader worker "
            "decoding and augmenting for training (no model)")
     a("--backend", choices=BACKENDS, default="eager", help="eager PyTorch, torch.compile, or onnxruntime (CPU)")
-    a("--amp", choices=list(AMP_LEVELS), default="O0", help="O0 = float32, or bf16/fp16 autocast")
+    add_amp_argument(parser, "--amp", dest="amp")
     a("--network", choices=NETWORKS, default="model",
       help="reference: the authors' network (explicit attention, unfused BatchNorm, NCHW); model: the model as "
            "built (default); optimized: optimize_for_inference(model), what predict/eval run (inference only)")

@@ -31,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", metavar="FILE.json", default=None,
                         help="also write the metrics as JSON (an existing file is replaced)")  # fmt: skip
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
+    from ._common import add_amp_argument
+
+    add_amp_argument(parser, note="; an ONNX graph runs in the precision it was exported in, so only the float32 "
+                     "names apply")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,8 +43,12 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..evaluate import evaluate_dataset, format_eval_line, format_report, write_report
     from ..paths import check_output_file
-    from ..runtime import OnnxPredictor
+    from ..runtime import AMP_LEVELS, OnnxPredictor
     from ._common import check_counts
+
+    if AMP_LEVELS[args.amp_level] is not None:
+        raise ConfigError(f"--amp_level {args.amp_level} applies to checkpoints run by PyTorch; an ONNX graph runs in "
+                          "the precision it was exported in (use O0, or export with --quantize for int8)")
 
     size = args.image_size
     if size is not None and len(size) not in (1, 2):

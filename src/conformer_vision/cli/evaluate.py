@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..evaluate import eval_source, evaluate_dataset, format_eval_line, format_report, write_report
     from ..paths import check_output_file
-    from ..runtime import open_predictor
+    from ..runtime import AMP_LEVELS, open_predictor, resolve_device
     from ._common import config_file_keys, request_levels, resolve_preprocess
 
     given = {key for key in vars(args) if key not in ("output", "confusion_matrix", "progress", "config")}
@@ -53,9 +53,13 @@ def run(args: argparse.Namespace) -> int:
             check_output_file(getattr(args, option), f"--{option}")
     in_file = config_file_keys(args.config)
     levels, sources = request_levels(given, in_file, args.config)
-    device = "auto" if cfg.device_target == "auto" else str(cfg.device)
+    # auto stays auto: an ONNX file then picks its execution provider the same way
+    device = cfg.device_target
+    if device != "auto":
+        device = resolve_device(device, cfg.device_id, "device_target")
     predictor = open_predictor(
-        checkpoint, arch=vars(args).get("arch", cfg.arch), device=device, use_ema=cfg.use_ema, amp_dtype=cfg.amp_dtype,
+        checkpoint, arch=vars(args).get("arch", cfg.arch), device=device, use_ema=cfg.use_ema,
+        amp_dtype=AMP_LEVELS[cfg.amp_level],
         channels_last=cfg.channels_last, num_classes=cfg.num_classes if levels["num_classes"] != "ignore" else None,
         contradiction=levels, source=sources,
     )  # fmt: skip

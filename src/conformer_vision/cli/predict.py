@@ -19,7 +19,7 @@ HELP = "classify images (a file or a folder) with a checkpoint, an ONNX export o
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..runtime import AMP_LEVELS
+    from ._common import add_amp_argument
 
     parser.add_argument("data", nargs="+", metavar="DATA", help="image file(s) or folder(s) of images")
     model = parser.add_mutually_exclusive_group(required=True)
@@ -40,9 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recursive", action="store_true", help="also read images in sub-folders")
     parser.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto (ONNX: cuda = the CUDA provider)")
     parser.add_argument("--use_ema", action="store_true", help="use the checkpoint's EMA weights")
-    parser.add_argument("--amp", choices=list(AMP_LEVELS), default="O0",
-                        help="checkpoints only: O0 float32 (default), bf16 or fp16 autocast (faster on GPUs; on a "
-                             "CPU only with AMX or AVX512-FP16, see docs/benchmarks.md)")  # fmt: skip
+    add_amp_argument(parser, "--amp", note="; checkpoints only (autocast is faster on GPUs, on a CPU only with AMX "
+                     "or AVX512-FP16, see docs/benchmarks.md)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     errors_file = check_output_file(errors_path(output), "the error list beside --output")
     files = collect_images(args.data, recursive=args.recursive)
     predictor = open_predictor(args.checkpoint or args.pretrained, arch=args.arch, device=args.device,
-                               use_ema=args.use_ema, amp_dtype=AMP_LEVELS[args.amp])  # fmt: skip
+                               use_ema=args.use_ema, amp_dtype=AMP_LEVELS[args.amp_level])  # fmt: skip
     with_imagenet_names(predictor)  # 1000 unnamed classes are ImageNet's: show their names
     topk = 1 if args.topk is None else args.topk
     results, errors = predict_paths(predictor, files, topk=topk, batch_size=args.batch_size, workers=args.workers)

@@ -14,8 +14,9 @@ HELP = "serve a model over HTTP: dynamic batching, metrics, a web page (POST /v1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..serve import PRECISIONS, ServeSettings
+    from ..serve import ServeSettings
     from ..serve.server import API_KEY_ENV
+    from ._common import add_amp_argument
 
     d = ServeSettings()
     parser.add_argument("model", metavar="MODEL", help="checkpoint (.pt), weights file (with --arch), .onnx export, "
@@ -30,10 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"a batch runs when full or when no image joined it for this long (default {d.max_wait_ms:g} ms)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None,
                         help="compute threads of the model (torch and onnxruntime; default: torch's default)")  # fmt: skip
-    parser.add_argument("--amp_level", "--precision", dest="amp_level", choices=list(PRECISIONS), default="O0",
-                        metavar="LEVEL",
-                        help="checkpoints: O0/fp32/float32 float32 (default), O1/O2/O3/fp16/float16 float16 autocast, "
-                             "bf16/bfloat16 bfloat16 autocast; an ONNX file runs in its own precision (O0 only)")  # fmt: skip
+    add_amp_argument(parser, "--precision", note="; checkpoints only: an ONNX file runs in its own precision (O0)")
     parser.add_argument("--topk", type=int, default=d.topk, help=f"classes per image unless ?topk=K (default {d.topk})")
     parser.add_argument("--arch", default=None, help="architecture of a foreign weights file or of imagenet (e.g. conformer_tiny)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto (ONNX: cuda = the CUDA provider)")

@@ -25,31 +25,19 @@ import numpy as np
 import torch
 
 from ..data.images import load_rgb
-from ..data.transforms import Preprocess
 from ..errors import CheckpointError, ConfigError
 from ..pretrained import imagenet_class_names
-from ..runtime import Predictor, TorchPredictor, open_predictor
+from ..runtime import AMP_LEVELS, Predictor, TorchPredictor, amp_dtype, default_preprocess, open_predictor
 
-__all__ = ["PRECISIONS", "ImageResult", "ServedModel", "open_served_model", "precision_dtype"]
+__all__ = ["PRECISIONS", "ImageResult", "ServedModel", "open_served_model"]
 
 log = logging.getLogger("conformer_vision.serve")
 
-PRECISIONS: dict[str, torch.dtype | None] = {
-    "O0": None, "fp32": None, "float32": None,
-    "O1": torch.float16, "O2": torch.float16, "O3": torch.float16, "fp16": torch.float16, "float16": torch.float16,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-}  # fmt: skip
-"""The ``amp_level`` vocabulary of every command (O0 / O1-O3 / bf16) and the dtype names, -> autocast dtype."""
+PRECISIONS = AMP_LEVELS
+"""The ``amp_level`` vocabulary of every command (``precision.AMP_LEVELS``) -> autocast dtype."""
 
 HUB_CONFIG = "config.json"
 HUB_WEIGHTS = "model.safetensors"
-
-
-def precision_dtype(name: str) -> torch.dtype | None:
-    """``--amp_level`` value -> autocast dtype (None = float32); ConfigError for an unknown name."""
-    if name not in PRECISIONS:
-        raise ConfigError(f"unknown precision {name!r}: use one of {', '.join(PRECISIONS)}")
-    return PRECISIONS[name]
 
 
 @dataclass
@@ -222,19 +210,19 @@ def open_served_model(
     graph runs in the precision it was exported in). Raises ConformerError subclasses for bad input.
     """
     path = Path(path)
-    amp_dtype = precision_dtype(precision)
+    dtype = amp_dtype(precision)
     if path.is_dir():
-        predictor: Predictor = _open_hub_folder(path, device=device, amp_dtype=amp_dtype, use_ema=use_ema)
+        predictor: Predictor = _open_hub_folder(path, device=device, amp_dtype=dtype, use_ema=use_ema)
         kind = "hub folder"
         if image_size is not None:
             predictor.preprocess = dataclasses.replace(predictor.preprocess, input_size=image_size)
     else:
-        if path.suffix.lower() == ".onnx" and amp_dtype is not None:
+        if path.suffix.lower() == ".onnx" and dtype is not None:
             raise ConfigError(
                 f"--amp_level {precision} applies to checkpoints run by PyTorch; {path.name} is an ONNX graph, "
                 "which runs in the precision it was exported in (use O0, or export with --quantize for int8)"
             )
-        predictor = open_predictor(path, arch=arch, device=device, use_ema=use_ema, amp_dtype=amp_dtype,
+        predictor = open_predictor(path, arch=arch, device=device, use_ema=use_ema, amp_dtype=dtype,
                                    image_size=image_size, threads=threads)  # fmt: skip
         kind = "onnx" if path.suffix.lower() == ".onnx" else "checkpoint"
     return ServedModel(predictor, path, kind)
@@ -266,9 +254,5 @@ def _open_hub_folder(folder: Path, *, device: str, amp_dtype: torch.dtype | None
     if not isinstance(model, Conformer):
         raise CheckpointError(f"{folder} holds a {type(model).__name__} ({model.pretrained_cfg.get('architecture')}), "
                               "not a Conformer: conformer serve runs Conformer models")  # fmt: skip
-    cfg = model.pretrained_cfg
-    keys = {k: cfg[k] for k in ("interpolation", "crop_pct", "mean", "std") if k in cfg}
-    if "input_size" in cfg:
-        keys["input_size"] = tuple(cfg["input_size"][-2:])
-    return TorchPredictor(model, device, amp_dtype, class_names=cfg.get("label_names"), preprocess=Preprocess(**keys),
-                          arch=getattr(model, "variant", None))  # fmt: skip
+    return TorchPredictor(model, device, amp_dtype, class_names=model.pretrained_cfg.get("label_names"),
+                          preprocess=default_preprocess(model), arch=getattr(model, "variant", None))  # fmt: skip
