@@ -49,7 +49,7 @@ say "machine"
 say "GEMM peaks"
 run 120 python - "$OUT/peak.json" "$DEVICE" "$PEAK_N" <<'EOF'
 import json, sys
-from conformer_vision.benchmark import gemm_peak
+from conformer_vision.probes import gemm_peak
 peaks = {kind: gemm_peak(kind, sys.argv[2], n=int(sys.argv[3]), reps=10)[0] for kind in ("bf16", "fp16", "fp32")}
 print({k: f"{v / 1000:.0f} TFLOP/s" for k, v in peaks.items()})
 json.dump(peaks, open(sys.argv[1], "w"))

@@ -186,6 +186,8 @@ class TorchPredictor(_Base):
         device: where to run; see ``resolve_device``.
         amp_dtype: None for float32, else the autocast dtype (torch.bfloat16 / torch.float16).
         channels_last: channels_last weights and inputs (oneDNN's and cuDNN's faster layout).
+        optimize: False runs ``model`` itself (put in eval mode, and channels_last if asked),
+            not the optimized copy: how ``benchmark`` times the model as built and the reference.
     """
 
     backend = "torch"
@@ -200,13 +202,18 @@ class TorchPredictor(_Base):
         preprocess: Preprocess | Mapping[str, Any] | None = None,
         arch: str | None = None,
         channels_last: bool = True,
+        optimize: bool = True,
     ) -> None:
         from .models import optimize_for_inference  # lazy: keeps the ONNX-only path free of the model code
 
         self.device = resolve_device(device)
         self.amp_dtype = amp_dtype
         self.channels_last = channels_last
-        self.model = optimize_for_inference(model, channels_last=channels_last).to(self.device)
+        if optimize:
+            self.model = optimize_for_inference(model, channels_last=channels_last).to(self.device)
+        else:
+            layout = torch.channels_last if channels_last else torch.preserve_format
+            self.model = model.eval().to(self.device, memory_format=layout)
         self.arch = arch or getattr(model, "variant", None) or getattr(model, "pretrained_cfg", {}).get("architecture")
         self.class_names = list(class_names) if class_names is not None else None
         self.preprocess_recorded = preprocess is not None

@@ -24,13 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--backend", choices=BACKENDS, default="eager", help="eager PyTorch, torch.compile, or onnxruntime (CPU)")
     add_amp_argument(parser, "--amp", dest="amp")
     a("--network", choices=NETWORKS, default="model",
-      help="reference: the authors' network (explicit attention, unfused BatchNorm, NCHW); model: the model as "
-           "built (default); optimized: optimize_for_inference(model), what predict/eval run (inference only)")
+      help="reference: the model with the authors' explicit softmax attention; model: the model as built "
+           "(default); optimized: optimize_for_inference's copy, what predict/eval run (inference only)")
     a("--onnx", choices=ONNX_VARIANTS, default="tuned",
-      help="onnxruntime graph: tuned session (default), plain export + default session, int8 dynamic quantisation, "
-           "int8_static (QDQ, calibrated on 64 Fashion-MNIST train images)")
+      help="onnxruntime graph: tuned = this project's export of the optimized copy (default), plain = the "
+           "reference network through the same exporter, int8 = tuned + int8 dynamic quantisation, int8_static = "
+           "tuned + QDQ quantisation calibrated on 64 Fashion-MNIST train images")
     a("--device", default="cpu", help="cpu or cuda[:N] (eager/compile)")
-    a("--channels_last", action="store_true", help="store weights and inputs channels_last (eager/compile)")
+    a("--channels_last", action="store_true", help="channels_last weights and inputs (eager/compile; the --compare "
+      "presets of the optimized network use it in inference, as predict does)")
     a("--grad_checkpointing", action="store_true", help="with --mode train: recompute each block in the backward "
       "pass instead of storing its activations (less memory, more compute)")
     a("--threads", type=int, default=None, help="intra-op threads for torch and onnxruntime (default: all cores)")

@@ -15,12 +15,19 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_flops(model: torch.nn.Module, image_size: tuple[int, int] = (224, 224), batch: int = 1) -> int:
-    """FLOPs of one forward pass (a multiply-add counts 2) measured by torch.utils.flop_counter."""
+def count_flops(
+    model: torch.nn.Module, image_size: tuple[int, int] = (224, 224), batch: int = 1, backward: bool = False
+) -> int:
+    """FLOPs of one forward pass (a multiply-add counts 2) measured by torch.utils.flop_counter;
+    with ``backward``, of a training step's forward and backward passes (the gradient of the summed
+    logits: the backward's matrix products do not depend on the loss). Counted in the model's
+    current train/eval mode; on the meta device nothing is computed."""
     device = next(model.parameters()).device
     x = torch.zeros(batch, 3, *image_size, device=device)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x)
+    with FlopCounterMode(display=False) as counter, torch.set_grad_enabled(backward):
+        out = model(x)
+        if backward:
+            out.sum().backward()
     return counter.get_total_flops()
 
 
