@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from conformer_vision.checkpoint import atomic_save, build_checkpoint  # noqa: E402
 from conformer_vision.data import Preprocess, list_images, load_rgb, preprocess_image  # noqa: E402
-from conformer_vision.export import export_with_report  # noqa: E402
+from conformer_vision.export import export_model  # noqa: E402
 from conformer_vision.models import create_model  # noqa: E402
 from conformer_vision.runtime import OnnxPredictor, TorchPredictor, open_predictor  # noqa: E402
 
@@ -94,8 +94,10 @@ def main() -> None:
     onnx_path = args.onnx_path
     if onnx_path is None:
         t0 = time.perf_counter()
-        onnx_path, report = export_with_report(ckpt, file_format="ONNX", output=out / f"{args.arch}.onnx",
-                                               exporter=args.exporter)  # fmt: skip
+        report: dict = {}
+        onnx_path = export_model(
+            ckpt, file_format="ONNX", output=out / f"{args.arch}.onnx", exporter=args.exporter, report=report
+        )
         result = {"export_seconds": round(time.perf_counter() - t0, 1), "export_check": report}
     torch_p = open_predictor(ckpt)
     onnx_p = OnnxPredictor(onnx_path, "CPU", threads=args.threads)

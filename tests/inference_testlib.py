@@ -173,3 +173,29 @@ def onnx_export(base: Path) -> Path:
         rc, _, err = cli("export", "--checkpoint", str(checkpoint(base)), "--file_format", "ONNX", "--output", str(out))
     assert rc == 0, err[-3000:]
     return out
+
+
+def describe_export(path: Path) -> dict[str, Any]:
+    """The metadata an exported file carries (read from the file itself, not through the runtime):
+    ONNX ``metadata_props``, the safetensors header, ``conformer_vision.json`` inside TorchScript and
+    .pt2 archives, a hub folder's config.json; {} when it has none."""
+    import json
+    import zipfile
+
+    path = Path(path)
+    if path.is_dir():
+        from conformer_vision.hub import read_hub_metadata
+
+        return read_hub_metadata(path)
+    if path.suffix == ".onnx":
+        import onnx
+
+        return {p.key: json.loads(p.value) for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    with zipfile.ZipFile(path) as archive:  # <root>/extra/conformer_vision.json
+        names = [n for n in archive.namelist() if n.endswith("/extra/conformer_vision.json")]
+        return json.loads(archive.read(names[0])) if names else {}

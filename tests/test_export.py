@@ -13,7 +13,7 @@ import torch
 from conformer_vision.checkpoint import load_model
 from conformer_vision.data import load_rgb, preprocess_image
 from conformer_vision.errors import ConformerError
-from conformer_vision.export import describe_export, export_model
+from conformer_vision.export import export_model
 from conformer_vision.models import create_model
 from conformer_vision.runtime import open_predictor
 
@@ -51,7 +51,7 @@ def test_onnx_file_is_self_describing_with_dynamic_dims(base):
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert model.graph.input[0].name == "input" and dims == ["batch", 3, "height", "width"]
     assert [o.name for o in model.graph.output] == ["logits", "conv_logits", "trans_logits"]
-    meta = describe_export(T.onnx_export(base))
+    meta = T.describe_export(T.onnx_export(base))
     _, classes, pre = T.trained_model(base)
     assert meta["class_names"] == classes and meta["preprocess"] == pre.to_dict()
     assert meta["arch"] == "conformer_mini_test" and meta["model_args"]["embed_dim"] == 32
@@ -72,7 +72,7 @@ def test_torchscript_runs_any_size_and_carries_metadata(base, tmp_path):
     assert "checked against PyTorch" in out and "top-1 agreement 3/3" in out
     path = tmp_path / "m.torchscript.pt"
     _, classes, pre = T.trained_model(base)
-    meta = describe_export(path)
+    meta = T.describe_export(path)
     assert meta["class_names"] == classes and meta["preprocess"] == pre.to_dict()
     module, reference = torch.jit.load(str(path)), open_predictor(T.checkpoint(base))
     for size, batch in (((57, 83), 3), ((32, 32), 1), ((224, 160), 2)):
@@ -90,7 +90,7 @@ def test_a_model_in_memory_exports_from_a_copy(base, tmp_path):
     path = export_model(model, file_format="ONNX", output=tmp_path / "m.onnx", exporter="torchscript",
                         class_names=["a", "b", "c"])  # fmt: skip
     assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    meta = describe_export(path)
+    meta = T.describe_export(path)
     assert meta["arch"] == "conformer_mini_test" and meta["class_names"] == ["a", "b", "c"]
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
@@ -106,7 +106,7 @@ def test_exported_program_of_a_small_input_model(base, tmp_path):
                          "--output", str(tmp_path / "m.pt2"))  # fmt: skip
     assert rc == 0, err
     _, classes, pre = T.trained_model(base)
-    assert describe_export(tmp_path / "m.pt2")["class_names"] == classes
+    assert T.describe_export(tmp_path / "m.pt2")["class_names"] == classes
     module = torch.export.load(str(tmp_path / "m.pt2")).module()
     _compare(module, open_predictor(T.checkpoint(base)), _photo_batch(base, (32, 32))[:3])
 
@@ -159,7 +159,7 @@ def test_specification_spelling_with_authors_checkpoint(base, tmp_path):
     assert rc == 0, err
     path = tmp_path / "conformer_mini_test.onnx"
     assert path.exists() and str(path) in out
-    meta = describe_export(path)
+    meta = T.describe_export(path)
     assert meta["preprocess"]["input_size"] == [48, 48] and meta["preprocess"]["crop_pct"] == 0.9
     assert meta["class_names"] is None
     predictor = open_predictor(path)
@@ -244,7 +244,7 @@ def test_hub_folder_is_what_timm_rebuilds(base, tmp_path):
     assert (cfg["input_size"], cfg["interpolation"], cfg["crop_pct"]) == ([3, *pre.input_size], pre.interpolation,
                                                                           pre.crop_pct)  # fmt: skip
     assert cfg["mean"] == list(pre.mean) and cfg["std"] == list(pre.std) and cfg["license"] == "apache-2.0"
-    assert config["conformer_vision"]["preprocess"] == pre.to_dict() == describe_export(folder)["preprocess"]
+    assert config["conformer_vision"]["preprocess"] == pre.to_dict() == T.describe_export(folder)["preprocess"]
     rebuilt = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
     assert rebuilt.pretrained_cfg["label_names"] == classes
     x = _photo_batch(base, (32, 32))[:4]

@@ -11,7 +11,7 @@ import torch
 
 from conformer_vision.data import load_rgb, preprocess_image
 from conformer_vision.errors import ConformerError, DataError
-from conformer_vision.export import describe_export, export_model
+from conformer_vision.export import export_model
 from conformer_vision.quantize import calibration_files, integer_ops
 from conformer_vision.runtime import open_predictor
 
@@ -55,7 +55,7 @@ def test_int8_files_hold_integer_ops_and_the_metadata(base, exports):
     assert not integer_ops(exports["float"])
     _, classes, pre = T.trained_model(base)
     for mode in ("int8_dynamic", "int8_static"):
-        meta = describe_export(exports[mode])
+        meta = T.describe_export(exports[mode])
         assert meta["class_names"] == classes and meta["preprocess"] == pre.to_dict()
         assert meta["arch"] == "conformer_mini_test"
         props = {p.key: p.value for p in onnx.load(str(exports[mode])).metadata_props}

@@ -54,26 +54,26 @@ import logging
 import os
 import tempfile
 import warnings
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.utils import unwrap_model
 from torch import nn
 
-from .checkpoint import FORMAT, VERSION, LoadedModel, load_model, unwrap
+from .checkpoint import FORMAT, VERSION, LoadedModel, load_model
 from .data.transforms import Preprocess
 from .errors import ConfigError, ConformerError
-from .hub import HUB_CONFIG, HUB_WEIGHTS, check_hub_output, load_hub_model, read_hub_metadata, save_hub_folder
+from .hub import HUB_CONFIG, HUB_WEIGHTS, check_hub_output, load_hub_model, save_hub_folder
 from .models import optimize_for_inference
+from .models.layers import padding_to_multiple
 from .quantize import DEFAULT_CALIBRATION_SIZE, QUANTIZE_MODES, calibration_images, quantize_onnx
 from .runtime import ONNX_INPUT, ONNX_OUTPUTS, OnnxPredictor, TorchPredictor, default_preprocess
 
 __all__ = [
-    "FILE_FORMATS", "ExportWrapper", "export_model", "export_with_report", "check_export", "export_metadata",
-    "default_output", "describe_export",
+    "FILE_FORMATS", "ExportWrapper", "export_model", "check_export", "export_metadata", "default_output",
 ]  # fmt: skip
 
 log = logging.getLogger("conformer_vision.export")
@@ -103,9 +103,7 @@ class ExportWrapper(nn.Module):
         self.patch_size = int(model.patch_size)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        p = self.patch_size
-        ph, pw = (-x.shape[-2]) % p, (-x.shape[-1]) % p
-        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))  # as Conformer.pad_input
+        x = F.pad(x, padding_to_multiple(x.shape[-2], x.shape[-1], self.patch_size))  # as Conformer.pad_input
         conv, trans = self.model.forward_heads(x)
         return conv + trans, conv, trans
 
@@ -141,6 +139,7 @@ def export_model(
     calibration: str | Path | None = None,
     calibration_size: int = DEFAULT_CALIBRATION_SIZE,
     class_names: list[str] | None = None,
+    report: dict[str, Any] | None = None,
 ) -> Path:
     """Export the model in ``checkpoint`` (anything ``checkpoint.load_model`` reads; foreign files need
     ``arch``), or a Conformer in memory (exported from a copy, so the caller's model is left as it
@@ -148,29 +147,8 @@ def export_model(
     the format's). ``preprocess`` and ``class_names`` are used only when the source records none
     (a model in memory records neither). ONNX only:
     ``quantize`` 'int8_dynamic' or 'int8_static' (the latter calibrated on up to ``calibration_size``
-    images of the folder ``calibration``). Returns the path."""
-    return export_with_report(checkpoint, arch, file_format, output, opset, check, use_ema=use_ema,
-                              preprocess=preprocess, exporter=exporter, quantize=quantize, calibration=calibration,
-                              calibration_size=calibration_size, class_names=class_names)[0]  # fmt: skip
-
-
-def export_with_report(
-    checkpoint: str | Path | nn.Module,
-    arch: str | None = None,
-    file_format: str = "ONNX",
-    output: str | Path | None = None,
-    opset: int | None = None,
-    check: bool = True,
-    *,
-    use_ema: bool = False,
-    preprocess: Preprocess | None = None,
-    exporter: str = "dynamo",
-    quantize: str = "none",
-    calibration: str | Path | None = None,
-    calibration_size: int = DEFAULT_CALIBRATION_SIZE,
-    class_names: list[str] | None = None,
-) -> tuple[Path, dict[str, Any] | None]:
-    """``export_model`` that also returns the self-check figures (``check_export``; None unchecked)."""
+    images of the folder ``calibration``). Returns the path; ``report``, when given, receives the
+    self-check's figures (``check_export``; nothing when ``check`` is off)."""
     fmt = file_format.upper()
     if fmt not in FILE_FORMATS:
         raise ConfigError(f"file_format must be one of {', '.join(FILE_FORMATS)}, got {file_format!r}")
@@ -205,21 +183,22 @@ def export_with_report(
             writer(source, meta, pre, float_path, opset=opset, exporter=exporter)
             quantize_onnx(float_path, tmp, quantize, images)
             float_path.unlink()
-        report = None
         if check:
             try:
-                report = check_export(tmp, fmt, model, pre, quantized=quantize != "none",
+                figures = check_export(tmp, fmt, model, pre, quantized=quantize != "none",
                                       images=None if images is None else images[:QUANT_CHECK_IMAGES])  # fmt: skip
             except BaseException:
                 failed = _keep_rejected(tmp, out)
                 log.error("kept the rejected export as %s for inspection", failed)
                 raise
-            log.info("export check passed: %s", report)
+            log.info("export check passed: %s", figures)
+            if report is not None:
+                report.update(figures)
         if fmt == "HF_HUB":
             _move_hub_files(tmp, out)
         else:
             os.replace(tmp, out)
-    return out, report
+    return out
 
 
 def _move_hub_files(tmp: Path, out: Path) -> None:
@@ -255,7 +234,7 @@ def _load_source(source: str | Path | nn.Module, arch: str | None, use_ema: bool
     """The model to export: rebuilt from a file, or a copy of a Conformer in memory (unwrapped from
     DDP / torch.compile)."""
     if isinstance(source, nn.Module):
-        model = unwrap(source)
+        model = unwrap_model(source)
         if not hasattr(model, "args") or not hasattr(model, "forward_heads"):
             raise ConfigError(f"export_model takes a Conformer or a checkpoint path, got a {type(model).__name__}")
         name = arch or getattr(model, "variant", None) or "conformer"
@@ -527,20 +506,3 @@ def _torch_run(fn: Any, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     with torch.inference_mode():
         return tuple(t.float() for t in fn(x))
 
-
-def describe_export(path: str | Path) -> dict[str, Any]:
-    """The metadata stored in an exported file (any of the formats; a hub folder's config.json); {}
-    when it has none."""
-    path = Path(path)
-    if path.is_dir():
-        return read_hub_metadata(path)
-    if path.suffix == ".onnx":
-        return dict(OnnxPredictor(path, "CPU").metadata)
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-    with zipfile.ZipFile(path) as archive:  # TorchScript and .pt2: <root>/extra/conformer_vision.json
-        names = [n for n in archive.namelist() if n.endswith(f"/extra/{EXTRA_FILE}")]
-        return json.loads(archive.read(names[0])) if names else {}

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import re
 
+from timm.utils import unwrap_model
 from torch import nn
 
-from .checkpoint import unwrap
 from .engine import BothHeads
 
 __all__ = ["NUM_STAGES", "STAGE_NAMES", "stage_of", "freeze_stages", "frozen_norms", "describe_frozen",
@@ -71,7 +71,7 @@ def freeze_stages(model: nn.Module, count: int) -> list[str]:
     ValueError for a count outside 0..NUM_STAGES."""
     if not 0 <= count <= NUM_STAGES:
         raise ValueError(f"freeze_stages must be in 0..{NUM_STAGES}, got {count}")
-    bare = unwrap(model)
+    bare = unwrap_model(model)
     depth = _depth(bare)
     frozen = []
     for name, param in bare.named_parameters():
@@ -84,7 +84,7 @@ def freeze_stages(model: nn.Module, count: int) -> list[str]:
 
 def frozen_norms(model: nn.Module, count: int) -> list[nn.Module]:
     """The BatchNorms (any ``_BatchNorm``, SyncBatchNorm included) of stages ``0 .. count-1``."""
-    bare = unwrap(model)
+    bare = unwrap_model(model)
     depth = _depth(bare)
     return [m for name, m in bare.named_modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and (s := stage_of(name, depth)) is not None

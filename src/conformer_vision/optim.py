@@ -44,9 +44,8 @@ from typing import Any
 import torch
 from timm.scheduler import CosineLRScheduler, StepLRScheduler
 from timm.scheduler.scheduler import Scheduler
+from timm.utils import unwrap_model
 from torch import nn
-
-from .checkpoint import unwrap
 
 __all__ = ["param_groups", "build_optimizer", "build_scheduler", "FlooredStepLRScheduler", "SCHEDULES"]
 
@@ -57,7 +56,7 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | Non
     """The trainable parameters in groups: without ``layer_decay``, two (decayed weights, and biases
     / norms / ``no_weight_decay()`` names without decay); with it, timm's layer-wise groups (module
     docstring), each with its ``lr_scale``, ordered by decreasing scale. Empty groups are left out."""
-    bare = unwrap(model)
+    bare = unwrap_model(model)
     skip = set(bare.no_weight_decay()) if hasattr(bare, "no_weight_decay") else set()
     if layer_decay is not None:
         from timm.optim import param_groups_layer_decay

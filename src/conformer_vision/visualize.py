@@ -51,6 +51,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .models import Conformer
+from .models.layers import padding_to_multiple
 
 __all__ = [
     "attention_rollout", "grad_cam", "tokens_to_grid", "tokens_to_map", "token_grid", "Explanation", "explain",
@@ -221,9 +222,8 @@ def _recording(model: Conformer) -> Iterator[dict[str, Any]]:
 
 def _padding(model: Conformer, hw: tuple[int, int]) -> tuple[int, int, int, int]:
     """(top, bottom, left, right) of the model's symmetric zero padding (``Conformer.pad_input``)."""
-    p = model.patch_size
-    ph, pw = (-hw[0]) % p, (-hw[1]) % p
-    return ph // 2, ph - ph // 2, pw // 2, pw - pw // 2
+    left, right, top, bottom = padding_to_multiple(*hw, model.patch_size)
+    return top, bottom, left, right
 
 
 def explain(model: Conformer, image: torch.Tensor, target: int | None = None, token_reduce: str = "pca") -> Explanation:

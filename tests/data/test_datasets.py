@@ -1,15 +1,15 @@
-"""ImageFolderDataset: layout rules, class list, subsets, bad-file policy; build_loader."""
+"""ImageFolderDataset: layout rules, class list, subsets, bad-file policy; loaders over it."""
 from __future__ import annotations
 
 import logging
 
 import pytest
 import torch
-import torch.distributed as dist
 from PIL import Image
+from torch.utils.data import DataLoader, DistributedSampler
 
 from conformer_vision.data.datasets import (
-    ImageFolderDataset, build_class_list, build_loader, eval_loader, sample_seed, seeded_rngs, set_loader_epoch,
+    ImageFolderDataset, build_class_list, eval_loader, sample_seed, seeded_rngs, set_loader_epoch,
 )  # fmt: skip
 from conformer_vision.errors import ConfigError, DataError
 
@@ -145,11 +145,20 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.tensor(origin(image))
 
 
+def train_loader(ds, batch_size: int, *, shuffle: bool, seed: int, drop_last: bool, num_workers: int = 0) -> DataLoader:
+    """A loader as training builds one (``train.build_data``): a DistributedSampler, its own generator."""
+    sampler = DistributedSampler(ds, num_replicas=1, rank=0, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    generator = torch.Generator()
+    loader = DataLoader(ds, batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last, generator=generator)
+    set_loader_epoch(loader, 0)
+    return loader
+
+
 def test_bad_files_found_in_workers_are_seen_by_the_main_process(make_tree, make_bad):
     root = make_tree("train", {"a": 6, "b": 6})
     bad = [make_bad(root / "a" / "002.png", "truncated"), make_bad(root / "b" / "004.png", "text")]
     ds = ImageFolderDataset(root, transform=to_tensor, max_bad_files=2)
-    loader = build_loader(ds, 4, shuffle=True, num_workers=2, seed=0, drop_last=False)
+    loader = train_loader(ds, 4, shuffle=True, num_workers=2, seed=0, drop_last=False)
     batches = [batch for batch in loader]
     assert sum(len(targets) for _, targets in batches) == 12  # every index still yields a sample
     assert ds.bad_files == sorted(bad)
@@ -159,7 +168,7 @@ def test_budget_exceeded_in_a_worker_reaches_the_main_process(make_tree, make_ba
     root = make_tree("train", {"a": 4})
     make_bad(root / "a" / "001.png", "empty")
     ds = ImageFolderDataset(root, transform=to_tensor, max_bad_files=0)
-    loader = build_loader(ds, 2, shuffle=False, num_workers=1, seed=0, drop_last=False, persistent_workers=False)
+    loader = train_loader(ds, 2, shuffle=False, num_workers=1, seed=0, drop_last=False)
     with pytest.raises(DataError, match="too many unreadable"):
         list(loader)
 
@@ -200,17 +209,16 @@ def order(loader) -> list[tuple[int, int]]:
 
 def test_loader_order_depends_on_seed_and_epoch_only(make_tree):
     ds = ImageFolderDataset(make_tree("train", {"a": 8, "b": 8}), transform=to_tensor)
-    loader = build_loader(ds, 4, shuffle=True, num_workers=0, seed=3, drop_last=True)
-    assert not loader.pin_memory or torch.cuda.is_available()
+    loader = train_loader(ds, 4, shuffle=True, seed=3, drop_last=True)
     epoch0 = order(loader)
     set_loader_epoch(loader, 1)
     epoch1 = order(loader)
     set_loader_epoch(loader, 0)
     assert order(loader) == epoch0 != epoch1 and sorted(epoch0) == sorted(epoch1)
-    other = build_loader(ds, 4, shuffle=True, num_workers=0, seed=3, drop_last=True)
+    other = train_loader(ds, 4, shuffle=True, seed=3, drop_last=True)
     assert order(other) == epoch0
-    plain = build_loader(ds, 5, shuffle=False, num_workers=0, seed=3, drop_last=False)
-    assert order(plain) == [(i // 8, i % 8) for i in range(16)]
+    with pytest.raises(TypeError, match="DistributedSampler"):
+        set_loader_epoch(DataLoader(ds, 4), 0)
 
 
 def test_an_index_seed_pair_augments_the_same_way_anywhere_and_leaves_global_rngs_alone(make_tree):
@@ -238,15 +246,3 @@ def test_an_index_seed_pair_augments_the_same_way_anywhere_and_leaves_global_rng
     with seeded_rngs(5):
         assert torch.equal(torch.rand(3), a)
 
-
-def test_loader_shards_by_rank_when_a_process_group_is_up(make_tree, monkeypatch):
-    ds = ImageFolderDataset(make_tree("train", {"a": 5}), transform=to_tensor)
-    with pytest.raises(RuntimeError, match="initialised"):
-        build_loader(ds, 2, shuffle=False, num_workers=0, seed=0, drop_last=False, distributed=True)
-    # Stand-in for an initialised 2-process group, seen from rank 1 (a real one takes seconds to start).
-    monkeypatch.setattr(dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
-    monkeypatch.setattr(dist, "get_rank", lambda: 1)
-    loader = build_loader(ds, 2, shuffle=False, num_workers=0, seed=0, drop_last=False)
-    assert (loader.sampler.num_replicas, loader.sampler.rank) == (2, 1)
-    assert order(loader) == [(0, 1), (0, 3), (0, 0)]  # odd indices, padded with index 0 to 3 per rank

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from ..config import config_from_args
     from ..data.transforms import Preprocess
     from ..errors import ConfigError
-    from ..export import FILE_FORMATS, default_output, export_with_report
+    from ..export import FILE_FORMATS, default_output, export_model
     from ..hub import check_hub_output
     from ..paths import check_output_dir, check_output_file
     from ..runtime import default_preprocess
@@ -102,10 +102,11 @@ def run(args: argparse.Namespace) -> int:
     if output is None:  # the specification: named after the architecture as the user spelt it
         output = default_output(raw["arch"] if "arch" in given else loaded.arch, fmt)
         replaced = check_hub_output(output) if hub else check_output_file(output, "--output").exists()
-    path, report = export_with_report(
+    report: dict = {}
+    path = export_model(
         loaded.model, arch=loaded.arch, file_format=fmt, output=output, opset=args.opset, check=not args.no_check,
         preprocess=preprocess, exporter=args.exporter, quantize=args.quantize, calibration=args.calibration,
-        calibration_size=args.calibration_size, class_names=loaded.class_names,
+        calibration_size=args.calibration_size, class_names=loaded.class_names, report=report,
     )  # fmt: skip
     if report and report.get("quantized"):
         real = f" (the last: {report['images']} calibration images)" if report["images"] else ""

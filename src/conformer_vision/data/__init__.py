@@ -1,7 +1,7 @@
 """Data layer: decoding (`images`), preprocessing (`transforms`), the class-folder index (`index`),
 ImageFolder datasets and loaders (`datasets`), WebDataset shards (`shards`), and the Fashion-MNIST
 preparation used by tests and examples (`fashion_mnist`)."""
-from conformer_vision.data.datasets import ImageFolderDataset, build_class_list, build_loader, set_loader_epoch
+from conformer_vision.data.datasets import ImageFolderDataset, build_class_list, set_loader_epoch
 from conformer_vision.data.index import FolderIndex, index_splits, scan_split
 from conformer_vision.data.shards import ShardDataset, ShardSplit, open_split, write_shards
 from conformer_vision.data.fashion_mnist import FASHION_MNIST_CLASSES, prepare_fashion_mnist
@@ -25,7 +25,6 @@ __all__ = [
     "ShardDataset",
     "ShardSplit",
     "build_class_list",
-    "build_loader",
     "build_train_transform",
     "check_image",
     "index_splits",

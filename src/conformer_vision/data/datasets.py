@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, default_collate
 
@@ -47,7 +46,7 @@ from conformer_vision.data.index import SUBSET_SEED, FolderIndex, list_classes, 
 from conformer_vision.errors import DataError, ImageDecodeError
 
 __all__ = [
-    "BAD_POLICIES", "EvalLoader", "ImageFolderDataset", "SUBSET_SEED", "build_class_list", "build_loader",
+    "BAD_POLICIES", "EvalLoader", "ImageFolderDataset", "SUBSET_SEED", "build_class_list",
     "check_bad_budget", "drop_failed", "eval_loader", "sample_seed", "seeded_rngs", "set_loader_epoch",
 ]  # fmt: skip
 
@@ -111,7 +110,6 @@ class ImageFolderDataset(Dataset):
         if index is None:
             index = scan_split(self.root, classes)
         self.classes = list(index.classes)
-        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.max_bad_fraction = max_bad_fraction
         self.max_bad_files = max_bad_files
         self.max_substitutions = max_substitutions
@@ -334,53 +332,17 @@ def seeded_rngs(seed: int) -> Iterator[None]:
         torch.set_rng_state(states[2])
 
 
-def build_loader(
-    dataset: Dataset,
-    batch_size: int,
-    *,
-    shuffle: bool,
-    num_workers: int,
-    seed: int,
-    drop_last: bool,
-    distributed: bool | None = None,
-    persistent_workers: bool = True,
-) -> DataLoader:
-    """A DataLoader whose order depends only on (seed, epoch, rank).
-
-    The sampler is always a `DistributedSampler`: with this process's rank and world size when
-    `distributed` (None = whenever torch.distributed is initialised), else with one replica. Call
-    `set_loader_epoch(loader, epoch)` before each epoch. Without drop_last, the distributed sampler
-    pads the last round with repeated samples so that all ranks get the same count.
-
-    Memory is pinned only when CUDA is available. Worker processes are seeded from the loader's
-    generator when they start; with `persistent_workers` (used when num_workers > 0) they start once,
-    so their augmentation streams then run on across epochs. Pass `persistent_workers=False` when
-    every epoch's augmentations must depend on (seed, epoch, rank) alone (exact resume with workers).
-    """
-    if distributed is None:
-        distributed = dist.is_available() and dist.is_initialized()
-    if distributed and not (dist.is_available() and dist.is_initialized()):
-        raise RuntimeError("build_loader(distributed=True) needs torch.distributed to be initialised")
-    world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed,
-                                 drop_last=drop_last)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                        drop_last=drop_last, pin_memory=torch.cuda.is_available(),
-                        persistent_workers=persistent_workers and num_workers > 0,
-                        generator=torch.Generator())
-    set_loader_epoch(loader, 0)
-    return loader
-
-
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
     """Make the sample order of the next pass, and the seeds of workers it starts, depend only on
-    (seed, epoch, rank). A dataset with its own `set_epoch` (shards) is told the epoch instead."""
+    (seed, epoch, rank): `loader` draws from a `DistributedSampler` and has its own generator (the
+    training loader of `train.build_data`). A dataset with its own `set_epoch` (shards) is told the
+    epoch instead."""
     if isinstance(loader.dataset, IterableDataset) and hasattr(loader.dataset, "set_epoch"):
         loader.dataset.set_epoch(epoch)  # a stream that orders itself (data.shards.ShardDataset)
         return
     sampler = loader.sampler
     if not isinstance(sampler, DistributedSampler) or loader.generator is None:
-        raise TypeError("set_loader_epoch expects a loader made by build_loader")
+        raise TypeError("set_loader_epoch expects a loader with a DistributedSampler and its own generator")
     sampler.set_epoch(epoch)
     # The loader draws each pass's worker base seed from its generator.
     loader.generator.manual_seed((sampler.seed * 1_000_003 + epoch * 1_009 + sampler.rank) % 2**63)

@@ -16,7 +16,7 @@ from timm.layers import DropPath, Mlp, use_fused_attn
 from timm.layers import register_notrace_function
 from torch import nn
 
-__all__ = ["Attention", "TransformerBlock", "SamePadMaxPool2d", "gelu_layer", "pad_to_multiple"]
+__all__ = ["Attention", "TransformerBlock", "SamePadMaxPool2d", "gelu_layer", "pad_to_multiple", "padding_to_multiple"]
 
 
 def gelu_layer(approximate: bool) -> type[nn.Module]:
@@ -24,15 +24,20 @@ def gelu_layer(approximate: bool) -> type[nn.Module]:
     return partial(nn.GELU, approximate="tanh") if approximate else nn.GELU  # type: ignore[return-value]
 
 
+def padding_to_multiple(height: int, width: int, multiple: int) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom), ``F.pad``'s order: the symmetric zero padding that makes height
+    and width multiples of ``multiple``, the extra pixel at the bottom/right."""
+    ph, pw = (-height) % multiple, (-width) % multiple
+    return pw // 2, pw - pw // 2, ph // 2, ph - ph // 2
+
+
 @register_notrace_function  # FX: a leaf call, so the size test below stays a Python branch
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Zero-pad (B, C, H, W) symmetrically (the extra pixel at the bottom/right) so that H and W are
-    multiples of ``multiple``; ``x`` itself when they already are."""
-    ph = (multiple - x.shape[-2] % multiple) % multiple
-    pw = (multiple - x.shape[-1] % multiple) % multiple
-    if ph == 0 and pw == 0:
+    """Zero-pad (B, C, H, W) symmetrically (``padding_to_multiple``) so that H and W are multiples
+    of ``multiple``; ``x`` itself when they already are."""
+    if x.shape[-2] % multiple == 0 and x.shape[-1] % multiple == 0:
         return x
-    return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+    return F.pad(x, padding_to_multiple(x.shape[-2], x.shape[-1], multiple))
 
 
 class Attention(nn.Module):
