@@ -18,14 +18,16 @@ def reference_vector() -> dict:
 
 
 @pytest.fixture(autouse=True)
-def _few_threads() -> None:
-    torch.set_num_threads(2)
+def _one_compute_thread() -> None:
+    """torch on one thread in every test: the models here are tiny, and on a 2-core CPU that other
+    jobs share, a second thread mostly spins waiting for the first."""
+    torch.set_num_threads(1)
 
 
 @pytest.fixture
 def one_thread() -> Iterator[None]:
-    """torch on one thread for a test; modules opt in with
-    ``pytestmark = pytest.mark.usefixtures("one_thread")`` (runs after ``_few_threads``)."""
+    """torch on one thread for a test, the previous count restored after it (modules that declare
+    ``pytestmark = pytest.mark.usefixtures("one_thread")`` keep it whatever the default becomes)."""
     import inference_testlib as T  # tests/inference_testlib.py (pytest pythonpath: tests)
 
     with T.one_thread():

@@ -100,7 +100,14 @@ def test_an_error_raised_in_a_loader_worker_is_shown_without_the_workers_traceba
     info = importlib.import_module("conformer_vision.cli.info")
 
     def load_in_a_worker(args):
-        next(iter(torch.utils.data.DataLoader(_UnreadableImages(), num_workers=1)))
+        batches = iter(torch.utils.data.DataLoader(_UnreadableImages(), num_workers=1))
+        try:
+            next(batches)
+        except DataError as error:
+            # Without the frames of the loader's traceback the loader is freed now and its worker
+            # stops at once, instead of in a later garbage collection that waits 5 s for it.
+            del batches
+            raise error.with_traceback(None)
 
     monkeypatch.setattr(info, "run", load_in_a_worker)
     line = assert_user_error(T.cli("info"), one_line=True)
