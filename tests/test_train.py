@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +21,11 @@ from conformer_vision.checkpoint import load_model, read_checkpoint
 from conformer_vision.config import Config, load_config
 from conformer_vision.distributed import GlooSyncBatchNorm
 from conformer_vision.errors import ConfigError
-from conformer_vision.train import Trainer, TrainingError, build_model, run_dir_of, train
-from conformer_vision.train import FaultPlan, checkpoint_prefix
+from conformer_vision.train import RunSetup, TrainingError, build_model, build_run, run_dir_of, train
 from conformer_vision.checkpoint import CheckpointManager
 from conformer_vision.distributed import DistInfo
 from conformer_vision.rundir import RunManifest, run_dir_for
+from fault_entry import nan_loss_at_steps, signal_at_step  # tests/fault_entry.py (pytest pythonpath: tests)
 
 
 def write_dataset(root: Path, classes: int = 3, train: int = 16, val: int = 4, size: int = 32) -> Path:
@@ -113,12 +114,8 @@ def test_timed_checkpoints(data: Path, tmp_path: Path, monkeypatch: pytest.Monke
     assert result.step == 6 and steps[-1] == 6 and len(steps) >= 3  # mid-epoch saves + the epoch end
 
 
-def components(data: Path, tmp_path: Path, **overrides: object) -> Trainer:
-    cfg = make_config(data, tmp_path / "run", **overrides)
-    manager = CheckpointManager(cfg.ckpt_root_dir, cfg.best_ckpt_root_dir, prefix=checkpoint_prefix(cfg))
-    trainer = Trainer(cfg, DistInfo(), torch.device("cpu"), manager, FaultPlan())
-    trainer.setup(None)
-    return trainer
+def components(data: Path, tmp_path: Path, **overrides: object) -> RunSetup:
+    return build_run(make_config(data, tmp_path / "run", **overrides), DistInfo(), torch.device("cpu"), None)
 
 
 def test_options_map_to_components(data: Path, tmp_path: Path) -> None:
@@ -163,11 +160,11 @@ def test_exact_resume_after_sigterm(data: Path, tmp_path: Path, monkeypatch: pyt
                   drop_path=0.1, with_ema=True, ema_decay=0.9, amp_level=amp, epochs=epochs)  # fmt: skip
     reference = final_state(train(make_config(data, tmp_path / "a", **recipe)))
     recipe["num_parallel_workers"] = workers
-    monkeypatch.setenv("CONFORMER_FAULT_SIGTERM_AT_STEP", "4")
-    stopped = train(make_config(data, tmp_path / "b", **recipe))
+    with monkeypatch.context() as fault:
+        signal_at_step(fault.setattr, 4, signal.SIGTERM)
+        stopped = train(make_config(data, tmp_path / "b", **recipe))
     assert (stopped.status, stopped.exit_code, stopped.step) == ("interrupted", 143, 4)
     assert read_checkpoint(stopped.last_checkpoint)["train_state"]["batch_in_epoch"] == 4
-    monkeypatch.delenv("CONFORMER_FAULT_SIGTERM_AT_STEP")
     resumed = final_state(train(make_config(data, tmp_path / "b", checkpoint="auto", **recipe)))
     for key in ("model", "ema"):
         assert all(torch.equal(reference[key][k], resumed[key][k]) for k in reference[key]), key
@@ -180,14 +177,14 @@ def test_exact_resume_after_sigterm(data: Path, tmp_path: Path, monkeypatch: pyt
 
 def test_nonfinite_loss_is_skipped_then_fatal(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
-    monkeypatch.setenv("CONFORMER_FAULT_NAN_AT_STEP", "3")
-    with caplog.at_level(logging.WARNING, logger="conformer_vision.train"):
+    with monkeypatch.context() as fault, caplog.at_level(logging.WARNING, logger="conformer_vision.train"):
+        nan_loss_at_steps(fault.setattr, [3])
         result = train(make_config(data, tmp_path / "a", epochs=1))
     assert result.status == "completed" and "step 3: non-finite loss, update skipped" in caplog.text
     state = final_state(result)
     assert state["train_state"]["skipped_steps"] == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
-    monkeypatch.setenv("CONFORMER_FAULT_NAN_AT_STEP", "2:3")
+    nan_loss_at_steps(monkeypatch.setattr, [2, 3, 4])
     with pytest.raises(TrainingError, match="3 consecutive steps"):
         train(make_config(data, tmp_path / "b", epochs=1, max_nonfinite_steps=3, ckpt_save_every_step=1))
     # the checkpoints written before the failure hold finite weights only (steps 1-4: skipped steps do not update)
@@ -248,14 +245,6 @@ def test_transfer_to_another_class_count(data: Path, tmp_path: Path, caplog: pyt
     assert result.status == "completed" and read_checkpoint(result.last_checkpoint)["class_names"] == ["class0", "class1"]
     with pytest.raises(ConfigError, match="exclude_epoch_state"):
         train(make_config(two, tmp_path / "dst2", num_classes=2, pretrained=str(source), exclude_epoch_state=False))
-
-
-@pytest.mark.parametrize("value", ["x", "3:y"])
-def test_fault_variables(value: str) -> None:
-    with pytest.raises(ConfigError):
-        FaultPlan.from_env({"CONFORMER_FAULT_NAN_AT_STEP": value, "CONFORMER_FAULT_KILL_AT_STEP": value})
-    plan = FaultPlan.from_env({"CONFORMER_FAULT_NAN_AT_STEP": "3:2", "CONFORMER_FAULT_KILL_AT_STEP": "7"})
-    assert plan.nan_steps == frozenset({3, 4}) and plan.kill_at == 7 and plan.sigterm_at is None
 
 
 def test_a_run_directory_from_before_manifests_is_resumed_and_adopted(data: Path, tmp_path: Path) -> None:
@@ -327,10 +316,10 @@ def test_exact_resume_from_shards_after_sigterm(data: Path, shards: Path, tmp_pa
                   num_parallel_workers=2, epochs=1)  # fmt: skip
     reference = train(make_config(data, tmp_path / "a", **recipe))
     assert reference.step == 6  # 48 images / batch 8
-    monkeypatch.setenv("CONFORMER_FAULT_SIGTERM_AT_STEP", "3")
-    stopped = train(make_config(data, tmp_path / "b", **recipe))
+    with monkeypatch.context() as fault:
+        signal_at_step(fault.setattr, 3, signal.SIGTERM)
+        stopped = train(make_config(data, tmp_path / "b", **recipe))
     assert (stopped.status, stopped.step) == ("interrupted", 3)
-    monkeypatch.delenv("CONFORMER_FAULT_SIGTERM_AT_STEP")
     with pytest.raises(ckpt_module.CheckpointError, match="2 loader stream.*this run has 1 x 1.*--num_parallel_workers 2"):
         train(make_config(data, tmp_path / "b", checkpoint="auto", **{**recipe, "num_parallel_workers": 0}))
     resumed = final_state(train(make_config(data, tmp_path / "b", checkpoint="auto", **recipe)))
@@ -410,10 +399,10 @@ def test_resume_with_frozen_stages_and_layer_decay(data: Path, tmp_path: Path, h
     resuming with other frozen stages (other parameter groups) is a one-line error."""
     recipe = dict(epochs=1, pretrained=f"local-dir:{hub_start}", freeze_stages=1, layer_decay=0.8)
     reference = final_state(train(make_config(data, tmp_path / "a", **recipe)))
-    monkeypatch.setenv("CONFORMER_FAULT_SIGTERM_AT_STEP", "3")
-    stopped = train(make_config(data, tmp_path / "b", **recipe))
+    with monkeypatch.context() as fault:
+        signal_at_step(fault.setattr, 3, signal.SIGTERM)
+        stopped = train(make_config(data, tmp_path / "b", **recipe))
     assert (stopped.status, stopped.step) == ("interrupted", 3)
-    monkeypatch.delenv("CONFORMER_FAULT_SIGTERM_AT_STEP")
     with pytest.raises(ckpt_module.CheckpointError, match="written with layer_decay 0.8, freeze_stages 1, this run "
                        "has layer_decay 0.8, freeze_stages 3"):  # fmt: skip
         train(make_config(data, tmp_path / "b", checkpoint="auto", **{**recipe, "freeze_stages": 3}))

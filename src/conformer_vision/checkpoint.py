@@ -20,12 +20,11 @@ import logging
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from .errors import CheckpointError, ConfigError
 from .models import Conformer, canonical_name, create_model
@@ -81,7 +80,6 @@ class LoadedModel:
     preprocess: dict[str, Any] | None
     config: dict[str, Any] | None = None
     layout: str = "conformer-vision"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 CONTRADICTIONS = ("error", "warn", "ignore")
@@ -182,7 +180,7 @@ class CheckpointManager:
     - ``save_best``: ``<best_dir>/<prefix>_best_e{epoch}_top1_{acc}.pt``; keeps the ``best_keep``
       highest by val top-1 (ties: the newer wins).
     - ``due(step)``: True when ``every_steps`` steps or ``every_seconds`` seconds have passed since
-      the last save.
+      the last save (or since ``start_at(step)``, the step the run starts or resumes at).
 
     Rotation removes only files in ``registry`` (the run's manifest, ``rundir.RunManifest``, or an
     in-memory ``OwnedFiles``): files this run wrote, never another run's checkpoint of the same name
@@ -212,6 +210,10 @@ class CheckpointManager:
         self._best_re = re.compile(rf"{re.escape(prefix)}_best_e(\d+)_top1_([0-9]+\.[0-9]+)\.pt")
         self._last_time = time.monotonic()
         self._last_step = 0
+
+    def start_at(self, step: int) -> None:
+        """Count ``every_steps`` from global step ``step``: where the run starts or resumes."""
+        self._last_step = step
 
     def due(self, step: int) -> bool:
         by_steps = self.every_steps > 0 and step - self._last_step >= self.every_steps
@@ -329,13 +331,3 @@ def find_resumable(files: list[Path]) -> tuple[Path, dict[str, Any]] | None:
         log.warning("skipping %s: not a resumable conformer-vision checkpoint", path)
     return None
 
-
-def unwrap(model: nn.Module) -> Conformer:
-    """The bare Conformer inside DDP / torch.compile wrappers."""
-    while True:
-        if hasattr(model, "module"):
-            model = model.module  # DDP
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod  # torch.compile
-        else:
-            return model  # type: ignore[return-value]

@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
+from timm.utils import unwrap_model
 from torch import nn
 
-from .checkpoint import unwrap
 from .metrics import ClassificationMeter
 
 __all__ = ["BothHeads", "TrainParts", "StepRecord", "autocast", "train_step", "train_one_epoch", "evaluate"]
@@ -25,7 +25,7 @@ __all__ = ["BothHeads", "TrainParts", "StepRecord", "autocast", "train_step", "t
 
 class BothHeads(nn.Module):
     """``forward(x) -> (conv_logits, trans_logits)`` of the wrapped Conformer, so DistributedDataParallel
-    and ``torch.compile`` see the two-head forward the loss needs (``checkpoint.unwrap`` sees through it)."""
+    and ``torch.compile`` see the two-head forward the loss needs (timm's ``unwrap_model`` sees through it)."""
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
@@ -88,21 +88,19 @@ class StepRecord:
     batch_size: int
 
 
-def train_step(parts: TrainParts, images: torch.Tensor, target: torch.Tensor, poison: bool = False) -> tuple[torch.Tensor, float, bool]:
+def train_step(parts: TrainParts, images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, float, bool]:
     """One update on a batch: images (B, 3, H, W), target (B,) or soft (B, K).
 
-    Returns ``(loss, grad_norm, applied)``; ``poison`` multiplies the loss by NaN (fault injection).
+    Returns ``(loss, grad_norm, applied)``.
     Under DDP the gradients are averaged over ranks before the norm is taken, so every rank makes
     the same skip decision. A skipped step also leaves the buffers (BatchNorm running statistics)
-    as they were: a forward that overflowed would otherwise poison them for good.
+    as they were: a forward that overflowed would otherwise corrupt them for good.
     """
     buffers = list(parts.model.buffers())
     saved = [b.clone() for b in buffers]
     with autocast(parts.device, parts.amp_dtype):
         outputs = parts.model(images)
     loss = parts.criterion(outputs, target)
-    if poison:
-        loss = loss * float("nan")
     parts.optimizer.zero_grad(set_to_none=True)
     (parts.scaler.scale(loss) if parts.scaler is not None else loss).backward()
     if parts.scaler is not None:
@@ -122,7 +120,7 @@ def train_step(parts: TrainParts, images: torch.Tensor, target: torch.Tensor, po
             for buffer, value in zip(buffers, saved):
                 buffer.copy_(value)
     if applied and parts.ema is not None:
-        parts.ema.update(unwrap(parts.model))
+        parts.ema.update(unwrap_model(parts.model))
     return loss.detach(), float(norm), applied
 
 
@@ -141,7 +139,6 @@ def train_one_epoch(
     step: int,
     start_batch: int = 0,
     on_step: Callable[[StepRecord], bool],
-    poison_steps: frozenset[int] = frozenset(),
 ) -> tuple[int, bool]:
     """Train on ``batches`` (the rest of epoch ``epoch`` after ``start_batch`` batches already done),
     continuing from global step ``step``. ``on_step`` runs after every step and returns True to stop.
@@ -158,7 +155,7 @@ def train_one_epoch(
             parts.mixup.mixup_enabled = parts.mixup_off_step is None or step < parts.mixup_off_step
             images, target = parts.mixup(images, target)
         lr = float(parts.optimizer.param_groups[0]["lr"])
-        loss, norm, applied = train_step(parts, images, target, poison=(step + 1) in poison_steps)
+        loss, norm, applied = train_step(parts, images, target)
         step, batch = step + 1, batch + 1
         record = StepRecord(epoch, step, batch, loss, lr, applied, norm, int(images.shape[0]))
         if on_step(record):
@@ -178,7 +175,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Loss / top-1 / top-5 of the fused prediction and of each head over ``loader``
     (:meth:`ClassificationMeter.summary`), summed over all ranks when distributed."""
-    bare = unwrap(model)
+    bare = unwrap_model(model)
     was_training = bare.training
     bare.eval()
     meter = ClassificationMeter(num_classes)

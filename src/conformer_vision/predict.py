@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from .data.images import list_images, load_rgb
 from .data.transforms import Preprocess
 from .errors import ConformerError, DataError, ImageDecodeError
 from .runtime import Predictor
+from .serialization import write_text_atomic
 
 __all__ = ["collect_images", "errors_path", "predict_paths", "predictions_json", "write_json"]
 
@@ -139,27 +138,12 @@ def errors_path(output: str | Path) -> Path:
 
 
 def write_json(doc: dict[str, Any], path: str | Path) -> Path:
-    """Write ``doc`` to ``path``, replacing the file if it exists, through a temporary file in the
-    same folder (a reader never sees half a file; the temporary file is removed if the write fails).
-
-    Raises ConformerError naming the path when the file cannot be written (disk full, permissions).
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    """Write ``doc`` to ``path``, replacing the file if it exists, atomically
+    (``serialization.write_text_atomic``: a reader never sees half a file, a failed write leaves
+    no temporary file). Raises ConformerError naming the path when the file cannot be written
+    (disk full, permissions)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # os.open with 0o666 lets the umask decide the mode, as for any file a user writes
-        # (tempfile.mkstemp would make it 0600).
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        return write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
     except OSError as e:
-        raise ConformerError(f"could not write {path}: {e.strerror or e}; choose another --output") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(doc, indent=1) + "\n")
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise ConformerError(f"could not write {path}: {e.strerror or e}; nothing was replaced") from None
-        raise
-    return path
+        raise ConformerError(f"could not write {path}: {e.strerror or e}; nothing was replaced: choose another "
+                             "--output") from None

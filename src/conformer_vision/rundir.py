@@ -34,15 +34,15 @@ import fcntl
 import json
 import logging
 import os
-import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .serialization import write_text_atomic
 
 __all__ = [
-    "MANIFEST_NAME", "LOCK_NAME", "OwnedFiles", "RunManifest", "run_dir_for", "write_text_atomic", "hold_run_lock",
+    "MANIFEST_NAME", "LOCK_NAME", "OwnedFiles", "RunManifest", "run_dir_for", "hold_run_lock",
 ]  # fmt: skip
 
 log = logging.getLogger("conformer_vision.train")
@@ -160,23 +160,6 @@ class RunManifest(OwnedFiles):
         data: dict[str, Any] = {"format": FORMAT, "version": VERSION, "run_dir": str(self.run_dir), "arch": self.arch,
                                 "model_postfix": self.model_postfix, "prefix": self.prefix, "files": entries}  # fmt: skip
         write_text_atomic(self.path, json.dumps(data, indent=1) + "\n")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a hidden temporary file and a rename: readers and a crash
-    see the old content or the new one, never half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for any file
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @contextlib.contextmanager

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .rundir import OwnedFiles, write_text_atomic
+from .rundir import OwnedFiles
+from .serialization import write_text_atomic
 
 __all__ = ["RunLog", "truncate_metrics"]
 

@@ -1,4 +1,5 @@
-"""Files of tensors: safe reading and atomic writing (the bottom floor under checkpoint.py).
+"""Files of tensors: safe reading, and atomic writing of every file the toolkit writes in place
+(checkpoints, run manifests, metrics, JSON reports): the bottom floor under checkpoint.py.
 
 Reading is always ``torch.load(weights_only=True)`` (or safetensors): a file holding anything
 but tensors and plain Python values is refused, never loaded with the unsafe unpickler. The only
@@ -25,15 +26,15 @@ import secrets
 import shutil
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
 from .errors import CheckpointError
 
-__all__ = ["read_checkpoint", "atomic_save", "numpy_data_globals"]
+__all__ = ["read_checkpoint", "atomic_save", "write_atomic", "write_text_atomic", "numpy_data_globals"]
 
 log = logging.getLogger("conformer_vision.checkpoint")
 
@@ -298,39 +299,60 @@ def partial_writes(folder: Path, name_glob: str) -> list[Path]:
     return sorted(folder.glob(f".{name_glob}.*{TEMP_SUFFIX}")) if folder.is_dir() else []
 
 
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
+    """Write ``path`` through ``write(file)`` atomically: a hidden temporary file in the same folder
+    (``.<name>.XXXX.tmp``, ``partial_writes``), fsync, rename, fsync the folder. Readers and a crash
+    see the old content or the new one, never half of it. On any failure the temporary file is
+    removed, ``path`` is untouched and the exception propagates."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _create_temp(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """``text`` (UTF-8) to ``path`` through ``write_atomic``."""
+    return write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` atomically: temp file in the same folder, fsync, rename.
+    """``torch.save`` to ``path`` through ``write_atomic``.
 
     The file's permissions are 0666 minus the process umask (0644 under the usual 022), as for
     any file opened for writing. On any failure (disk full included) the temp file is removed,
     ``path`` is untouched, and a CheckpointError names the path.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    started = False  # torch.save began: a failure now is the write's, not the folder's
+
+    def save(f: IO[bytes]) -> None:
+        nonlocal started
+        started = True
+        torch.save(obj, f)
+
     try:
-        fd, tmp = _create_temp(path)
-    except OSError as e:
-        raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}; check that {path.parent} "
-                              "is a writable folder") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
+        return write_atomic(path, save)
+    except (OSError, RuntimeError) as e:
+        if not started and isinstance(e, OSError):
+            raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}; check that {path.parent} "
+                                  "is a writable folder") from None
         # torch.save reports a failed write (disk full, quota, file-size limit) as a RuntimeError
         # from its zip writer ("unexpected pos ..."), not as the OSError underneath.
-        if isinstance(e, (OSError, RuntimeError)):
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else _first_line(e)
-            raise CheckpointError(
-                f"could not write checkpoint {path}: {reason}; {_free_space(path.parent)} - is the disk full, "
-                "or a quota or file-size limit reached? Nothing was replaced; free space and resume with "
-                "--checkpoint auto") from None
-        raise
-    return path
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else _first_line(e)
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {reason}; {_free_space(path.parent)} - is the disk full, "
+            "or a quota or file-size limit reached? Nothing was replaced; free space and resume with "
+            "--checkpoint auto") from None
 
 
 def _create_temp(path: Path) -> tuple[int, str]:

@@ -54,9 +54,6 @@ Resume and faults
     (each image's augmentation is seeded by (seed, epoch, index): ``ResumableSampler``). SIGTERM/SIGINT finish the current step, write a checkpoint and
     return exit code 143/130; all ranks stop at the same step. A step whose loss or gradients are not
     finite is skipped and logged; ``max_nonfinite_steps`` consecutive ones stop the run with an error.
-    Fault injection for tests (environment): ``CONFORMER_FAULT_KILL_AT_STEP=N`` (SIGKILL itself after
-    step N), ``CONFORMER_FAULT_SIGTERM_AT_STEP=N`` (SIGTERM itself during step N),
-    ``CONFORMER_FAULT_NAN_AT_STEP=N`` or ``N:K`` (NaN loss at steps N..N+K-1).
 """
 
 from __future__ import annotations
@@ -94,11 +91,15 @@ from .models.convert import load_state_dict_strict
 from .optim import build_optimizer, build_scheduler
 from .pretrained import IMAGENET, PUBLISHED
 from .paths import check_output_dir, free_bytes
-from .rundir import MANIFEST_NAME, OwnedFiles, RunManifest, absolute, hold_run_lock, run_dir_for, write_text_atomic
+from .rundir import MANIFEST_NAME, OwnedFiles, RunManifest, absolute, hold_run_lock, run_dir_for
 from .runtime import AMP_LEVELS, resolve_device
 from .runlog import METRICS_FILE, RunLog
+from .serialization import write_text_atomic
 
-__all__ = ["train", "Trainer", "TrainResult", "FaultPlan", "run_dir_of", "build_model", "capture_rng_state", "restore_rng_state"]
+__all__ = [
+    "train", "Trainer", "TrainResult", "RunSetup", "build_run", "run_dir_of", "build_model", "capture_rng_state",
+    "restore_rng_state",
+]
 
 log = logging.getLogger("conformer_vision.train")
 
@@ -129,7 +130,7 @@ class TrainingError(ConformerError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Small pieces: run directory, faults, RNG, signals
+# Small pieces: run directory, RNG, signals
 
 
 def run_dir_of(cfg: Config) -> Path:
@@ -140,36 +141,6 @@ def run_dir_of(cfg: Config) -> Path:
 
 def checkpoint_prefix(cfg: Config) -> str:
     return f"{cfg.arch}_{cfg.model_postfix}"
-
-
-@dataclass(frozen=True)
-class FaultPlan:
-    """Faults to inject, from ``CONFORMER_FAULT_*`` environment variables (tests only)."""
-
-    kill_at: int | None = None
-    sigterm_at: int | None = None
-    nan_steps: frozenset[int] = frozenset()
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> FaultPlan:
-        env = dict(os.environ if env is None else env)
-
-        def step(name: str) -> int | None:
-            value = env.get(name, "").strip()
-            if not value:
-                return None
-            if not value.isdigit():
-                raise ConfigError(f"environment variable {name}={value!r}: expected a step number")
-            return int(value)
-
-        nan = env.get("CONFORMER_FAULT_NAN_AT_STEP", "").strip()
-        nan_steps: frozenset[int] = frozenset()
-        if nan:
-            first, _, count = nan.partition(":")
-            if not first.isdigit() or (count and not count.isdigit()):
-                raise ConfigError(f"CONFORMER_FAULT_NAN_AT_STEP={nan!r}: expected N or N:COUNT")
-            nan_steps = frozenset(range(int(first), int(first) + int(count or 1)))
-        return cls(step("CONFORMER_FAULT_KILL_AT_STEP"), step("CONFORMER_FAULT_SIGTERM_AT_STEP"), nan_steps)
 
 
 def seed_everything(seed: int) -> None:
@@ -587,10 +558,10 @@ def _finished(cfg: Config, resume: dict[str, Any]) -> bool:
     return int(ts["epoch"]) >= cfg.epochs
 
 
-def _check_free_space(cfg: Config, run: Trainer, plan: StartPlan) -> None:
+def _check_free_space(cfg: Config, setup: RunSetup, plan: StartPlan) -> None:
     """Refuse to start when a checkpoint folder cannot take one more checkpoint (atomic writes need
     room for the new file beside the old ones); the replaced run's files there count as free."""
-    need = checkpoint_bytes(run)
+    need = checkpoint_bytes(cfg, setup)
     folders = [("ckpt_root_dir", Path(cfg.ckpt_root_dir))]
     if cfg.best_ckpt_num > 0:
         folders.append(("best_ckpt_root_dir", Path(cfg.best_ckpt_root_dir)))
@@ -604,155 +575,198 @@ def _check_free_space(cfg: Config, run: Trainer, plan: StartPlan) -> None:
                               f"{need / 2**20:.1f} MiB; free some space or choose another {what}")
 
 
-def checkpoint_bytes(run: Trainer) -> int:
+def checkpoint_bytes(cfg: Config, setup: RunSetup) -> int:
     """About the size of one checkpoint: the weights, the EMA copy, the optimizer's per-parameter
     state (AdamW: 2 tensors, SGD: 1) and some headroom for the rest."""
-    weights = sum(t.numel() * t.element_size() for t in run.model.state_dict().values())
-    params = sum(p.numel() * p.element_size() for p in run.model.parameters())
-    slots = 2 if run.cfg.optimizer == "adamw" else 1
-    return int((weights * (2 if run.ema is not None else 1) + params * slots) * 1.05) + 2**20
+    weights = sum(t.numel() * t.element_size() for t in setup.model.state_dict().values())
+    params = sum(p.numel() * p.element_size() for p in setup.model.parameters())
+    slots = 2 if cfg.optimizer == "adamw" else 1
+    return int((weights * (2 if setup.ema is not None else 1) + params * slots) * 1.05) + 2**20
 
 
 # ---------------------------------------------------------------------------------------------
 # The run
 
 
-class Trainer:
-    """The state of one training process and the callbacks the loop calls."""
+@dataclass
+class Position:
+    """Where training starts: the epoch index, the global step, the batches of that epoch already
+    trained (a mid-epoch resume) and the counters a resumed run carries on; ``rng`` is this
+    process's RNG states from the checkpoint, restored right before the loop (None: a new run keeps
+    its seeded streams)."""
 
-    def __init__(self, cfg: Config, info: D.DistInfo, device: torch.device, manager: CheckpointManager,
-                 faults: FaultPlan) -> None:  # fmt: skip
-        self.cfg, self.info, self.device, self.manager, self.faults = cfg, info, device, manager, faults
-        self.epoch = self.step = self.start_batch = 0
-        self.best_top1: float | None = None
-        self.nonfinite_streak = self.skipped_steps = 0
+    epoch: int = 0
+    step: int = 0
+    batch: int = 0
+    best_top1: float | None = None
+    nonfinite_streak: int = 0
+    skipped_steps: int = 0
+    rng: dict[str, Any] | None = None
+
+
+@dataclass
+class RunSetup:
+    """What ``build_run`` makes of the config and the checkpoint resumed: the data, the bare model
+    and its EMA, what every step touches (``parts``: the training module, optimizer, schedule,
+    scaler, loss, mixup) and where training starts. Building it writes nothing."""
+
+    data: RunData
+    model: Conformer
+    ema: nn.Module | None
+    parts: TrainParts
+    start: Position
+
+
+def build_run(cfg: Config, info: D.DistInfo, device: torch.device, resume: dict[str, Any] | None) -> RunSetup:
+    """Seed, build the data, the model (weights of ``resume`` when given), EMA, DDP / compile
+    wrappers, optimizer, schedule, loss scaler, mixup and loss; with ``resume``, restore the
+    optimizer, scaler and position too (``_restore``)."""
+    cfg.check_training()
+    seed_everything(cfg.seed + info.rank)
+    data = build_data(cfg, info)
+    if resume is not None and resume.get("class_names") not in (None, data.class_names):
+        raise CheckpointError(f"the checkpoint's classes {resume['class_names'][:5]}... differ from the data's "
+                              f"{data.class_names[:5]}...: the data folder changed since the checkpoint")
+    model = build_model(cfg, len(data.class_names)).to(device)
+    if resume is not None:
+        source = f"the checkpoint (arch {resume.get('arch')})"
+        load_state_dict_strict(model, resume["model"], source=source, allow_new_heads=False)
+    if cfg.sync_bn and (info.enabled or device.type != "cuda"):
+        model = D.convert_sync_batchnorm(model, device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    freeze_stages(model, cfg.freeze_stages)  # after the SyncBatchNorm swap, which makes new parameters
+    ema = _build_ema(cfg, model, resume)
+    module = D.wrap_ddp(TrainingModule(model, cfg.freeze_stages), device)
+    if cfg.compile:  # after DDP, as torch recommends (graph breaks at the gradient buckets)
+        module = torch.compile(module)  # type: ignore[assignment]
+    spe = data.steps_per_epoch
+    if cfg.warmup_length >= cfg.epochs and info.is_main:
+        _warn_warmup_only(cfg, spe)
+    optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.base_lr, weight_decay=cfg.weight_decay,
+                                betas=tuple(cfg.beta), eps=cfg.eps, momentum=cfg.momentum,  # type: ignore[arg-type]
+                                layer_decay=cfg.layer_decay)  # fmt: skip
+    scheduler = build_scheduler(optimizer, cfg.lr_scheduler, epochs=cfg.epochs, steps_per_epoch=spe,
+                                warmup_epochs=cfg.warmup_length, warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr,
+                                lr_adjust=cfg.lr_adjust, lr_gamma=cfg.lr_gamma)  # fmt: skip
+    scaler = torch.amp.GradScaler(device.type, init_scale=cfg.loss_scale) if cfg.use_grad_scaler else None
+    mixup, mixup_off = _build_mixup(cfg, len(data.class_names), spe)
+    criterion = build_criterion(soft_targets=mixup is not None, label_smoothing=cfg.label_smoothing if cfg.augment else 0.0)
+    parts = TrainParts(
+        model=module, criterion=criterion, optimizer=optimizer, scheduler=scheduler, device=device,
+        amp_dtype=AMP_LEVELS[cfg.amp_level], scaler=scaler, static_loss_scale=None if cfg.is_dynamic_loss_scale else cfg.loss_scale,
+        ema=ema, mixup=mixup, mixup_off_step=mixup_off, channels_last=cfg.channels_last,
+        clip_grad_norm=cfg.clip_grad_norm if cfg.use_clip_grad_norm else None,
+    )  # fmt: skip
+    if resume is None:
+        start = Position(epoch=cfg.start_epoch, step=cfg.start_epoch * spe)
+    else:
+        start = _restore(cfg, info, data, parts, resume)
+    return RunSetup(data, model, ema, parts, start)
+
+
+def _build_ema(cfg: Config, model: Conformer, resume: dict[str, Any] | None) -> nn.Module | None:
+    if not cfg.with_ema:
+        return None
+    from timm.utils import ModelEmaV3
+
+    ema = ModelEmaV3(model, decay=cfg.ema_decay)
+    if resume is not None and resume.get("ema") is not None:
+        ema.module.load_state_dict(resume["ema"])
+    elif resume is not None:
+        log.warning("the checkpoint has no EMA weights: the EMA starts from the current weights")
+    return ema
+
+
+def _restore(cfg: Config, info: D.DistInfo, data: RunData, parts: TrainParts, ckpt: dict[str, Any]) -> Position:
+    """Optimizer and scaler state from a checkpoint's train_state, and where it stopped (weights and
+    EMA are loaded by ``build_run``; the RNG states are restored right before the loop)."""
+    ts = ckpt["train_state"]
+    spe = data.steps_per_epoch
+    _restore_optimizer(cfg, parts.optimizer, ts["optimizer"], ckpt.get("config") or {})
+    # The scheduler's stored state is not reloaded: the learning rate is a function of the step
+    # and of this run's options, so a run resumed with a larger ``epochs`` stretches its schedule.
+    if parts.scaler is not None and ts.get("scaler"):
+        parts.scaler.load_state_dict(ts["scaler"])
+    epoch, batch = int(ts["epoch"]), int(ts["batch_in_epoch"])
+    data.check_resume(ckpt, batch)
+    if ts.get("steps_per_epoch") != spe:
+        if batch:
+            raise CheckpointError(
+                f"the checkpoint was written mid-epoch with {ts.get('steps_per_epoch')} steps per epoch, this run has "
+                f"{spe} (batch_size, device_num or the data changed): resume from an end-of-epoch checkpoint instead")
+        log.warning("steps per epoch changed (%s -> %d): the schedule continues from epoch %d", ts.get("steps_per_epoch"), spe, epoch)
+    rng = ts.get("rng") or []
+    start = Position(
+        epoch=epoch, step=epoch * spe + batch, batch=batch, best_top1=ts.get("best_top1"),
+        nonfinite_streak=int(ts.get("nonfinite_streak", 0)), skipped_steps=int(ts.get("skipped_steps", 0)),
+        rng=rng[info.rank] if len(rng) == info.world_size else None,
+    )
+    if start.rng is None and rng:
+        log.warning("the checkpoint holds RNG states of %d process(es), this run has %d: random streams restart",
+                    len(rng), info.world_size)
+    log.info("resuming at epoch %d, step %d (batch %d of %d)", epoch + 1, start.step, batch, spe)
+    if info.is_main:
+        _note_new_length(cfg, parts, start.step, ckpt)
+    return start
+
+
+def _restore_optimizer(cfg: Config, optimizer: torch.optim.Optimizer, state: dict[str, Any], saved: dict[str, Any]) -> None:
+    """The optimizer's state from a checkpoint. Its parameter groups must be this run's (the same
+    ``freeze_stages``, and ``layer_decay`` on or off alike); the groups' ``lr_scale`` are this
+    run's (a changed ``layer_decay`` value applies from the resumed step, as a changed base_lr)."""
+    scales = [g.get("lr_scale") for g in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(state)
+    except ValueError as e:
+        before = ", ".join(f"{k} {saved.get(k, 'unset')}" for k in ("layer_decay", "freeze_stages"))
+        now = f"layer_decay {cfg.layer_decay}, freeze_stages {cfg.freeze_stages}"
+        raise CheckpointError(
+            f"the checkpoint's optimizer does not fit this run's parameter groups ({e}): it was written with "
+            f"{before}, this run has {now}; resume with the checkpoint's values, or start a new run from its "
+            "weights with --pretrained") from None  # fmt: skip
+    for group, scale in zip(optimizer.param_groups, scales):
+        if scale is None:
+            group.pop("lr_scale", None)
+        else:
+            group["lr_scale"] = scale
+
+
+def _note_new_length(cfg: Config, parts: TrainParts, step: int, ckpt: dict[str, Any]) -> None:
+    """Say so when a resumed run has another ``epochs`` than its checkpoint's config: the
+    schedule is recomputed for the new length (as timm does with a new --epochs)."""
+    before = (ckpt.get("config") or {}).get("epochs")
+    if before is None or int(before) == cfg.epochs:
+        return
+    optimizer = parts.optimizer
+    last_lr = float(optimizer.param_groups[0]["lr"])
+    parts.scheduler.step_update(step)  # the rate of the next step (set again before it)
+    log.warning("epochs changed from %d to %d: the run %s to %d epochs and its %s schedule is recomputed for "
+                "that length (learning rate of the last step %.3e, of the next step %.3e)", int(before), cfg.epochs,
+                "is extended" if cfg.epochs > int(before) else "is shortened", cfg.epochs, cfg.lr_scheduler,
+                last_lr, float(optimizer.param_groups[0]["lr"]))  # fmt: skip
+
+
+class Trainer:
+    """One training process: the loop over the epochs of a built run (``RunSetup``), and the
+    callbacks the loop calls after every step (stop on a signal, count non-finite steps, log to
+    ``run_log``, checkpoint through ``manager``)."""
+
+    def __init__(self, cfg: Config, info: D.DistInfo, device: torch.device, setup: RunSetup,
+                 manager: CheckpointManager, run_log: RunLog) -> None:  # fmt: skip
+        self.cfg, self.info, self.device = cfg, info, device
+        self.data, self.model, self.ema, self.parts = setup.data, setup.model, setup.ema, setup.parts
+        self.manager, self.log = manager, run_log
+        start = setup.start
+        self.epoch, self.step, self.start_batch = start.epoch, start.step, start.batch
+        self.best_top1 = start.best_top1
+        self.nonfinite_streak, self.skipped_steps = start.nonfinite_streak, start.skipped_steps
+        self.rng = start.rng  # restored right before the loop
         self.signals = StopOnSignal()
         self.stop_signal: int | None = None
         self.last_checkpoint: Path | None = None
         self.metrics: dict[str, float] = {}
-
-    # -- setup ---------------------------------------------------------------------------------
-
-    def setup(self, resume: dict[str, Any] | None) -> None:
-        cfg, device = self.cfg, self.device
-        cfg.check_training()
-        seed_everything(cfg.seed + self.info.rank)
-        self.data = build_data(cfg, self.info)
-        if resume is not None and resume.get("class_names") not in (None, self.data.class_names):
-            raise CheckpointError(f"the checkpoint's classes {resume['class_names'][:5]}... differ from the data's "
-                                  f"{self.data.class_names[:5]}...: the data folder changed since the checkpoint")
-        model = build_model(cfg, len(self.data.class_names)).to(device)
-        if resume is not None:
-            source = f"the checkpoint (arch {resume.get('arch')})"
-            load_state_dict_strict(model, resume["model"], source=source, allow_new_heads=False)
-        if cfg.sync_bn and (self.info.enabled or device.type != "cuda"):
-            model = D.convert_sync_batchnorm(model, device)
-        if cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        freeze_stages(model, cfg.freeze_stages)  # after the SyncBatchNorm swap, which makes new parameters
-        self.model = model
-        self.ema = self._build_ema(resume)
-        module = D.wrap_ddp(TrainingModule(model, cfg.freeze_stages), device)
-        if cfg.compile:  # after DDP, as torch recommends (graph breaks at the gradient buckets)
-            module = torch.compile(module)  # type: ignore[assignment]
-        spe = self.data.steps_per_epoch
-        if cfg.warmup_length >= cfg.epochs and self.info.is_main:
-            _warn_warmup_only(cfg, spe)
-        optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.base_lr, weight_decay=cfg.weight_decay,
-                                    betas=tuple(cfg.beta), eps=cfg.eps, momentum=cfg.momentum,  # type: ignore[arg-type]
-                                    layer_decay=cfg.layer_decay)  # fmt: skip
-        scheduler = build_scheduler(optimizer, cfg.lr_scheduler, epochs=cfg.epochs, steps_per_epoch=spe,
-                                    warmup_epochs=cfg.warmup_length, warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr,
-                                    lr_adjust=cfg.lr_adjust, lr_gamma=cfg.lr_gamma)  # fmt: skip
-        scaler = torch.amp.GradScaler(device.type, init_scale=cfg.loss_scale) if cfg.use_grad_scaler else None
-        mixup, mixup_off = _build_mixup(cfg, len(self.data.class_names), spe)
-        criterion = build_criterion(soft_targets=mixup is not None, label_smoothing=cfg.label_smoothing if cfg.augment else 0.0)
-        self.parts = TrainParts(
-            model=module, criterion=criterion, optimizer=optimizer, scheduler=scheduler, device=device,
-            amp_dtype=AMP_LEVELS[cfg.amp_level], scaler=scaler, static_loss_scale=None if cfg.is_dynamic_loss_scale else cfg.loss_scale,
-            ema=self.ema, mixup=mixup, mixup_off_step=mixup_off, channels_last=cfg.channels_last,
-            clip_grad_norm=cfg.clip_grad_norm if cfg.use_clip_grad_norm else None,
-        )  # fmt: skip
-        self.epoch, self.step = cfg.start_epoch, cfg.start_epoch * spe
-        if resume is not None:
-            self._restore(resume)
-            self.manager._last_step = self.step  # step-interval saves count from the resumed step
-
-    def _build_ema(self, resume: dict[str, Any] | None) -> nn.Module | None:
-        if not self.cfg.with_ema:
-            return None
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(self.model, decay=self.cfg.ema_decay)
-        if resume is not None and resume.get("ema") is not None:
-            ema.module.load_state_dict(resume["ema"])
-        elif resume is not None:
-            log.warning("the checkpoint has no EMA weights: the EMA starts from the current weights")
-        return ema
-
-    def _restore(self, ckpt: dict[str, Any]) -> None:
-        """Optimizer, schedule, scaler and position from a checkpoint's train_state (weights and EMA
-        are loaded in ``setup``); RNG states last, right before the loop."""
-        ts = ckpt["train_state"]
-        spe = self.data.steps_per_epoch
-        self._restore_optimizer(ts["optimizer"], ckpt.get("config") or {})
-        # The scheduler's stored state is not reloaded: the learning rate is a function of the step
-        # and of this run's options, so a run resumed with a larger ``epochs`` stretches its schedule.
-        if self.parts.scaler is not None and ts.get("scaler"):
-            self.parts.scaler.load_state_dict(ts["scaler"])
-        self.epoch, self.start_batch = int(ts["epoch"]), int(ts["batch_in_epoch"])
-        self.data.check_resume(ckpt, self.start_batch)
-        if ts.get("steps_per_epoch") != spe:
-            if self.start_batch:
-                raise CheckpointError(
-                    f"the checkpoint was written mid-epoch with {ts.get('steps_per_epoch')} steps per epoch, this run has "
-                    f"{spe} (batch_size, device_num or the data changed): resume from an end-of-epoch checkpoint instead")
-            log.warning("steps per epoch changed (%s -> %d): the schedule continues from epoch %d", ts.get("steps_per_epoch"), spe, self.epoch)
-        self.step = self.epoch * spe + self.start_batch
-        self.best_top1 = ts.get("best_top1")
-        self.nonfinite_streak, self.skipped_steps = int(ts.get("nonfinite_streak", 0)), int(ts.get("skipped_steps", 0))
-        rng = ts.get("rng") or []
-        self._rng = rng[self.info.rank] if len(rng) == self.info.world_size else None
-        if self._rng is None and rng:
-            log.warning("the checkpoint holds RNG states of %d process(es), this run has %d: random streams restart",
-                        len(rng), self.info.world_size)
-        log.info("resuming at epoch %d, step %d (batch %d of %d)", self.epoch + 1, self.step, self.start_batch, spe)
-        self._note_new_length(ckpt)
-
-    def _restore_optimizer(self, state: dict[str, Any], saved: dict[str, Any]) -> None:
-        """The optimizer's state from a checkpoint. Its parameter groups must be this run's (the same
-        ``freeze_stages``, and ``layer_decay`` on or off alike); the groups' ``lr_scale`` are this
-        run's (a changed ``layer_decay`` value applies from the resumed step, as a changed base_lr)."""
-        optimizer = self.parts.optimizer
-        scales = [g.get("lr_scale") for g in optimizer.param_groups]
-        try:
-            optimizer.load_state_dict(state)
-        except ValueError as e:
-            before = ", ".join(f"{k} {saved.get(k, 'unset')}" for k in ("layer_decay", "freeze_stages"))
-            now = f"layer_decay {self.cfg.layer_decay}, freeze_stages {self.cfg.freeze_stages}"
-            raise CheckpointError(
-                f"the checkpoint's optimizer does not fit this run's parameter groups ({e}): it was written with "
-                f"{before}, this run has {now}; resume with the checkpoint's values, or start a new run from its "
-                "weights with --pretrained") from None  # fmt: skip
-        for group, scale in zip(optimizer.param_groups, scales):
-            if scale is None:
-                group.pop("lr_scale", None)
-            else:
-                group["lr_scale"] = scale
-
-    def _note_new_length(self, ckpt: dict[str, Any]) -> None:
-        """Say so when a resumed run has another ``epochs`` than its checkpoint's config: the
-        schedule is recomputed for the new length (as timm does with a new --epochs)."""
-        before = (ckpt.get("config") or {}).get("epochs")
-        cfg, optimizer = self.cfg, self.parts.optimizer
-        if before is None or int(before) == cfg.epochs or not self.info.is_main:
-            return
-        last_lr = float(optimizer.param_groups[0]["lr"])
-        self.parts.scheduler.step_update(self.step)  # the rate of the next step (set again before it)
-        log.warning("epochs changed from %d to %d: the run %s to %d epochs and its %s schedule is recomputed for "
-                    "that length (learning rate of the last step %.3e, of the next step %.3e)", int(before), cfg.epochs,
-                    "is extended" if cfg.epochs > int(before) else "is shortened", cfg.epochs, cfg.lr_scheduler,
-                    last_lr, float(optimizer.param_groups[0]["lr"]))  # fmt: skip
+        manager.start_at(self.step)  # step-interval saves count from where the run starts
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -805,13 +819,9 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------
 
     def on_step(self, rec: StepRecord) -> bool:
-        """After every step: faults, the cross-rank consensus (stop, non-finite, loss, save due),
-        logging, timed checkpoints. Returns True to stop."""
+        """After every step: the cross-rank consensus (stop, non-finite, loss, save due), logging,
+        timed checkpoints. Returns True to stop."""
         self.step = rec.step
-        if self.faults.kill_at == rec.step:
-            os.kill(os.getpid(), signal.SIGKILL)
-        if self.faults.sigterm_at == rec.step:
-            os.kill(os.getpid(), signal.SIGTERM)
         loss = float(rec.loss)
         finite = loss == loss and abs(loss) != float("inf")
         due = self.info.is_main and rec.batch < self.data.steps_per_epoch and self.manager.due(rec.step)
@@ -869,17 +879,16 @@ class Trainer:
 
     def run(self) -> None:
         cfg, data = self.cfg, self.data
-        if getattr(self, "_rng", None) is not None:
-            restore_rng_state(self._rng)
+        if self.rng is not None:
+            restore_rng_state(self.rng)
         for epoch in range(self.epoch, cfg.epochs):
             self.epoch = epoch
             set_loader_epoch(data.train_loader, epoch)
             data.sampler.skip = self.start_batch * cfg.batch_size
             self.log.start_epoch(epoch)
             self.step, stopped = train_one_epoch(
-                self.parts, data.train_loader, epoch=epoch, step=self.step, start_batch=self.start_batch,
-                on_step=self.on_step, poison_steps=self.faults.nan_steps,
-            )  # fmt: skip
+                self.parts, data.train_loader, epoch=epoch, step=self.step, start_batch=self.start_batch, on_step=self.on_step
+            )
             self.start_batch = 0
             if stopped:
                 return
@@ -910,13 +919,13 @@ def _check_finite(model: nn.Module, ema: Any, step: int) -> None:
                                     "resume from the last good one with a lower base_lr or amp_level O0")
 
 
-def _write_run_files(cfg: Config, run: Trainer, manifest: OwnedFiles) -> None:
+def _write_run_files(cfg: Config, setup: RunSetup, manifest: OwnedFiles) -> None:
     """The run directory's config copy, class list and ``model.txt``, each listed before it is written."""
     run_dir = run_dir_of(cfg)
-    params = sum(p.numel() for p in run.model.parameters())
-    texts = {"config.yaml": cfg.to_yaml(), "class_names.json": json.dumps(run.data.class_names, indent=1) + "\n"}
+    params = sum(p.numel() for p in setup.model.parameters())
+    texts = {"config.yaml": cfg.to_yaml(), "class_names.json": json.dumps(setup.data.class_names, indent=1) + "\n"}
     if cfg.dump_graph:
-        texts["model.txt"] = f"{cfg.arch}: {params:,} parameters\n{run.model}\n"
+        texts["model.txt"] = f"{cfg.arch}: {params:,} parameters\n{setup.model}\n"
     for name, text in texts.items():
         manifest.add(run_dir / name)
         write_text_atomic(run_dir / name, text)
@@ -930,12 +939,12 @@ def _log_input_grid(run: Trainer) -> None:
     run.log.image_grid("train/input_images", (images * std + mean).clamp(0, 1), run.step)
 
 
-def _log_start(cfg: Config, run: Trainer, plan: StartPlan) -> None:
+def _log_start(cfg: Config, info: D.DistInfo, device: torch.device, setup: RunSetup, plan: StartPlan) -> None:
     """The start-up summary (rank 0, once): where, what data, which model, on what."""
-    data, info = run.data, run.info
+    data = setup.data
     classes = data.class_names
     shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
-    params = sum(p.numel() for p in run.model.parameters())
+    params = sum(p.numel() for p in setup.model.parameters())
     if plan.resume is not None:
         source = "weights of the checkpoint resumed"
     else:
@@ -950,13 +959,13 @@ def _log_start(cfg: Config, run: Trainer, plan: StartPlan) -> None:
     log.info("model %s: %s parameters, %s; %d epochs, %s with %s, amp_level %s", cfg.arch, f"{params:,}", source,
              cfg.epochs, cfg.optimizer, cfg.lr_scheduler, cfg.amp_level)  # fmt: skip
     if cfg.freeze_stages or cfg.layer_decay is not None:
-        trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
-        lowest = min(g.get("lr_scale", 1.0) for g in run.parts.optimizer.param_groups)
+        trainable = sum(p.numel() for p in setup.model.parameters() if p.requires_grad)
+        lowest = min(g.get("lr_scale", 1.0) for g in setup.parts.optimizer.param_groups)
         decay = ("no layer decay" if cfg.layer_decay is None else f"layer_decay {cfg.layer_decay:g}: the heads at the "
                  f"scheduled lr, the lowest trainable layer at {lowest:.3g} x that")  # fmt: skip
         log.info("fine-tuning: %s, %s of %s parameters train; %s", describe_frozen(cfg.freeze_stages),
                  f"{trainable:,}", f"{params:,}", decay)  # fmt: skip
-    log.info("device %s: %d process(es), %d compute thread(s) and %d loader worker(s) per process", run.device,
+    log.info("device %s: %d process(es), %d compute thread(s) and %d loader worker(s) per process", device,
              info.world_size, torch.get_num_threads(), cfg.num_parallel_workers)  # fmt: skip
 
 
@@ -990,7 +999,6 @@ def _quiet_unless_main(is_main: bool) -> Any:
 
 
 def _train(cfg: Config, info: D.DistInfo, device: torch.device) -> TrainResult:
-    faults = FaultPlan.from_env()
     manager = CheckpointManager(cfg.ckpt_root_dir, cfg.best_ckpt_root_dir, prefix=checkpoint_prefix(cfg),
                                 keep=cfg.ckpt_keep_num, best_keep=cfg.best_ckpt_num, every_steps=cfg.ckpt_save_every_step,
                                 every_seconds=cfg.ckpt_save_every_seconds, enabled=info.is_main)  # fmt: skip
@@ -1000,15 +1008,14 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device) -> TrainResult:
     resume = plan.resume
     if resume is None and cfg.pretrained and not cfg.exclude_epoch_state:
         resume = _pretrained_state(cfg)
-    run = Trainer(cfg, info, device, manager, faults)
     try:
-        run.setup(resume)
+        setup = build_run(cfg, info, device, resume)
     except CheckpointError as e:
         if plan.resume_path is None:
             raise
         raise CheckpointError(f"cannot resume from {plan.resume_path}: {e}") from None
     if info.is_main:
-        _check_free_space(cfg, run, plan)
+        _check_free_space(cfg, setup, plan)
     # Every check has passed: from here on the run writes (and, with overwrite, first removes).
     with hold_run_lock(plan.run_dir) if info.is_main else contextlib.nullcontext():
         manifest: OwnedFiles = commit(cfg, plan, manager) if info.is_main else OwnedFiles()
@@ -1016,21 +1023,21 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device) -> TrainResult:
         if plan.resume_path is not None:
             log.info("resumed from %s", plan.resume_path)
         if info.is_main:
-            _write_run_files(cfg, run, manifest)
-            _log_start(cfg, run, plan)  # before the progress bar appears
-        run.log = RunLog(plan.run_dir, Path(cfg.summary_root_dir), enabled=info.is_main, registry=manifest,
-                         total_steps=cfg.epochs * run.data.steps_per_epoch, start_step=run.step,
+            _write_run_files(cfg, setup, manifest)
+            _log_start(cfg, info, device, setup, plan)  # before the progress bar appears
+        run_log = RunLog(plan.run_dir, Path(cfg.summary_root_dir), enabled=info.is_main, registry=manifest,
+                         total_steps=cfg.epochs * setup.data.steps_per_epoch, start_step=setup.start.step,
                          print_every=cfg.print_loss_every, tb_every=cfg.summary_loss_collect_freq, epochs=cfg.epochs,
                          restart=plan.keep is not None, legacy_metrics=bool(plan.adopt))  # fmt: skip
         try:
-            if info.is_main:
-                if cfg.collect_input_data and resume is None:
-                    _log_input_grid(run)
+            run = Trainer(cfg, info, device, setup, manager, run_log)
+            if info.is_main and cfg.collect_input_data and resume is None:
+                _log_input_grid(run)
             with run.signals, _redirect_logging(info.is_main):
                 run.run()
                 D.barrier()  # rank 0 has finished writing before any process exits
         finally:
-            run.log.close()
+            run_log.close()
     status = "interrupted" if run.stop_signal is not None else "completed"
     code = EXIT_CODES.get(run.stop_signal, 0) if run.stop_signal is not None else 0
     done = run.epoch + 1 if status == "completed" else run.epoch

@@ -63,9 +63,9 @@ def assert_user_error(result: Result, *fragments: str) -> None:
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    """Environment of a child process: src on the path, one thread, no inherited fault hooks."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONFORMER_FAULT_")}
-    env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+    """Environment of a child process: src on the path, one thread."""
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.update(extra)
     return env
 
 
@@ -81,6 +81,13 @@ def conformer(*args: Any, env: dict[str, str] | None = None, timeout: float = 18
               preexec_fn: Callable[[], None] | None = None) -> Result:  # fmt: skip
     """``python -m conformer_vision ARGS`` as a subprocess."""
     return run_python(["-m", "conformer_vision", *args], env=env, timeout=timeout, preexec_fn=preexec_fn)
+
+
+def conformer_with_faults(*args: Any, timeout: float = 180, **faults: Any) -> Result:
+    """``conformer ARGS`` as a subprocess that provokes ``faults`` in itself (``tests/fault_entry.py``:
+    ``kill_at_step=N``, ``sigterm_at_step=N``, ``nan_at_step="N:COUNT"``)."""
+    options = [t for name, value in faults.items() for t in (f"--{name}", value)]
+    return run_python([REPO / "tests" / "fault_entry.py", *options, "--", *args], timeout=timeout)
 
 
 def conformer_inprocess(*args: Any) -> Result:

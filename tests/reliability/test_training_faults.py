@@ -18,7 +18,7 @@ from conformer_vision.serialization import read_checkpoint
 
 from .conftest import (
     REPO, TOTAL_STEPS, assert_same_weights, assert_user_error, checkpoints, child_env, conformer, conformer_inprocess,
-    copy_run, load, step_of, train_args, wait_for,
+    conformer_with_faults, copy_run, load, step_of, train_args, wait_for,
 )  # fmt: skip
 
 
@@ -41,7 +41,7 @@ def assert_resumed_equals_reference(run: Path, reference_run: Path) -> None:
 def test_1_sigkill_mid_epoch_then_the_same_command_resumes_exactly(dataset, reference_run, tmp_path):
     run = tmp_path / "run"
     command = train_args(dataset, run, checkpoint="auto")
-    killed = conformer(*command, env=child_env(CONFORMER_FAULT_KILL_AT_STEP="3"))
+    killed = conformer_with_faults(*command, kill_at_step=3)
     assert killed.rc == -signal.SIGKILL, killed.output[-2000:]
     # Killed after step 3, before its checkpoint: the newest one is mid-epoch (batch 2 of 3).
     assert [step_of(p) for p in checkpoints(run)] == [1, 2]
@@ -57,7 +57,7 @@ def test_1_sigkill_mid_epoch_then_the_same_command_resumes_exactly(dataset, refe
 def test_2_sigterm_checkpoints_exits_143_and_resumes_exactly(dataset, reference_run, tmp_path):
     run = tmp_path / "run"
     command = train_args(dataset, run)
-    stopped = conformer(*command, env=child_env(CONFORMER_FAULT_SIGTERM_AT_STEP="4"))
+    stopped = conformer_with_faults(*command, sigterm_at_step=4)
     assert stopped.rc == 143, stopped.output[-3000:]
     assert "received SIGTERM" in stopped.stderr and "training stopped at step 4" in stopped.stdout
     # The step in progress was finished and checkpointed (mid-epoch: batch 1 of epoch 2).
@@ -150,7 +150,7 @@ def test_13_nan_losses_are_skipped_then_stop_the_run_and_no_checkpoint_is_non_fi
     """Also scenario 15 (overwrite): the directory holds another run, replaced with --overwrite true."""
     run = copy_run(reference_run, tmp_path / "run")
     command = train_args(dataset, run, overwrite="true", max_nonfinite_steps=3)
-    result = conformer(*command, env=child_env(CONFORMER_FAULT_NAN_AT_STEP="2:3"))  # NaN loss at steps 2, 3, 4
+    result = conformer_with_faults(*command, nan_at_step="2:3")  # NaN loss at steps 2, 3, 4
     assert_user_error(result, "training diverged: 3 consecutive steps with a non-finite loss")
     for step, streak in ((2, 1), (3, 2)):
         assert f"step {step}: non-finite loss, update skipped ({streak} in a row, limit 3)" in result.stderr

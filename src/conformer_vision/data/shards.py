@@ -51,10 +51,8 @@ import itertools
 import json
 import logging
 import math
-import os
 import random
 import re
-import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -70,6 +68,7 @@ from conformer_vision.data.datasets import check_bad_budget, sample_seed, seeded
 from conformer_vision.data.images import IMAGE_EXTENSIONS, decode_rgb
 from conformer_vision.data.index import FolderIndex, scan_split, subset_positions
 from conformer_vision.errors import ConfigError, DataError, ImageDecodeError
+from conformer_vision.serialization import write_text_atomic
 
 __all__ = [
     "CLASSES_FILE", "SHARDS_INFO", "SHUFFLE_BUFFER", "ShardDataset", "ShardSplit", "check_resume", "open_split",
@@ -133,8 +132,8 @@ def write_shards(
             "class_counts": np.bincount(index.labels, minlength=len(index.classes)).tolist(),
             "rejected": index.rejected + rejected,
         }  # fmt: skip
-    _write_json_atomic(out / CLASSES_FILE, train.classes)
-    _write_json_atomic(out / SHARDS_INFO, info)
+    write_text_atomic(out / CLASSES_FILE, json.dumps(train.classes, indent=1) + "\n")
+    write_text_atomic(out / SHARDS_INFO, json.dumps(info, indent=1) + "\n")
     return {"out": str(out), "classes": train.classes,
             "splits": {s: {"images": v["num_samples"], "shards": len(v["shards"])} for s, v in info["splits"].items()}}
 
@@ -177,19 +176,6 @@ def _write_split(wds: Any, index: FolderIndex, out: Path, split: str, shard_size
             name = Path(writer.fname).name
             counts[name] = counts.get(name, 0) + 1
     return list(counts.items()), rejected
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    """Write `data` as JSON through a temporary file renamed into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
