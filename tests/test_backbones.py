@@ -163,6 +163,7 @@ def test_returned_levels_tokens_and_retinanet_pyramid() -> None:
     assert list(maps) == ["0", "1", "2", "p6", "p7"] and [m.shape[-1] for m in maps.values()] == [8, 4, 2, 1, 1]
 
 
+@pytest.mark.slow
 def test_every_variant_is_a_backbone() -> None:
     for variant in conformer_vision.list_models():
         with torch.device("meta"):
@@ -239,6 +240,7 @@ def test_classification_weights_load_into_the_backbone(tmp_path: Path) -> None:
         conformer_fpn_backbone(MINI, weights=tmp_path / "missing.pth")
 
 
+@pytest.mark.slow
 def test_faster_rcnn_with_conformer_backbone_trains(detection_set: dict[str, Any]) -> None:
     torch.manual_seed(0)
     model = _detector(conformer_fpn_backbone(MINI, out_channels=32))

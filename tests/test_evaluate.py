@@ -29,6 +29,7 @@ def _eval_args(base: Path, *extra: str) -> list[str]:
             "--num_parallel_workers", "0", "--device_target", "cpu", *extra]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_evaluate_dataset_is_the_training_meter_on_the_val_folder(base):
     """Same numbers as feeding the dataset through ClassificationMeter by hand (the predictor runs
     ``optimize_for_inference``'s copy: the loss agrees to float32 rounding, the counts exactly)."""
@@ -83,6 +84,7 @@ def test_eval_cli_checkpoint_and_onnx_agree(base, tmp_path):
     assert out_onnx.split("conv head:")[1].split("\n")[0] == out.split("conv head:")[1].split("\n")[0]
 
 
+@pytest.mark.slow
 def test_eval_use_ema_and_its_absence(base, tmp_path):
     rc, out, err = T.cli(*_eval_args(base, "--checkpoint", str(T.checkpoint(base)), "--use_ema", "true"))
     assert rc == 0, err  # EMA heads are zero: every image predicted as class 0, 1 in 10 right
@@ -95,6 +97,7 @@ def test_eval_use_ema_and_its_absence(base, tmp_path):
     assert rc == 2 and "no EMA weights" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_eval_errors_are_clear(base, tmp_path):
     rc, _, err = T.cli(*_eval_args(base))
     assert rc == 2 and "--checkpoint" in err
@@ -106,10 +109,18 @@ def test_eval_errors_are_clear(base, tmp_path):
     assert rc == 2 and "no such ONNX file" in err and "Traceback" not in err
 
 
-def test_eval_onnx_gpu_without_cuda_provider_is_a_clear_error(base, monkeypatch):
+def test_eval_onnx_gpu_without_cuda_provider_is_a_clear_error(tmp_path, monkeypatch):
     import onnxruntime
+    from onnx import TensorProto, helper, save
 
+    # A 3-class classifier (global average pool): the providers are checked before graph or data is read.
+    pool = helper.make_node("GlobalAveragePool", ["input"], ["pooled"])
+    nodes = [pool, helper.make_node("Flatten", ["pooled"], ["logits"])]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])]
+    graph = helper.make_graph(nodes, "pool", inputs, outputs)
+    model = tmp_path / "pool.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    rc, _, err = T.cli("eval-onnx", str(T.fashion_mnist(base) / "val"), "--onnx_path", str(T.onnx_export(base)),
-                       "-m", "GPU")  # fmt: skip
+    rc, _, err = T.cli("eval-onnx", str(tmp_path), "--onnx_path", str(model), "-m", "GPU")
     assert rc == 2 and "CUDAExecutionProvider" in err and "-m CPU" in err

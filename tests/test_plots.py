@@ -53,6 +53,7 @@ def test_confusion_matrix_small(tmp_path: Path) -> None:
     assert _no_open_pyplot_figures()
 
 
+@pytest.mark.slow
 def test_confusion_matrix_hundred_classes(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     cm = rng.integers(0, 3, (100, 100)) + np.diag(rng.integers(10, 30, 100))
@@ -69,6 +70,7 @@ def test_confusion_matrix_rejects_bad_shapes(tmp_path: Path) -> None:
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.slow
 def test_training_curves_default_path(tmp_path: Path) -> None:
     _write_metrics(tmp_path / "metrics.jsonl")
     records, _ = read_metrics(tmp_path)

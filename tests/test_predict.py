@@ -21,6 +21,7 @@ import inference_testlib as T  # tests/inference_testlib.py (pytest pythonpath: 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.slow
 def test_predict_paths_batches_equal_single_images(base):
     """Batched inference of the odd-mode photos equals one image at a time through the same
     decode + preprocess functions."""
@@ -88,6 +89,7 @@ def test_predict_cli_folder_checkpoint_and_onnx_write_the_same_json(base, tmp_pa
         assert top[0]["class"] == plain[path]
 
 
+@pytest.mark.slow
 def test_predict_with_autocast(base, tmp_path):
     """--amp bf16 / fp16 run the checkpoint under autocast: the same classes as float32 (top-3
     probabilities within autocast rounding); ONNX files refuse it with a clear message."""
@@ -109,6 +111,7 @@ def test_predict_with_autocast(base, tmp_path):
     assert rc == 2 and "applies to checkpoints run by PyTorch" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_unreadable_files_are_reported_and_the_rest_predicted(base, tmp_path):
     folder = T.broken_folder(tmp_path)
     out_json = tmp_path / "p.json"
@@ -128,6 +131,7 @@ def test_unreadable_files_are_reported_and_the_rest_predicted(base, tmp_path):
     assert f"replaced the existing {out_json} and {tmp_path / 'p.errors.json'}" in err
 
 
+@pytest.mark.slow
 def test_predict_usage_errors(base, tmp_path):
     rc, _, err = T.cli("predict", str(tmp_path / "missing"), "--checkpoint", str(T.checkpoint(base)))
     assert rc == 2 and "no such file or folder" in err and "Traceback" not in err
@@ -155,6 +159,7 @@ def test_predict_usage_errors(base, tmp_path):
     assert rc == 2 and "topk" in err
 
 
+@pytest.mark.slow
 def test_recursive_folders(base, tmp_path):
     (tmp_path / "top" / "sub").mkdir(parents=True)
     for name in ("top/a.png", "top/sub/b.jpg"):

@@ -18,7 +18,8 @@ from conformer_vision.runtime import open_predictor
 import inference_testlib as T  # tests/inference_testlib.py (pytest pythonpath: tests)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# every test needs the inference tests' trained checkpoint and its exports
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

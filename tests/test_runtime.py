@@ -21,6 +21,7 @@ from conformer_vision.runtime import (
 import inference_testlib as T  # tests/inference_testlib.py (pytest pythonpath: tests)
 
 
+@pytest.mark.slow
 def test_torch_predictor_from_checkpoint_carries_classes_and_preprocessing(base):
     ckpt = T.checkpoint(base)
     model, classes, pre = T.trained_model(base)
@@ -35,12 +36,14 @@ def test_torch_predictor_from_checkpoint_carries_classes_and_preprocessing(base)
     torch.testing.assert_close(p.fused(x), conv + trans)
 
 
+@pytest.mark.slow
 def test_use_ema_selects_the_ema_weights(base):
     p = open_predictor(T.checkpoint(base), use_ema=True)
     conv, trans = p.heads(torch.randn(2, 3, 32, 32))
     assert conv.abs().max() == 0 and trans.abs().max() == 0  # the EMA slot has zeroed heads
 
 
+@pytest.mark.slow
 def test_foreign_state_dict_needs_arch_then_uses_variant_defaults(tmp_path):
     model = create_model("conformer_mini_test", num_classes=7)
     path = tmp_path / "bare.pth"
@@ -106,6 +109,7 @@ def test_foreign_single_output_onnx_runs_with_default_preprocessing(tmp_path):
         open_predictor(tmp_path / "f.onnx", use_ema=True)
 
 
+@pytest.mark.slow
 def test_onnx_predictor_reads_metadata_and_matches_torch_on_photos(base):
     """The exported file describes itself like the checkpoint, and both predictors decode and
     preprocess with the same functions (load_rgb + Preprocess.eval_transform)."""

@@ -16,6 +16,8 @@ import pytest
 
 import inference_testlib as T  # tests/inference_testlib.py (pytest pythonpath: tests)
 
+pytestmark = pytest.mark.slow  # bash and the scripts in subprocesses, one real ONNX run
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 FAKE_PYTHON = """#!/bin/sh
@@ -120,7 +122,6 @@ def test_usage_and_usage_errors(fake_python, name):
     assert dangling.returncode == 2 and "missing value" in dangling.stderr
 
 
-@pytest.mark.slow
 def test_infer_onnx_wrapper_classifies_a_folder(base, tmp_path):
     """A real run: run_infer_onnx.sh with the project's python on real photos and a real export."""
     onnx_path, photos = T.onnx_export(base), T.photos(base)

@@ -367,6 +367,7 @@ def test_sigterm_drains_in_flight_requests(onnx_server, images):
 # -- a hub-layout folder (in-process: past loading, every model kind takes the same path) -------------
 
 
+@pytest.mark.slow
 def test_hub_folder_gives_the_checkpoints_answers(base, checkpoint, images, tmp_path):
     from conformer_vision.serve import open_served_model
 
@@ -395,6 +396,7 @@ def test_hub_folder_gives_the_checkpoints_answers(base, checkpoint, images, tmp_
 # -- option errors (in-process: nothing listens yet) ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_option_and_model_errors_are_one_line_exit_2(checkpoint, base, tmp_path):
     cases = [
         (["serve", str(tmp_path / "missing.pt")], "no such file"),
@@ -420,6 +422,7 @@ def test_exposed_host_without_key_warns(tmp_path):
     assert exposure_warning("localhost", None) is None and exposure_warning("192.0.2.7", None) is not None
 
 
+@pytest.mark.slow
 def test_port_in_use_is_a_clear_error(checkpoint):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -487,6 +490,7 @@ def test_batcher_groups_predictions_runs_explanations_alone_and_drops_abandoned_
     assert runs == [("batch", [1.0, 2.0, 3.0]), ("batch", [4.0]), ("single", [5.0]), ("batch", [7.0])]
 
 
+@pytest.mark.slow
 def test_precision_takes_every_amp_level_name(checkpoint, images, tmp_path):
     from conformer_vision.serve import PRECISIONS, open_served_model
 
@@ -499,6 +503,7 @@ def test_precision_takes_every_amp_level_name(checkpoint, images, tmp_path):
     assert abs(float(result.probs.sum()) - 1.0) < 1e-9 and result.probs.dtype == torch.float64
 
 
+@pytest.mark.slow
 def test_a_missing_service_package_is_named(checkpoint, monkeypatch):
     import sys
 

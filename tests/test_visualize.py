@@ -193,6 +193,7 @@ def _png_stats(path: Path) -> tuple[int, int, float]:
         return im.width, im.height, float(np.asarray(im.convert("L"), dtype=np.float64).std())
 
 
+@pytest.mark.slow
 def test_visualize_renders_non_trivial_png(trained: dict, tmp_path: Path) -> None:
     out = visualize_image(trained["image"], trained["checkpoint"], tmp_path / "vis.png")
     assert out == tmp_path / "vis.png" and out.stat().st_size > 50_000
@@ -200,6 +201,7 @@ def test_visualize_renders_non_trivial_png(trained: dict, tmp_path: Path) -> Non
     assert w >= 1000 and h >= 700 and std > 20
 
 
+@pytest.mark.slow
 def test_cli_visualize_non_square_with_ema(trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "sub" / "wide.png"
     rc = cli_main(["visualize", str(trained["image"]), "--checkpoint", str(trained["checkpoint"]), "--output",
@@ -210,6 +212,7 @@ def test_cli_visualize_non_square_with_ema(trained: dict, tmp_path: Path, capsys
     assert out.stat().st_size > 50_000 and std > 20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case, expected",
     [("missing_image", "does not exist"), ("missing_checkpoint", "no such file"),
@@ -233,6 +236,7 @@ def test_cli_visualize_errors(trained: dict, tmp_path: Path, capsys: pytest.Capt
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_library_errors_are_conformer_errors(trained: dict, tmp_path: Path) -> None:
     with pytest.raises(ConformerError, match="no EMA"):
         ckpt = torch.load(trained["checkpoint"], weights_only=True)

@@ -9,11 +9,14 @@ from conformer_vision.cli._common import check_counts, config_file_keys, request
 from conformer_vision.errors import ConfigError
 
 
-@pytest.mark.parametrize("counts, message", [
-    ({"batch_size": (0, 1)}, "--batch_size must be >= 1, got 0"),
-    ({"workers": (-1, 0)}, "--workers must be >= 0 (0 = in this process), got -1"),
-    ({"batch_size": (4, 1), "topk": (-2, 1), "prefetch": (0, 1)}, "--topk must be >= 1, got -2"),  # the first bad one
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "counts, message",
+    [
+        ({"batch_size": (0, 1)}, "--batch_size must be >= 1, got 0"),
+        ({"workers": (-1, 0)}, "--workers must be >= 0 (0 = in this process), got -1"),
+        ({"batch_size": (4, 1), "topk": (-2, 1), "prefetch": (0, 1)}, "--topk must be >= 1, got -2"),  # the first
+    ],
+)
 def test_a_count_below_its_minimum_names_the_option(counts, message):
     with pytest.raises(ConfigError) as info:
         check_counts(**counts)

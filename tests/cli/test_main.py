@@ -65,8 +65,8 @@ def test_the_command_list_names_every_command_with_its_description():
 def test_an_unknown_command_and_a_stray_argument_are_one_line_usage_errors():
     line = assert_user_error(T.cli("trian"), "'trian'", "(see 'conformer --help')", one_line=True)
     assert all(command in line for command in COMMANDS)  # the valid commands are named
-    assert_user_error(T.cli("info", "extra"), "unexpected argument(s): extra (see 'conformer info --help')",
-                      one_line=True)  # fmt: skip
+    usage = "unexpected argument(s): extra (see 'conformer info --help')"
+    assert_user_error(T.cli("info", "extra"), usage, one_line=True)
 
 
 # ---- the one-line error contract --------------------------------------------------------------- #
@@ -155,8 +155,9 @@ def test_27_every_subcommand_says_which_option_was_meant(tmp_path, command, typo
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("abbreviation, meant", [("--epoch", "epochs"), ("--batch", "batch_size"),
-                                                 ("--num_class", "num_classes")])  # fmt: skip
+@pytest.mark.parametrize(
+    "abbreviation, meant", [("--epoch", "epochs"), ("--batch", "batch_size"), ("--num_class", "num_classes")]
+)
 def test_27_a_prefix_is_never_taken_for_the_option(tmp_path, abbreviation, meant):
     """argparse would take ``--epoch 1`` for ``--epochs 1``: here it is an unknown option."""
     result = T.cli("train", "--data_url", str(tmp_path / "no_such_data"), abbreviation, "1", cwd=tmp_path)

@@ -80,6 +80,7 @@ def test_written_shards_hold_every_image_once_under_its_index(source: Path, shar
     assert {p.name: p.read_bytes() for p in shards.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_training_streams_split_the_shards_between_processes_and_workers(shards: Path) -> None:
     """2 processes x 2 loader workers: the 8 shards go 2 to each stream, no image to two processes;
     every process gets steps_per_epoch full batches; the order is a function of (seed, epoch)."""
@@ -99,6 +100,7 @@ def test_training_streams_split_the_shards_between_processes_and_workers(shards:
     assert items(dataset, workers=2) != per_rank[1]
 
 
+@pytest.mark.slow
 def test_a_resumed_epoch_continues_with_the_same_items(shards: Path) -> None:
     """`skip` samples already trained: the loader yields exactly the rest of the epoch, in order,
     with every image augmented as in the uninterrupted pass (the transform's RNGs are seeded by

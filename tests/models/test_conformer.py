@@ -52,6 +52,7 @@ def test_matches_reference_vector(reference_vector, network):
         assert (fused_out - want["conv_logits"] - want["trans_logits"]).abs().max() <= tol
 
 
+@pytest.mark.slow
 def test_state_dict_layout_and_param_counts():
     layout = json.loads((FIXTURES / "reference_state_dict_layout.json").read_text())
     assert set(layout) <= set(list_models())
@@ -63,6 +64,7 @@ def test_state_dict_layout_and_param_counts():
         assert sum(p.numel() for p in model.parameters()) == layout[name]["num_params"], name
 
 
+@pytest.mark.slow
 def test_public_counts_match_reference_md():
     counts = {"conformer_tiny_patch16": 23_524_704, "conformer_small_patch16": 37_673_424,
               "conformer_small_patch32": 38_853_072, "conformer_base_patch16": 83_289_136}  # fmt: skip

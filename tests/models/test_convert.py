@@ -95,6 +95,7 @@ def test_transfer_to_other_class_count_reinitialises_heads(tmp_path, caplog):
     assert "re-initialised both heads" in caplog.text
 
 
+@pytest.mark.slow
 def test_wrong_architecture_names_keys_and_the_file(tmp_path):
     big = create_model("conformer_tiny_patch16", num_classes=10).state_dict()
     path = tmp_path / "tiny.pth"

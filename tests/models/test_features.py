@@ -38,6 +38,7 @@ def test_default_features_are_the_authors_fpn_maps():
     assert default_out_indices(3) == (0, 1, 3)  # depth 3 has no stride-16 block output
 
 
+@pytest.mark.slow
 def test_full_size_variants_describe_their_pyramids():
     for name, chans in [("conformer_tiny_patch16", [64, 128, 256, 256]), ("conformer_base_patch16", [384, 768, 1536, 1536])]:
         model = timm.create_model(name, features_only=True, device="meta")
@@ -111,6 +112,7 @@ def test_forward_intermediates_checks_of_timm(name):
         model.forward_intermediates(x, indices=[7])
 
 
+@pytest.mark.slow
 def test_prune_and_stop_early_keep_the_taps():
     """timm's test_prune_intermediate_layers_contract, on ours: stop_early and pruned taps equal the
     full model's, pruning with the head kept at the last index changes nothing, and a pruned model
@@ -169,6 +171,7 @@ def _to_mmpretrain(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["authors", "mmpretrain", "safetensors", "conformer_vision"])
 @pytest.mark.parametrize("route", ["pretrained=PATH", "pretrained_cfg_overlay"])
 def test_classification_weights_load_into_the_feature_model(tmp_path, layout, route):

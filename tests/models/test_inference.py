@@ -44,6 +44,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(64, 64), (96, 128), (50, 70)])
 def test_the_copy_gives_the_models_outputs(size):
     model = _mini().eval()
@@ -79,6 +80,7 @@ def test_what_the_copy_is_made_of():
         torch.testing.assert_close(again(x), fast(x))
 
 
+@pytest.mark.slow
 def test_the_copy_runs_fewer_flops_and_no_batchnorm():
     model = _mini().eval()
     fast = optimize_for_inference(model)

@@ -173,6 +173,7 @@ def test_mini_test_has_no_published_weights_and_says_so():
 # Downloading: success, the cache, and each failure
 
 
+@pytest.mark.slow
 def test_pretrained_true_downloads_once_into_the_torch_hub_cache(mini, tmp_path, caplog):
     data, sd = mini
     path = "/weights/" + _hashed_name(data)
@@ -276,6 +277,7 @@ def test_temporary_files_of_a_killed_download_are_removed(mini):
     assert sorted(p.name for p in folder.iterdir()) == sorted([live.name, other.name, name])
 
 
+@pytest.mark.slow
 def test_a_local_copy_loads_without_the_network(tiny):
     """The offline routes of the error message: the file passed with pretrained_cfg_overlay, or put at
     the cache path; the guard of this module fails any connection attempt."""
@@ -301,6 +303,7 @@ def test_the_imagenet_name_in_the_config(tmp_path, monkeypatch):
         Config(arch=TINY, pretrained="imagenet")
 
 
+@pytest.mark.slow
 def test_fine_tuning_from_the_published_weights_reinitialises_the_heads(tiny, caplog):
     from conformer_vision.train import build_model
 
@@ -320,6 +323,7 @@ def test_imagenet_class_names_come_with_1000_classes():
     assert imagenet_class_names(10) is None
 
 
+@pytest.mark.slow
 def test_serve_and_visualize_name_1000_unnamed_classes(mini, tiny, tmp_path, monkeypatch):
     """A foreign 1000-class file (no class names) is served and drawn with ImageNet's names, and
     visualize opens the published weights by name."""
@@ -353,6 +357,7 @@ def test_serve_and_visualize_name_1000_unnamed_classes(mini, tiny, tmp_path, mon
 # conformer predict --pretrained imagenet
 
 
+@pytest.mark.slow
 def test_predict_with_the_published_weights_prints_imagenet_names(tiny, tmp_path):
     """The README's command as a real process: the weights come from the cache (the mirror variable
     points at a refused port, so a download attempt would fail), five ImageNet names are printed and
@@ -388,6 +393,7 @@ def test_predict_with_the_published_weights_prints_imagenet_names(tiny, tmp_path
     assert np.allclose([p["prob"] for p in doc], probs.topk(5).values.numpy(), atol=1e-4) and doc[0]["prob"] > 0.05
 
 
+@pytest.mark.slow
 def test_eval_with_the_published_weights_maps_imagenet_synset_folders(tiny, tmp_path):
     """``conformer eval --pretrained imagenet``: the model file names no classes, so the val folders
     (ImageNet's synset names, n01440764 ...) are the classes in sorted order, as for the authors' files."""

@@ -33,6 +33,7 @@ def _mini(**kwargs) -> torch.nn.Module:
     return timm.create_model(MINI, **kwargs).eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", conformer_vision.list_models())
 def test_pretrained_cfg_and_widths(name):
     model = timm.create_model(name, device="meta")
@@ -88,6 +89,7 @@ def test_reset_classifier_follows_device_dtype_mode_and_frozen_weights():
     assert model.args.num_classes == 0  # what a checkpoint of it records
 
 
+@pytest.mark.slow
 def test_factory_options():
     with pytest.raises(TypeError):
         timm.create_model(MINI, not_a_model_arg=1)
@@ -119,6 +121,7 @@ def test_group_matcher_feeds_timms_layer_decay():
     assert cls["weight_decay"] == 0.0
 
 
+@pytest.mark.slow
 def test_grad_checkpointing_gives_the_same_outputs_and_gradients():
     x, results = torch.randn(2, 3, 64, 64), []
     for enabled in (False, True):
@@ -132,6 +135,7 @@ def test_grad_checkpointing_gives_the_same_outputs_and_gradients():
         torch.testing.assert_close(b, a)
 
 
+@pytest.mark.slow
 def test_torchscript_and_fx_give_the_eager_outputs():
     """``torch.jit.script`` of the model, an FX trace with timm's tracer settings (the padding is a
     leaf function) and that trace scripted: the eager result each time, padding included."""
