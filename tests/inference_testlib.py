@@ -190,7 +190,8 @@ def describe_export(path: Path) -> dict[str, Any]:
     if path.suffix == ".onnx":
         import onnx
 
-        return {p.key: json.loads(p.value) for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        props = onnx.load(str(path), load_external_data=False).metadata_props
+        return {p.key: json.loads(p.value) for p in props if not p.key.startswith("onnx.")}  # onnxruntime's own
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
