@@ -86,6 +86,7 @@ def test_find_resumable_skips_truncated_newest(tmp_path, ckpt, caplog):
     assert "skipping unreadable checkpoint" in caplog.text
 
 
+@pytest.mark.slow
 def test_load_model_rebuilds_from_the_file_alone(tmp_path, ckpt):
     path = atomic_save(ckpt, tmp_path / "m.pt")
     loaded = load_model(path)

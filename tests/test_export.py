@@ -31,6 +31,7 @@ def _photo_batch(base: Path, size: tuple[int, int]) -> torch.Tensor:
     return torch.stack([preprocess_image(load_rgb(p), pre) for p in sorted(T.photos(base).iterdir())])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(224, 224), (160, 224), (200, 240), (97, 131)])
 def test_onnx_matches_pytorch_on_real_photos(base, size):
     """Default (torch.export-based) ONNX export: same top-1 on every photo, logits within 1e-4 of the
@@ -46,6 +47,7 @@ def test_onnx_matches_pytorch_on_real_photos(base, size):
         assert torch.equal(fused_ref.argmax(1), fused_got.argmax(1))
 
 
+@pytest.mark.slow
 def test_onnx_file_is_self_describing_with_dynamic_dims(base):
     model = onnx.load(str(T.onnx_export(base)))
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
@@ -65,6 +67,7 @@ def _compare(module, reference, x: torch.Tensor) -> None:
     torch.testing.assert_close(logits, ref_conv + ref_trans, rtol=1e-4, atol=1e-4 * float(logits.abs().max()))
 
 
+@pytest.mark.slow
 def test_torchscript_runs_any_size_and_carries_metadata(base, tmp_path):
     rc, out, err = T.cli("export", "--checkpoint", str(T.checkpoint(base)), "--file_format", "TORCHSCRIPT",
                          "--output", str(tmp_path / "m"))  # fmt: skip
@@ -79,6 +82,7 @@ def test_torchscript_runs_any_size_and_carries_metadata(base, tmp_path):
         _compare(module, reference, _photo_batch(base, size)[:batch])
 
 
+@pytest.mark.slow
 def test_a_model_in_memory_exports_from_a_copy(base, tmp_path):
     """export_model(model): a Conformer in memory (here mid-training, with inference caches built)
     exports with the given class names; the caller's model keeps its mode and weights."""
@@ -100,6 +104,7 @@ def test_a_model_in_memory_exports_from_a_copy(base, tmp_path):
         export_model(torch.nn.Linear(2, 2), output=tmp_path / "x.onnx")
 
 
+@pytest.mark.slow
 def test_exported_program_of_a_small_input_model(base, tmp_path):
     """Input size 32 (< 2 x patch + 1): the program is exported for 32x32, batch dynamic."""
     rc, out, err = T.cli("export", "--checkpoint", str(T.checkpoint(base)), "--file_format", "EXPORTED_PROGRAM",
@@ -132,6 +137,7 @@ def test_exported_program_with_dynamic_spatial_size(base, tmp_path):
         module(torch.zeros(1, 3, 32, 32))
 
 
+@pytest.mark.slow
 def test_safetensors_round_trip(base, tmp_path):
     path = export_model(T.checkpoint(base), file_format="SAFETENSORS", output=tmp_path / "w.safetensors")
     loaded = load_model(path)  # no --arch: the header names it, with classes and preprocessing
@@ -146,6 +152,7 @@ def test_safetensors_round_trip(base, tmp_path):
     assert ema.name == "ema.safetensors" and float(load_model(ema).model.conv_cls_head.weight.detach().abs().max()) == 0
 
 
+@pytest.mark.slow
 def test_specification_spelling_with_authors_checkpoint(base, tmp_path):
     """`export --config CFG --pretrained CKPT --file_format ONNX --arch NAME` writes <arch>.onnx in the
     cwd; an authors'-layout file exports directly, its preprocessing taken from the config."""
@@ -168,6 +175,7 @@ def test_specification_spelling_with_authors_checkpoint(base, tmp_path):
         assert float((predictor.fused(x) - model(x)).abs().max()) <= 1e-4 * float(model(x).abs().max())
 
 
+@pytest.mark.slow
 def test_export_errors(base, tmp_path, monkeypatch):
     model, _, _ = T.trained_model(base)
     bare = tmp_path / "bare.pth"
@@ -195,6 +203,7 @@ def test_export_errors(base, tmp_path, monkeypatch):
     assert not any(p.name.endswith(".tmp.safetensors") for p in tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_a_rejected_export_never_replaces_an_existing_file(tmp_path, monkeypatch):
     """The self-check's rejected file is kept beside the output, under a name no file holds yet:
     a user's own ``<output>.failed`` (or an earlier rejected export) stays as it was."""
@@ -222,6 +231,7 @@ def test_a_rejected_export_never_replaces_an_existing_file(tmp_path, monkeypatch
 # -- HF_HUB: timm's Hugging Face Hub folder ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_hub_folder_is_what_timm_rebuilds(base, tmp_path):
     """`conformer export --file_format HF_HUB` (the real command): timm.create_model("local-dir:DIR",
     pretrained=True) gives the checkpoint's logits exactly; config.json holds the class names and the
@@ -259,6 +269,7 @@ def test_hub_folder_is_what_timm_rebuilds(base, tmp_path):
     assert "replacing the hub folder that was there" in out and (folder / "README.md").read_text() == "model card\n"
 
 
+@pytest.mark.slow
 def test_hub_folder_keeps_mindspore_numerics(tmp_path):
     """The model arguments round-trip through config.json's model_args: a model with the MindSpore
     numerics (TF 'same' max-pool padding, tanh GELU, LayerNorm eps 1e-7) comes back with them, and
@@ -280,6 +291,7 @@ def test_hub_folder_keeps_mindspore_numerics(tmp_path):
     assert fresh.args == rebuilt.args
 
 
+@pytest.mark.slow
 def test_hf_hub_names_read_a_pushed_folder(tmp_path, monkeypatch):
     """hf-hub:user/repo is read by the same code once the folder is on the Hub: the Hub client's
     download is replaced by the folder itself (no network in tests)."""
@@ -307,6 +319,7 @@ def test_hf_hub_names_read_a_pushed_folder(tmp_path, monkeypatch):
     assert ("someone/conformer-mini", "config.json") in asked and ("someone/conformer-mini", "model.safetensors") in asked
 
 
+@pytest.mark.slow
 def test_hub_output_never_replaces_a_users_folder(tmp_path, monkeypatch):
     """A folder holding files the toolkit did not write, or a file, is refused before any work (exit 2,
     one line, nothing touched); a rejected export is kept beside it as <output>.failed."""

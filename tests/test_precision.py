@@ -80,6 +80,7 @@ def test_eval_onnx_refuses_autocast_names_with_the_reason(tmp_path, capsys):
     assert "an ONNX graph runs in the precision it was exported in" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_predict_amp_O1_runs_for_real(base, tmp_path):
     """The spelling the specification uses, through the real entry point: float16 autocast."""
     out = tmp_path / "p.json"

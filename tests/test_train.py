@@ -69,6 +69,7 @@ def final_state(result) -> dict:
     return read_checkpoint(result.last_checkpoint)
 
 
+@pytest.mark.slow
 def test_run_writes_config_metrics_events_and_self_describing_checkpoints(data: Path, tmp_path: Path) -> None:
     cfg = make_config(data, tmp_path / "run", ckpt_save_every_step=2, ckpt_keep_num=2, best_ckpt_num=1, with_ema=True,
                       ema_decay=0.5, dump_graph=True, collect_input_data=True)  # fmt: skip
@@ -106,6 +107,7 @@ def test_run_writes_config_metrics_events_and_self_describing_checkpoints(data: 
     assert manifest.prefix == "conformer_mini_test_0" and set(manifest.existing()) == {p.absolute() for p in written}
 
 
+@pytest.mark.slow
 def test_timed_checkpoints(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = iter(range(0, 10_000, 7))  # every call to the clock: 7 more seconds
     monkeypatch.setattr(ckpt_module.time, "monotonic", lambda: float(next(clock)))
@@ -118,6 +120,7 @@ def components(data: Path, tmp_path: Path, **overrides: object) -> RunSetup:
     return build_run(make_config(data, tmp_path / "run", **overrides), DistInfo(), torch.device("cpu"), None)
 
 
+@pytest.mark.slow
 def test_options_map_to_components(data: Path, tmp_path: Path) -> None:
     t = components(data, tmp_path, augment=True, mixup=0.8, cutmix=1.0, mixup_prob=0.5, switch_prob=0.3,
                    mixup_mode="pair", mixup_off_epoch=1.5, label_smoothing=0.2, optimizer="sgd", momentum=0.8,
@@ -149,6 +152,7 @@ def test_options_map_to_components(data: Path, tmp_path: Path) -> None:
         components(data, tmp_path, num_classes=5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("amp", "epochs", "workers"), [("O0", 2, 0), ("O1", 1, 0), ("O0", 2, 2)])
 def test_exact_resume_after_sigterm(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, amp: str,
                                     epochs: int, workers: int) -> None:  # fmt: skip
@@ -175,6 +179,7 @@ def test_exact_resume_after_sigterm(data: Path, tmp_path: Path, monkeypatch: pyt
         assert steps == sorted(set(steps)), kind
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_is_skipped_then_fatal(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
     with monkeypatch.context() as fault, caplog.at_level(logging.WARNING, logger="conformer_vision.train"):
@@ -192,6 +197,7 @@ def test_nonfinite_loss_is_skipped_then_fatal(data: Path, tmp_path: Path, monkey
         assert all(torch.isfinite(v).all() for v in read_checkpoint(path)["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_output_folder_holding_a_run_is_refused_unless_overwrite(data: Path, tmp_path: Path) -> None:
     train(make_config(data, tmp_path / "run", epochs=1))
     with pytest.raises(ConfigError, match="already holds a run"):
@@ -232,6 +238,7 @@ def test_rotation_removes_only_files_the_run_wrote(tmp_path: Path) -> None:
         mine.save_latest(ckpt, 1, 5)  # the other run's file name
 
 
+@pytest.mark.slow
 def test_transfer_to_another_class_count(data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     source = train(make_config(data, tmp_path / "src", epochs=1)).last_checkpoint
     two = write_dataset(tmp_path / "two", classes=2)
@@ -247,6 +254,7 @@ def test_transfer_to_another_class_count(data: Path, tmp_path: Path, caplog: pyt
         train(make_config(two, tmp_path / "dst2", num_classes=2, pretrained=str(source), exclude_epoch_state=False))
 
 
+@pytest.mark.slow
 def test_a_run_directory_from_before_manifests_is_resumed_and_adopted(data: Path, tmp_path: Path) -> None:
     """A run written before run manifests (no .conformer-run.json, epochs 0-based in metrics.jsonl):
     --checkpoint auto resumes it, lists its files in a new manifest and renumbers its metrics."""
@@ -265,6 +273,7 @@ def test_a_run_directory_from_before_manifests_is_resumed_and_adopted(data: Path
     assert epochs == [1, 1, 1, 1, 2, 2, 2, 2]  # 3 train lines and 1 val line per epoch, all 1-based
 
 
+@pytest.mark.slow
 def test_auto_starts_again_a_run_that_has_no_checkpoint_yet(data: Path, tmp_path: Path,
                                                             caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
     """A run stopped before its first checkpoint (here: its checkpoints are gone) is the same run
@@ -283,6 +292,7 @@ def test_auto_starts_again_a_run_that_has_no_checkpoint_yet(data: Path, tmp_path
     assert steps == [2, 4, 6, 6] and mine.read_bytes() == b"not the run's"
 
 
+@pytest.mark.slow
 def test_validation_drops_an_unreadable_image_instead_of_counting_a_neighbour(data: Path, tmp_path: Path) -> None:
     """A broken file among the 12 val images: the epoch's metrics are those of the 12 readable
     images, none of them counted twice (training still replaces its own bad files)."""
@@ -305,6 +315,7 @@ def shards(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_exact_resume_from_shards_after_sigterm(data: Path, shards: Path, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """Training from shards with 2 loader workers, every augmentation on, interrupted mid-epoch and
@@ -350,6 +361,7 @@ def _hub_weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_fine_tune_from_a_hub_folder_with_frozen_stages_and_layer_decay(data: Path, tmp_path: Path, hub_start: Path,
                                                                         caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
     """pretrained: local-dir:DIR, freeze_stages 2, layer_decay 0.75, two steps: the stem and blocks
@@ -393,6 +405,7 @@ def test_linear_probe_trains_the_heads_only_with_frozen_batchnorm(data: Path, tm
     assert not any(p.requires_grad for m in norms for p in m.parameters())
 
 
+@pytest.mark.slow
 def test_resume_with_frozen_stages_and_layer_decay(data: Path, tmp_path: Path, hub_start: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """Interrupted and resumed, a fine-tuning run ends with an uninterrupted run's weights bit for bit;

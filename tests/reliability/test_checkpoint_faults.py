@@ -1,5 +1,6 @@
 """Scenarios 3-7 of docs/reliability.md: a crash inside a checkpoint write, a full disk, truncated /
 empty / foreign checkpoint files, a malicious pickle, and checkpoints of another architecture or
+
 class count, each provoked through the ``conformer`` command."""
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from .conftest import (
     assert_same_weights, assert_user_error, checkpoints, child_env, conformer, conformer_inprocess,
     copy_run, load, noise_image, run_python, step_of, train_args,
 )  # fmt: skip
+
+pytestmark = pytest.mark.slow  # subprocess trainings (docs/architecture.md: test tiers)
 
 # Runs `conformer ARGS` with torch.save replaced: while writing the file whose name contains
 # $CRASH_WRITING, write the first half of the real bytes, fsync, then SIGKILL the process.

@@ -35,6 +35,8 @@ from .conftest import (
 )  # fmt: skip
 
 
+pytestmark = pytest.mark.slow  # subprocess trainings (docs/architecture.md: test tiers)
+
 def snapshot(folder: Path) -> dict[Path, tuple[int, int]]:
     """(size, mtime) of every file under ``folder``: equal snapshots = nothing written or removed."""
     return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from conformer_vision.serialization import read_checkpoint
@@ -21,6 +22,8 @@ from .conftest import (
     conformer_with_faults, copy_run, load, step_of, train_args, wait_for,
 )  # fmt: skip
 
+
+pytestmark = pytest.mark.slow  # subprocess trainings (docs/architecture.md: test tiers)
 
 def history(run: Path) -> list[tuple]:
     """metrics.jsonl without the wall-clock fields: (kind, epoch, step, loss or top-1)."""
