@@ -19,6 +19,7 @@ one untimed scan first. Each implementation is then measured in a fresh Python p
 
 Prints a Markdown table and, with --json, writes every figure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 IMPLEMENTATIONS = ("new", "old", "torchvision")
-NAMES = {"new": "ImageFolderDataset (flat-array index)", "old": "ImageFolderDataset before (Path per sample)",
-         "torchvision": "torchvision ImageFolder"}  # fmt: skip
+NAMES = {
+    "new": "ImageFolderDataset (flat-array index)",
+    "old": "ImageFolderDataset before (Path per sample)",
+    "torchvision": "torchvision ImageFolder",
+}
 
 
 def make_tree(root: Path, files: int, classes: int) -> None:
@@ -71,8 +75,13 @@ def load_old(ref: str) -> object:
     """The data layer's datasets module at git `ref` (of the repository `OLD_REPO` names, else this
     checkout's), imported under another name."""
     repo = os.environ.get("OLD_REPO", str(REPO))
-    source = subprocess.run(["git", "show", f"{ref}:src/conformer_vision/data/datasets.py"], cwd=repo,
-                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    source = subprocess.run(
+        ["git", "show", f"{ref}:src/conformer_vision/data/datasets.py"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     path = Path(tempfile.mkdtemp()) / "old_datasets.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("old_datasets", path)
@@ -129,8 +138,9 @@ def measure(impl: str, root: str, workers: int, old_ref: str) -> dict[str, objec
     held = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     gc.collect()
-    loader = DataLoader(PathLengths(dataset, length), batch_size=256, shuffle=True, num_workers=workers,
-                        persistent_workers=True)  # fmt: skip
+    loader = DataLoader(
+        PathLengths(dataset, length), batch_size=256, shuffle=True, num_workers=workers, persistent_workers=True
+    )
     main = os.getpid()
     iterator = iter(loader)
     time.sleep(2.0)  # the workers are up and idle
@@ -138,8 +148,16 @@ def measure(impl: str, root: str, workers: int, old_ref: str) -> dict[str, objec
     before = {"main": memory(main), "workers": [memory(p) for p in pids]}
     count = sum(len(batch) for batch in iterator)
     after = {"main": memory(main), "workers": [memory(p) for p in pids]}
-    return {"impl": impl, "samples": len(dataset), "index_s": statistics.median(times), "index_times": times,
-            "index_bytes": held, "epoch_items": count, "before": before, "after": after}  # fmt: skip
+    return {
+        "impl": impl,
+        "samples": len(dataset),
+        "index_s": statistics.median(times),
+        "index_times": times,
+        "index_bytes": held,
+        "epoch_items": count,
+        "before": before,
+        "after": after,
+    }
 
 
 def mb(x: float) -> str:
@@ -155,14 +173,25 @@ def table(results: list[dict], workers: int) -> str:
     row("indexing time (median of 3)", [f"{r['index_s']:.2f} s" for r in results])
     row("memory of the sample store", [f"{mb(r['index_bytes'])} MB" for r in results])
     for key, label in (("rss", "RSS"), ("uss", "USS (private)")):
-        row(f"main process {label}: start -> after the epoch",
-            [f"{mb(r['before']['main'][key])} -> {mb(r['after']['main'][key])} MB" for r in results])
-        row(f"{workers} workers {label}, each (mean): start -> after the epoch",
-            [f"{mb(statistics.mean(w[key] for w in r['before']['workers']))} -> "
-             f"{mb(statistics.mean(w[key] for w in r['after']['workers']))} MB" for r in results])  # fmt: skip
-    row(f"growth of main + {workers} workers, PSS (all they hold) over the epoch",
-        [f"{mb(sum(m['pss'] for m in [r['after']['main'], *r['after']['workers']]) - sum(m['pss'] for m in [r['before']['main'], *r['before']['workers']]))} MB"
-         for r in results])  # fmt: skip
+        row(
+            f"main process {label}: start -> after the epoch",
+            [f"{mb(r['before']['main'][key])} -> {mb(r['after']['main'][key])} MB" for r in results],
+        )
+        row(
+            f"{workers} workers {label}, each (mean): start -> after the epoch",
+            [
+                f"{mb(statistics.mean(w[key] for w in r['before']['workers']))} -> "
+                f"{mb(statistics.mean(w[key] for w in r['after']['workers']))} MB"
+                for r in results
+            ],
+        )
+    row(
+        f"growth of main + {workers} workers, PSS (all they hold) over the epoch",
+        [
+            f"{mb(sum(m['pss'] for m in [r['after']['main'], *r['after']['workers']]) - sum(m['pss'] for m in [r['before']['main'], *r['before']['workers']]))} MB"
+            for r in results
+        ],
+    )
     return "\n".join(rows)
 
 
@@ -172,8 +201,11 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=200_000)
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--old_ref", default="e7c55f8",
-                        help="git revision of the data layer before the index (environment OLD_REPO: another clone)")
+    parser.add_argument(
+        "--old_ref",
+        default="e7c55f8",
+        help="git revision of the data layer before the index (environment OLD_REPO: another clone)",
+    )
     parser.add_argument("--only", choices=IMPLEMENTATIONS, action="append", help="measure only these")
     parser.add_argument("--json", default=None, help="also write the figures here")
     parser.add_argument("--measure", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)  # the child process
@@ -188,15 +220,31 @@ def main() -> None:
     scan_split(root)  # warm the file cache
     results = []
     for impl in args.only or IMPLEMENTATIONS:
-        proc = subprocess.run([sys.executable, __file__, "--measure", impl, "--tree", args.tree, "--workers",
-                               str(args.workers), "--old_ref", args.old_ref], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(REPO / "src")})  # fmt: skip
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--measure",
+                impl,
+                "--tree",
+                args.tree,
+                "--workers",
+                str(args.workers),
+                "--old_ref",
+                args.old_ref,
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        )
         if proc.returncode:
             sys.exit(f"{impl} failed:\n{proc.stderr[-3000:]}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(f"{impl}: indexed {results[-1]['samples']} in {results[-1]['index_s']:.2f} s", file=sys.stderr)
-    print(f"{results[0]['samples']:,} empty files in {args.classes} class folders; load average "
-          f"{Path('/proc/loadavg').read_text().split()[:3]}; CPU {_cpu()}")
+    print(
+        f"{results[0]['samples']:,} empty files in {args.classes} class folders; load average "
+        f"{Path('/proc/loadavg').read_text().split()[:3]}; CPU {_cpu()}"
+    )
     print(table(results, args.workers))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -36,6 +36,7 @@ The markdown table goes to stdout, every figure (loss curves, COCOeval summaries
 average before and after each run) to --work_dir/results.json. The machine's load changes the steps a
 backbone gets in its minutes: /proc/loadavg is recorded for that reason.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,18 +60,24 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from conformer_vision.data.detection_set import (  # noqa: E402
-    DetectionDataset, DetectionSetParams, collate_detection, prepare_detection_set,
-)  # fmt: skip
+    DetectionDataset,
+    DetectionSetParams,
+    collate_detection,
+    prepare_detection_set,
+)
 
 NUM_CLASSES = 11  # 10 Fashion-MNIST classes + background
 DETECTOR = dict(
     # images stay at their 128 px (torchvision's default would resize them to 800)
-    min_size=128, max_size=128,
+    min_size=128,
+    max_size=128,
     # CPU-sized sampling: 1 to 5 objects per image need no 512 RoIs or 2000 proposals
-    rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
-    rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,
+    rpn_pre_nms_top_n_train=600,
+    rpn_post_nms_top_n_train=300,
+    rpn_pre_nms_top_n_test=300,
+    rpn_post_nms_top_n_test=100,
     box_batch_size_per_image=64,
-)  # fmt: skip
+)
 BOX_HEAD_SIZE = 256  # the box head's two MLP layers (torchvision: 1024; ten classes need less)
 # objects are 20-64 px: anchors of 16..256 px on the five FPN levels (strides 4..64), 3 aspect ratios
 ANCHOR_SIZES = ((16,), (32,), (64,), (128,), (256,))
@@ -99,8 +106,9 @@ def build_backbone(name: str, fpn_channels: int, weights: str | None, trainable_
         trained = ("layer4", "layer3", "layer2", "layer1", "conv1", "bn1")[: trainable_layers + (trainable_layers == 5)]
         for param_name, param in body.named_parameters():
             param.requires_grad_(param_name.startswith(trained))
-        backbone = BackboneWithFPN(body, {f"layer{k}": str(k - 1) for k in (1, 2, 3, 4)}, [64, 128, 256, 512],
-                                   fpn_channels)  # fmt: skip
+        backbone = BackboneWithFPN(
+            body, {f"layer{k}": str(k - 1) for k in (1, 2, 3, 4)}, [64, 128, 256, 512], fpn_channels
+        )
         backbone.norm_eval = bool(weights)  # applied by train_mode
         return backbone
     from conformer_vision.backbones import conformer_fpn_backbone
@@ -117,9 +125,14 @@ def build_detector(backbone: nn.Module, score_thresh: float = 0.05) -> nn.Module
 
     anchors = AnchorGenerator(ANCHOR_SIZES, ((0.5, 1.0, 2.0),) * len(ANCHOR_SIZES))
     box_head = TwoMLPHead(backbone.out_channels * 7 * 7, BOX_HEAD_SIZE)  # 7x7: the RoIAlign output
-    return FasterRCNN(backbone, rpn_anchor_generator=anchors, box_head=box_head,
-                      box_predictor=FastRCNNPredictor(BOX_HEAD_SIZE, NUM_CLASSES), box_score_thresh=score_thresh,
-                      **DETECTOR)  # fmt: skip
+    return FasterRCNN(
+        backbone,
+        rpn_anchor_generator=anchors,
+        box_head=box_head,
+        box_predictor=FastRCNNPredictor(BOX_HEAD_SIZE, NUM_CLASSES),
+        box_score_thresh=score_thresh,
+        **DETECTOR,
+    )
 
 
 def train_mode(model: nn.Module) -> None:
@@ -143,8 +156,11 @@ def lr_at(step: int, elapsed: float, budget: float, base_lr: float) -> float:
 
 
 def train_for(
-    params: list[nn.Parameter], batches: Callable[[], Iterator[Any]], step_loss: Callable[[Any], torch.Tensor],
-    seconds: float, lr: float,
+    params: list[nn.Parameter],
+    batches: Callable[[], Iterator[Any]],
+    step_loss: Callable[[Any], torch.Tensor],
+    seconds: float,
+    lr: float,
 ) -> dict[str, Any]:
     """AdamW on ``step_loss(batch)`` over passes of ``batches()`` until ``seconds`` of wall time are
     spent (the step under way finishes); returns steps, samples seen, wall time and the mean loss
@@ -159,7 +175,12 @@ def train_for(
             empty = False
             elapsed = time.perf_counter() - start
             if elapsed >= seconds:
-                return {"steps": steps, "samples": samples, "train_s": round(elapsed, 1), "loss_by_tenth": _tenths(losses)}
+                return {
+                    "steps": steps,
+                    "samples": samples,
+                    "train_s": round(elapsed, 1),
+                    "loss_by_tenth": _tenths(losses),
+                }
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(steps, elapsed, seconds, lr)
             loss = step_loss(batch)
@@ -193,7 +214,9 @@ def object_crops(dataset: DetectionDataset) -> tuple[torch.Tensor, torch.Tensor]
         for (x0, y0, x1, y1), label in zip(target["boxes"].tolist(), target["labels"].tolist()):
             side = 1.1 * max(x1 - x0, y1 - y0)
             top, left = round((y0 + y1 - side) / 2), round((x0 + x1 - side) / 2)
-            crops.append(resized_crop(image, top, left, round(side), round(side), [CROP_SIZE, CROP_SIZE], antialias=True))
+            crops.append(
+                resized_crop(image, top, left, round(side), round(side), [CROP_SIZE, CROP_SIZE], antialias=True)
+            )
             labels.append(label - 1)
     mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
     return (torch.stack(crops) - mean) / std, torch.tensor(labels)
@@ -214,8 +237,12 @@ def build_classifier(name: str) -> tuple[nn.Module, Callable[[nn.Module, torch.T
     return conformer_vision.create_model(name, num_classes=10), two_heads
 
 
-def pretrain(name: str, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
-             args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
+def pretrain(
+    name: str,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
     """Classification pre-training of one backbone for --pretrain_minutes; saves its weights and
     returns the file and the figures (steps, val top-1 on the val objects)."""
     torch.manual_seed(args.seed)
@@ -233,16 +260,26 @@ def pretrain(name: str, train: tuple[torch.Tensor, torch.Tensor], val: tuple[tor
             yield torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x), train[1][idx]
 
     model.train()
-    figures = train_for([p for p in model.parameters() if p.requires_grad], batches,
-                        lambda batch: loss_fn(model, *batch), args.pretrain_minutes * 60, args.pretrain_lr)  # fmt: skip
+    figures = train_for(
+        [p for p in model.parameters() if p.requires_grad],
+        batches,
+        lambda batch: loss_fn(model, *batch),
+        args.pretrain_minutes * 60,
+        args.pretrain_lr,
+    )
     model.eval()
     with torch.inference_mode():
         predictions = torch.cat([model(x).argmax(1) for x in val[0].split(256)])
     path = Path(args.work_dir) / f"{name}_fashion_objects_classifier.pt"
     torch.save(model.state_dict(), path)  # a bare state dict: the Conformer's keys are the authors'
-    return {"weights": str(path), "pretrain_steps": figures["steps"], "pretrain_samples": figures["samples"],
-            "pretrain_s": figures["train_s"], "pretrain_top1": round(float((predictions == val[1]).float().mean()), 4),
-            "pretrain_loss_by_tenth": figures["loss_by_tenth"]}  # fmt: skip
+    return {
+        "weights": str(path),
+        "pretrain_steps": figures["steps"],
+        "pretrain_samples": figures["samples"],
+        "pretrain_s": figures["train_s"],
+        "pretrain_top1": round(float((predictions == val[1]).float().mean()), 4),
+        "pretrain_loss_by_tenth": figures["loss_by_tenth"],
+    }
 
 
 # ---- detection ---------------------------------------------------------------------------------
@@ -251,8 +288,14 @@ def pretrain(name: str, train: tuple[torch.Tensor, torch.Tensor], val: tuple[tor
 def train_detector(model: nn.Module, train_set: DetectionDataset, args: argparse.Namespace) -> dict[str, Any]:
     """Train the detector for --minutes on shuffled batches of the train split."""
     generator = torch.Generator().manual_seed(args.seed)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                         collate_fn=collate_detection, generator=generator)  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        train_set,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=collate_detection,
+        generator=generator,
+    )
     train_mode(model)
 
     def step_loss(batch: tuple[list[torch.Tensor], list[dict[str, Any]]]) -> torch.Tensor:
@@ -274,16 +317,31 @@ def evaluate_coco(model: nn.Module, dataset: DetectionDataset, batch_size: int) 
     results = []
     for images, targets in torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_detection):
         for output, target in zip(model(images), targets):
-            for box, score, label in zip(output["boxes"].tolist(), output["scores"].tolist(), output["labels"].tolist()):
+            for box, score, label in zip(
+                output["boxes"].tolist(), output["scores"].tolist(), output["labels"].tolist()
+            ):
                 x0, y0, x1, y1 = box
-                results.append({"image_id": target["image_id"], "category_id": int(label),
-                                "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score})  # fmt: skip
+                results.append(
+                    {
+                        "image_id": target["image_id"],
+                        "category_id": int(label),
+                        "bbox": [x0, y0, x1 - x0, y1 - y0],
+                        "score": score,
+                    }
+                )
     infer_s = round(time.perf_counter() - start, 1)
     log = io.StringIO()
     with contextlib.redirect_stdout(log):  # pycocotools prints its progress and summary
         truth = COCO(str(dataset.annotation_file))
         if not results:
-            return {"mAP": 0.0, "AP50": 0.0, "AP75": 0.0, "detections": 0, "eval_s": infer_s, "cocoeval": "no detections"}
+            return {
+                "mAP": 0.0,
+                "AP50": 0.0,
+                "AP75": 0.0,
+                "detections": 0,
+                "eval_s": infer_s,
+                "cocoeval": "no detections",
+            }
         evaluation = COCOeval(truth, truth.loadRes(results), "bbox")
         evaluation.evaluate()
         evaluation.accumulate()
@@ -342,8 +400,10 @@ def cpu_name() -> str:
     with contextlib.suppress(OSError):
         lines = [line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line]
         fields = {k.strip(): v.strip() for k, v in reversed(lines)}  # reversed: the first CPU's values win
-        return (f"{fields.get('model name', '?')}, family {fields.get('cpu family', '?')} model "
-                f"{fields.get('model', '?')}, {os.cpu_count()} cores")  # fmt: skip
+        return (
+            f"{fields.get('model name', '?')}, family {fields.get('cpu family', '?')} model "
+            f"{fields.get('model', '?')}, {os.cpu_count()} cores"
+        )
     return platform.processor() or "unknown CPU"
 
 
@@ -357,8 +417,10 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         if "pretrain_steps" in r:
-            init, pre = "classifier pre-training", (f"{r['pretrain_steps']}, {r['pretrain_s'] / 60:.1f} min, "
-                                                     f"{100 * r['pretrain_top1']:.1f}%")
+            init, pre = (
+                "classifier pre-training",
+                (f"{r['pretrain_steps']}, {r['pretrain_s'] / 60:.1f} min, {100 * r['pretrain_top1']:.1f}%"),
+            )
         else:
             init, pre = ("random", "-") if r["weights"] == "random init" else (f"`{Path(r['weights']).name}`", "-")
         loss = r["loss_by_tenth"][-1] if r["loss_by_tenth"] else float("nan")
@@ -380,33 +442,68 @@ def default_threads() -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("--data", default=str(REPO / "data" / "fashion_mnist_detection"),
-                        help="detection set folder (written there first unless it holds one)")
-    parser.add_argument("--num_train", type=int, default=DetectionSetParams.num_train,
-                        help="train canvases, when the set is written")
-    parser.add_argument("--num_val", type=int, default=DetectionSetParams.num_val, help="val canvases, when the set is written")
+    parser.add_argument(
+        "--data",
+        default=str(REPO / "data" / "fashion_mnist_detection"),
+        help="detection set folder (written there first unless it holds one)",
+    )
+    parser.add_argument(
+        "--num_train", type=int, default=DetectionSetParams.num_train, help="train canvases, when the set is written"
+    )
+    parser.add_argument(
+        "--num_val", type=int, default=DetectionSetParams.num_val, help="val canvases, when the set is written"
+    )
     parser.add_argument("--minutes", type=float, default=12.0, help="detector training wall time per backbone")
-    parser.add_argument("--pretrain_minutes", type=float, default=3.0,
-                        help="classification pre-training wall time per backbone (0: random initialisation)")
-    parser.add_argument("--backbones", nargs="+", default=["conformer_mini_test", "resnet18"],
-                        help="Conformer variants and/or resnet18, run one after the other")
-    parser.add_argument("--weights", nargs="*", default=[], metavar="BACKBONE=PATH",
-                        help="classification weights to start a backbone from (instead of pre-training here)")
+    parser.add_argument(
+        "--pretrain_minutes",
+        type=float,
+        default=3.0,
+        help="classification pre-training wall time per backbone (0: random initialisation)",
+    )
+    parser.add_argument(
+        "--backbones",
+        nargs="+",
+        default=["conformer_mini_test", "resnet18"],
+        help="Conformer variants and/or resnet18, run one after the other",
+    )
+    parser.add_argument(
+        "--weights",
+        nargs="*",
+        default=[],
+        metavar="BACKBONE=PATH",
+        help="classification weights to start a backbone from (instead of pre-training here)",
+    )
     parser.add_argument("--batch_size", type=int, default=4, help="detector batch (images)")
     parser.add_argument("--lr", type=float, default=3e-4, help="detector peak AdamW learning rate")
     parser.add_argument("--pretrain_batch_size", type=int, default=64)
     parser.add_argument("--pretrain_lr", type=float, default=1e-3)
     parser.add_argument("--fpn_channels", type=int, default=64, help="FPN channels (torchvision: 256; CPU-sized here)")
-    parser.add_argument("--trainable_layers", type=int, default=3, choices=range(6),
-                        help="stages trained (of stem + 4) when starting from weights (torchvision's default 3)")
-    parser.add_argument("--threads", type=int, default=default_threads(),
-                        help="torch compute threads (default: the cores less a quarter, as the quickstart's cpu_split: "
-                             "1 on 2 cores; two threads on two shared cores run 5-10x slower than one)")
-    parser.add_argument("--score_thresh", type=float, default=0.05,
-                        help="detections below this score are not scored (torchvision's default 0.05)")
+    parser.add_argument(
+        "--trainable_layers",
+        type=int,
+        default=3,
+        choices=range(6),
+        help="stages trained (of stem + 4) when starting from weights (torchvision's default 3)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=default_threads(),
+        help="torch compute threads (default: the cores less a quarter, as the quickstart's cpu_split: "
+        "1 on 2 cores; two threads on two shared cores run 5-10x slower than one)",
+    )
+    parser.add_argument(
+        "--score_thresh",
+        type=float,
+        default=0.05,
+        help="detections below this score are not scored (torchvision's default 0.05)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work_dir", default=str(REPO / "runs" / "detection_benchmark"),
-                        help="pre-trained weights and results.json go here")
+    parser.add_argument(
+        "--work_dir",
+        default=str(REPO / "runs" / "detection_benchmark"),
+        help="pre-trained weights and results.json go here",
+    )
     args = parser.parse_args(argv)
     try:
         args.weights = dict(item.split("=", 1) for item in args.weights)
@@ -432,19 +529,33 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     data = load_data(args)
-    print(f"data: {args.data} ({len(data['train'])} train, {len(data['val'])} val images); CPU: {cpu_name()}, "
-          f"{args.threads} thread(s); {args.pretrain_minutes} + {args.minutes} min per backbone", flush=True)  # fmt: skip
+    print(
+        f"data: {args.data} ({len(data['train'])} train, {len(data['val'])} val images); CPU: {cpu_name()}, "
+        f"{args.threads} thread(s); {args.pretrain_minutes} + {args.minutes} min per backbone",
+        flush=True,
+    )
     rows = []
     for name in args.backbones:
         row = run_backbone(name, args, data)
         rows.append(row)
-        print(f"{name}: mAP {row['mAP']:.3f} AP50 {row['AP50']:.3f} after {row['steps']} steps "
-              f"({row['train_s'] / 60:.1f} min), loss by tenth {row['loss_by_tenth']}", flush=True)  # fmt: skip
+        print(
+            f"{name}: mAP {row['mAP']:.3f} AP50 {row['AP50']:.3f} after {row['steps']} steps "
+            f"({row['train_s'] / 60:.1f} min), loss by tenth {row['loss_by_tenth']}",
+            flush=True,
+        )
     table = markdown_table(rows)
     print(table)
-    results = {"cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__, "args": vars(args),
-               "detector": DETECTOR, "box_head_size": BOX_HEAD_SIZE, "anchor_sizes": ANCHOR_SIZES, "rows": rows,
-               "table": table}  # fmt: skip
+    results = {
+        "cpu": cpu_name(),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "args": vars(args),
+        "detector": DETECTOR,
+        "box_head_size": BOX_HEAD_SIZE,
+        "anchor_sizes": ANCHOR_SIZES,
+        "rows": rows,
+        "table": table,
+    }
     (Path(args.work_dir) / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return 0
 

@@ -52,8 +52,13 @@ def parity(torch_p: TorchPredictor, onnx_p: OnnxPredictor, files: list[Path], si
         worst_rel = max(worst_rel, diff / float(fused_ref.abs().max()))
         agree += int((fused_ref.argmax(1) == fused_got.argmax(1)).sum())
         total += len(batch)
-    return {"size": list(size), "images": len(files), "max_abs_diff": worst_abs, "max_rel_diff": worst_rel,
-            "top1_agreement": f"{agree}/{total}"}  # fmt: skip
+    return {
+        "size": list(size),
+        "images": len(files),
+        "max_abs_diff": worst_abs,
+        "max_rel_diff": worst_rel,
+        "top1_agreement": f"{agree}/{total}",
+    }
 
 
 def speed(predictors: dict, batch: torch.Tensor, rounds: int) -> dict:
@@ -108,9 +113,14 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     batch = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g)
     result["images_per_second"] = speed({"pytorch": torch_p, "onnxruntime": onnx_p}, batch, args.rounds)
-    result["setup"] = {"arch": args.arch, "batch_size": args.batch_size, "image_size": args.image_size,
-                       "threads": args.threads, "torch": torch.__version__,
-                       "onnxruntime": __import__("onnxruntime").__version__}  # fmt: skip
+    result["setup"] = {
+        "arch": args.arch,
+        "batch_size": args.batch_size,
+        "image_size": args.image_size,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "onnxruntime": __import__("onnxruntime").__version__,
+    }
     print(json.dumps(result, indent=2))
 
 

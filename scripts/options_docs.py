@@ -78,9 +78,15 @@ def render() -> str:
     fields = {f.name: f for f in dataclasses.fields(Config)}
     defaults = Config().to_dict()
     aliases = ", ".join(f"`{alias}` -> `{option}`" for alias, option in OPTION_ALIASES.items())
-    lines = [INTRO.format(aliases=aliases), "## Specification options", "",
-             '"Spec default" is the MindSpore README\'s value; "Default here" differs only where marked **bold**.', "",
-             "| Option | Spec default | Default here | Meaning |", "|---|---|---|---|"]
+    lines = [
+        INTRO.format(aliases=aliases),
+        "## Specification options",
+        "",
+        '"Spec default" is the MindSpore README\'s value; "Default here" differs only where marked **bold**.',
+        "",
+        "| Option | Spec default | Default here | Meaning |",
+        "|---|---|---|---|",
+    ]
     for name in SPEC_OPTIONS:
         spec, ours = fields[name].metadata["spec_default"], defaults[name]
         here = "same" if spec == ours else f"**{_value(ours)}**"  # 1024 and 1024.0 alike

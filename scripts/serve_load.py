@@ -85,8 +85,13 @@ def build_model(arch: str, image_size: int, folder: Path) -> Path:
     torch.manual_seed(0)
     model = create_model(arch, num_classes=len(FASHION_MNIST_CLASSES)).eval()
     pre = Preprocess((image_size, image_size))
-    return export_model(model, output=folder / f"{arch}_{image_size}.onnx", exporter="torchscript",
-                        class_names=sorted(FASHION_MNIST_CLASSES), preprocess=pre)  # fmt: skip
+    return export_model(
+        model,
+        output=folder / f"{arch}_{image_size}.onnx",
+        exporter="torchscript",
+        class_names=sorted(FASHION_MNIST_CLASSES),
+        preprocess=pre,
+    )
 
 
 def fashion_mnist_images(folder: Path, count: int, size: int) -> list[Path]:
@@ -127,10 +132,27 @@ class Server:
 
     def __init__(self, model: Path, args: argparse.Namespace, log_path: Path) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, "-m", "conformer_vision", "serve", str(model), "--port", "0",
-                   "--threads", str(args.threads), "--max_batch_size", str(args.max_batch_size),
-                   "--max_wait_ms", str(args.max_wait_ms), "--max_queue", str(max(64, 2 * args.concurrency)),
-                   "--max_body_mb", str(MAX_BODY_MB), "--timeout_s", "120"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "conformer_vision",
+            "serve",
+            str(model),
+            "--port",
+            "0",
+            "--threads",
+            str(args.threads),
+            "--max_batch_size",
+            str(args.max_batch_size),
+            "--max_wait_ms",
+            str(args.max_wait_ms),
+            "--max_queue",
+            str(max(64, 2 * args.concurrency)),
+            "--max_body_mb",
+            str(MAX_BODY_MB),
+            "--timeout_s",
+            "120",
+        ]
         self.log_path = log_path
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -174,7 +196,9 @@ async def load(url: str, images: list[bytes], requests: int, concurrency: int) -
     async def client(http: httpx.AsyncClient) -> None:
         for i in counter:
             start = time.perf_counter()
-            r = await http.post(f"{url}/v1/predict", files=[("file", (f"{i}.png", images[i % len(images)], "image/png"))])
+            r = await http.post(
+                f"{url}/v1/predict", files=[("file", (f"{i}.png", images[i % len(images)], "image/png"))]
+            )
             latencies.append(time.perf_counter() - start)
             statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
 
@@ -184,9 +208,17 @@ async def load(url: str, images: list[bytes], requests: int, concurrency: int) -
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
         wall = time.perf_counter() - start
     q = statistics.quantiles(latencies, n=100)
-    return {"requests": requests, "concurrency": concurrency, "seconds": wall, "images_per_s": requests / wall,
-            "p50_ms": 1000 * q[49], "p95_ms": 1000 * q[94], "p99_ms": 1000 * q[98],
-            "errors": requests - statuses.get(200, 0), "statuses": statuses}  # fmt: skip
+    return {
+        "requests": requests,
+        "concurrency": concurrency,
+        "seconds": wall,
+        "images_per_s": requests / wall,
+        "p50_ms": 1000 * q[49],
+        "p95_ms": 1000 * q[94],
+        "p99_ms": 1000 * q[98],
+        "errors": requests - statuses.get(200, 0),
+        "statuses": statuses,
+    }
 
 
 def malformed_requests(good: bytes) -> list[dict[str, Any]]:
@@ -232,8 +264,13 @@ async def flood(url: str, good: bytes, count: int, concurrency: int) -> dict[str
         start = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
         wall = time.perf_counter() - start
-    return {"requests": count, "seconds": wall, "statuses": statuses, "transport_failures": len(failures),
-            "only_4xx": not failures and all(400 <= s < 500 for s in statuses)}  # fmt: skip
+    return {
+        "requests": count,
+        "seconds": wall,
+        "statuses": statuses,
+        "transport_failures": len(failures),
+        "only_4xx": not failures and all(400 <= s < 500 for s in statuses),
+    }
 
 
 def check_answers(url: str, images: list[Path], expected: list[list[dict[str, Any]]]) -> dict[str, Any]:
@@ -247,8 +284,12 @@ def check_answers(url: str, images: list[Path], expected: list[list[dict[str, An
         same_top1 += got[0]["class"] == want[0]["class"]
         want_probs = {e["class"]: e["prob"] for e in want}
         worst = max([worst] + [abs(e["prob"] - want_probs.get(e["class"], -1.0)) for e in got])
-    return {"images": len(images), "same_top1": same_top1, "max_prob_diff": worst,
-            "correct": same_top1 == len(images) and worst < 1e-5}  # fmt: skip
+    return {
+        "images": len(images),
+        "same_top1": same_top1,
+        "max_prob_diff": worst,
+        "correct": same_top1 == len(images) and worst < 1e-5,
+    }
 
 
 def metric_sum(url: str, name: str) -> float:
@@ -270,37 +311,60 @@ def cpu_name() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    report: dict[str, Any] = {"cpu": cpu_name(), "cores": os.cpu_count(), "loadavg_start": Path("/proc/loadavg").read_text().split()[:3]}
+    report: dict[str, Any] = {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
+    }
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         folder = Path(tmp)
         model = Path(args.model) if args.model else build_model(args.arch, args.image_size, folder)
         images = fashion_mnist_images(folder, args.images, args.image_size)
         payloads = [p.read_bytes() for p in images]
-        report.update(model=model.name, threads=args.threads, max_batch_size=args.max_batch_size,
-                      max_wait_ms=args.max_wait_ms, upload_bytes_mean=statistics.mean(map(len, payloads)))  # fmt: skip
-        print(f"model {model.name}, {args.threads} threads, {report['cpu']}, load {report['loadavg_start']}", flush=True)
+        report.update(
+            model=model.name,
+            threads=args.threads,
+            max_batch_size=args.max_batch_size,
+            max_wait_ms=args.max_wait_ms,
+            upload_bytes_mean=statistics.mean(map(len, payloads)),
+        )
+        print(
+            f"model {model.name}, {args.threads} threads, {report['cpu']}, load {report['loadavg_start']}", flush=True
+        )
         before = offline_speed(model, args.threads, images, args.max_batch_size, args.offline_batches)
         expected = offline_answers(model, args.threads, images)
         print(f"offline (before): {before:.2f} images/s at batch {args.max_batch_size}", flush=True)
         server = Server(model, args, folder / "server.log")
         try:
             asyncio.run(load(server.url, payloads, args.concurrency, args.concurrency))  # warm-up, not counted
-            batches0, images0 = metric_sum(server.url, "conformer_batch_size_count"), metric_sum(server.url, "conformer_batch_size_sum")
+            batches0, images0 = (
+                metric_sum(server.url, "conformer_batch_size_count"),
+                metric_sum(server.url, "conformer_batch_size_sum"),
+            )
             served = asyncio.run(load(server.url, payloads, args.requests, args.concurrency))
             batches = metric_sum(server.url, "conformer_batch_size_count") - batches0
             served["mean_batch_size"] = (metric_sum(server.url, "conformer_batch_size_sum") - images0) / max(batches, 1)
-            print(f"served: {served['images_per_s']:.2f} images/s, p50 {served['p50_ms']:.0f} ms, p95 "
-                  f"{served['p95_ms']:.0f} ms, p99 {served['p99_ms']:.0f} ms, errors {served['errors']}, "
-                  f"mean batch {served['mean_batch_size']:.2f}", flush=True)  # fmt: skip
+            print(
+                f"served: {served['images_per_s']:.2f} images/s, p50 {served['p50_ms']:.0f} ms, p95 "
+                f"{served['p95_ms']:.0f} ms, p99 {served['p99_ms']:.0f} ms, errors {served['errors']}, "
+                f"mean batch {served['mean_batch_size']:.2f}",
+                flush=True,
+            )
             rss_before = server.rss_mb()
             flooded = asyncio.run(flood(server.url, payloads[0], args.flood, args.concurrency))
             flooded.update(rss_before_mb=rss_before, rss_after_mb=server.rss_mb())
             flooded["rss_growth_mb"] = flooded["rss_after_mb"] - rss_before
-            print(f"flood: {flooded['requests']} malformed requests in {flooded['seconds']:.1f} s, statuses "
-                  f"{flooded['statuses']}, RSS {rss_before:.0f} -> {flooded['rss_after_mb']:.0f} MB", flush=True)
+            print(
+                f"flood: {flooded['requests']} malformed requests in {flooded['seconds']:.1f} s, statuses "
+                f"{flooded['statuses']}, RSS {rss_before:.0f} -> {flooded['rss_after_mb']:.0f} MB",
+                flush=True,
+            )
             after_flood = check_answers(server.url, images, expected)
-            print(f"answers after the flood: {after_flood['same_top1']}/{after_flood['images']} same top-1, "
-                  f"max |prob diff| {after_flood['max_prob_diff']:.1e}", flush=True)  # fmt: skip
+            print(
+                f"answers after the flood: {after_flood['same_top1']}/{after_flood['images']} same top-1, "
+                f"max |prob diff| {after_flood['max_prob_diff']:.1e}",
+                flush=True,
+            )
         finally:
             exit_code = server.stop()
         after = offline_speed(model, args.threads, images, args.max_batch_size, args.offline_batches)
@@ -316,11 +380,22 @@ def main(argv: list[str] | None = None) -> int:
         "answers correct after the flood": after_flood["correct"],
         "SIGTERM: exit 0": exit_code == 0,
     }
-    report.update(offline_before=before, offline_after=after, offline_images_per_s=offline, served=served,
-                  served_over_offline=ratio, flood=flooded, after_flood=after_flood, server_exit=exit_code,
-                  goals=goals, loadavg_end=Path("/proc/loadavg").read_text().split()[:3])  # fmt: skip
-    print(f"\nserved / offline = {ratio:.1%} ({served['images_per_s']:.2f} / {offline:.2f} images/s); "
-          f"load average at the end {report['loadavg_end']}")  # fmt: skip
+    report.update(
+        offline_before=before,
+        offline_after=after,
+        offline_images_per_s=offline,
+        served=served,
+        served_over_offline=ratio,
+        flood=flooded,
+        after_flood=after_flood,
+        server_exit=exit_code,
+        goals=goals,
+        loadavg_end=Path("/proc/loadavg").read_text().split()[:3],
+    )
+    print(
+        f"\nserved / offline = {ratio:.1%} ({served['images_per_s']:.2f} / {offline:.2f} images/s); "
+        f"load average at the end {report['loadavg_end']}"
+    )
     for goal, met in goals.items():
         print(f"  {'met ' if met else 'MISSED'}  {goal}")
     if args.json:

@@ -50,8 +50,9 @@ def cli(*args: str, cwd: Path | None = None) -> tuple[int, str, str]:
 def cli_process(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """``python -m conformer_vision ARGS`` in a fresh process (the real entry point, exit codes)."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "conformer_vision", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "conformer_vision", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 @contextlib.contextmanager
@@ -96,7 +97,7 @@ def photos(base: Path) -> Path:
     _gradient(120, 90, 0).save(out / "a_rgb.jpg", quality=90)
     _gradient(64, 96, 1).save(out / "b_shapes.png")
     _gradient(80, 60, 2).convert("CMYK").save(out / "c_cmyk.jpg", quality=92)
-    grey16 = (np.asarray(_gradient(70, 50, 3).convert("L"), dtype=np.uint16) * 257)
+    grey16 = np.asarray(_gradient(70, 50, 3).convert("L"), dtype=np.uint16) * 257
     Image.fromarray(grey16).save(out / "d_grey16.png")  # mode I;16
     pal = _gradient(48, 48, 4).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     pal.info["transparency"] = 0

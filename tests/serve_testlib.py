@@ -34,9 +34,24 @@ class Server:
         env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         env.pop("CONFORMER_API_KEY", None)
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "conformer_vision", "serve", str(model), "--port", "0",
-                                     "--threads", "1", *options], cwd=REPO, env=env, stdout=log,
-                                    stderr=subprocess.STDOUT)  # fmt: skip
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "conformer_vision",
+                    "serve",
+                    str(model),
+                    "--port",
+                    "0",
+                    "--threads",
+                    "1",
+                    *options,
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         server = cls(proc, log_path)
         try:
             server._wait_ready(timeout)
@@ -110,11 +125,17 @@ def hub_folder(base: Path) -> Path:
     model, classes, pre = T.trained_model(base)
     model = copy.deepcopy(model)  # the shared model stays as it is
     model.pretrained_cfg = {**model.pretrained_cfg, "architecture": model.variant}
-    data_config: dict[str, Any] = {"input_size": (3, *pre.input_size), "interpolation": pre.interpolation,
-                                   "crop_pct": pre.crop_pct, "mean": pre.mean, "std": pre.std}  # fmt: skip
+    data_config: dict[str, Any] = {
+        "input_size": (3, *pre.input_size),
+        "interpolation": pre.interpolation,
+        "crop_pct": pre.crop_pct,
+        "mean": pre.mean,
+        "std": pre.std,
+    }
     out = base / "hub_mini"
-    save_for_hf(model, str(out), model_config={"label_names": list(classes)}, safe_serialization=True,
-                data_config=data_config)  # fmt: skip
+    save_for_hf(
+        model, str(out), model_config={"label_names": list(classes)}, safe_serialization=True, data_config=data_config
+    )
     return out
 
 
@@ -122,8 +143,10 @@ def hub_folder(base: Path) -> Path:
 def onnx_model(base: Path) -> Path:
     """The checkpoint exported to ONNX with the TorchScript exporter (seconds instead of ~40 s)."""
     import inference_testlib as T
+
     from conformer_vision.export import export_model
 
     with T.one_thread():
-        return export_model(T.checkpoint(base), file_format="ONNX", output=base / "serve_mini.onnx",
-                            exporter="torchscript")  # fmt: skip
+        return export_model(
+            T.checkpoint(base), file_format="ONNX", output=base / "serve_mini.onnx", exporter="torchscript"
+        )

@@ -24,13 +24,18 @@ import conformer_vision
 from conformer_vision.backbones import NUM_STAGES, ConformerFPN, conformer_fpn_backbone, stage_of
 from conformer_vision.data import FASHION_MNIST_CLASSES
 from conformer_vision.data.detection_set import (
-    DetectionDataset, DetectionSetParams, collate_detection, prepare_detection_set, render_canvas,
-)  # fmt: skip
+    DetectionDataset,
+    DetectionSetParams,
+    collate_detection,
+    prepare_detection_set,
+    render_canvas,
+)
 from conformer_vision.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_SET = DetectionSetParams(num_train=8, num_val=4, canvas_size=64, min_size=16, max_size=32, max_objects=3,
-                              items_per_class=2)  # fmt: skip
+TINY_SET = DetectionSetParams(
+    num_train=8, num_val=4, canvas_size=64, min_size=16, max_size=32, max_objects=3, items_per_class=2
+)
 MINI = "conformer_mini_test"
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: a second thread only waits on a shared CPU
 
@@ -61,8 +66,15 @@ def _detector(backbone: nn.Module) -> nn.Module:
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
     anchors = AnchorGenerator(((8,), (16,), (32,), (64,), (128,)), ((0.5, 1.0, 2.0),) * 5)
-    return FasterRCNN(backbone, num_classes=11, min_size=64, max_size=64, rpn_anchor_generator=anchors,
-                      rpn_post_nms_top_n_train=100, box_batch_size_per_image=32)  # fmt: skip
+    return FasterRCNN(
+        backbone,
+        num_classes=11,
+        min_size=64,
+        max_size=64,
+        rpn_anchor_generator=anchors,
+        rpn_post_nms_top_n_train=100,
+        box_batch_size_per_image=32,
+    )
 
 
 # ---- the detection set -------------------------------------------------------------------------
@@ -87,7 +99,9 @@ def test_detection_set_is_valid_coco_with_boxes_inside(detection_set: dict[str, 
     assert target["boxes"].shape == (len(target["labels"]), 4) and target["labels"].dtype == torch.int64
 
 
-def test_detection_set_is_written_once_and_never_over_other_files(detection_set: dict[str, Any], tmp_path: Path) -> None:
+def test_detection_set_is_written_once_and_never_over_other_files(
+    detection_set: dict[str, Any], tmp_path: Path
+) -> None:
     root = detection_set["root"]
     assert prepare_detection_set(root, TINY_SET)["created"] is False
     with pytest.raises(DataError, match="other parameters"):
@@ -103,8 +117,9 @@ def test_detection_set_is_written_once_and_never_over_other_files(detection_set:
         DetectionDataset(tmp_path / "mine", "train")
 
 
-def test_prepare_command_writes_the_detection_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_prepare_command_writes_the_detection_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from conformer_vision import cli
     from conformer_vision.data import detection_set
 
@@ -181,10 +196,21 @@ def test_every_variant_is_a_backbone() -> None:
 
 
 def test_stage_mapping_and_trainable_layers_freeze_stages() -> None:
-    assert [stage_of(n) for n in ("model.conv1.weight", "bn1.bias", "cls_token", "model.trans_1.attn.qkv.weight",
-                                  "conv_trans_4.cnn_block.conv1.weight", "conv_trans_5.fusion_block.bn1.weight",
-                                  "conv_trans_11.trans_block.norm1.weight", "conv_trans_12.expand_block.bn.weight",
-                                  "model.trans_norm.weight", "fpn.layer_blocks.0.0.weight")] == [0, 0, 1, 1, 1, 2, 3, 4, 4, None]  # fmt: skip
+    assert [
+        stage_of(n)
+        for n in (
+            "model.conv1.weight",
+            "bn1.bias",
+            "cls_token",
+            "model.trans_1.attn.qkv.weight",
+            "conv_trans_4.cnn_block.conv1.weight",
+            "conv_trans_5.fusion_block.bn1.weight",
+            "conv_trans_11.trans_block.norm1.weight",
+            "conv_trans_12.expand_block.bn.weight",
+            "model.trans_norm.weight",
+            "fpn.layer_blocks.0.0.weight",
+        )
+    ] == [0, 0, 1, 1, 1, 2, 3, 4, 4, None]
     with pytest.raises(ConfigError, match="trainable_layers"):
         conformer_fpn_backbone(MINI, trainable_layers=6)
     torch.manual_seed(0)
@@ -198,10 +224,12 @@ def test_stage_mapping_and_trainable_layers_freeze_stages() -> None:
         assert param.requires_grad is not frozen, name
         assert (param.grad is None) is frozen, name
     # BatchNorms of frozen stages keep their statistics even without norm_eval
-    assert not any(m.training for name, m in backbone.body.named_modules() if isinstance(m, nn.BatchNorm2d)
-                   and stage_of(name) < 3)  # fmt: skip
-    assert all(m.training for name, m in backbone.body.named_modules() if isinstance(m, nn.BatchNorm2d)
-               and stage_of(name) >= 3)  # fmt: skip
+    assert not any(
+        m.training for name, m in backbone.body.named_modules() if isinstance(m, nn.BatchNorm2d) and stage_of(name) < 3
+    )
+    assert all(
+        m.training for name, m in backbone.body.named_modules() if isinstance(m, nn.BatchNorm2d) and stage_of(name) >= 3
+    )
 
 
 @pytest.mark.parametrize("freeze_norm_affine", [False, True])
@@ -234,8 +262,9 @@ def test_classification_weights_load_into_the_backbone(tmp_path: Path) -> None:
     assert all(torch.equal(ours[k], loaded[k]) for k in shared)
     # with weights: the authors' recipe, stem frozen (trainable_layers=4) and BatchNorm statistics kept
     assert backbone.trainable_layers == 4 and backbone.norm_eval
-    assert not backbone.body.state_dict(keep_vars=True)[next(k for k in backbone.body.state_dict()
-                                                             if k.endswith("conv1.weight"))].requires_grad
+    assert not backbone.body.state_dict(keep_vars=True)[
+        next(k for k in backbone.body.state_dict() if k.endswith("conv1.weight"))
+    ].requires_grad
     with pytest.raises(ConfigError, match="not found"):
         conformer_fpn_backbone(MINI, weights=tmp_path / "missing.pth")
 
@@ -269,16 +298,40 @@ def test_faster_rcnn_with_conformer_backbone_trains(detection_set: dict[str, Any
 def test_detection_benchmark_script_reports_coco_map(detection_set: dict[str, Any], tmp_path: Path, coco: Any) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "detection_benchmark.py"), "--data", detection_set["root"],
-         "--backbones", MINI, "resnet18", "--minutes", "0.04", "--pretrain_minutes", "0.02", "--batch_size", "2",
-         "--fpn_channels", "32", "--threads", "1", "--score_thresh", "0", "--work_dir", str(tmp_path)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(REPO / "scripts" / "detection_benchmark.py"),
+            "--data",
+            detection_set["root"],
+            "--backbones",
+            MINI,
+            "resnet18",
+            "--minutes",
+            "0.04",
+            "--pretrain_minutes",
+            "0.02",
+            "--batch_size",
+            "2",
+            "--fpn_channels",
+            "32",
+            "--threads",
+            "1",
+            "--score_thresh",
+            "0",
+            "--work_dir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["backbone"] for r in results["rows"]] == [MINI, "resnet18"]
     for row in results["rows"]:
         assert 0 <= row["mAP"] <= row["AP50"] <= 1 and row["steps"] >= 1 and "Average Precision" in row["cocoeval"]
         assert Path(row["weights"]).is_file() and row["pretrain_steps"] >= 1  # pre-trained, then loaded
-    table = proc.stdout[proc.stdout.index("| backbone"):]
+    table = proc.stdout[proc.stdout.index("| backbone") :]
     assert f"| `{MINI}` |" in table and "| `resnet18` |" in table

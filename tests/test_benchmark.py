@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 import torch
 from torch import nn
 
@@ -18,26 +17,71 @@ from conformer_vision.models import create_model
 from conformer_vision.probes import CPU_FLAGS, cpu_info, gemm_peak
 from conformer_vision.runtime import OnnxPredictor, TorchPredictor
 
-SMALL = ["--arch", "conformer_mini_test", "--image_size", "32", "--batch_size", "2", "--num_classes", "10",
-         "--warmup", "1", "--runs", "1", "--threads", "1"]  # fmt: skip
-FIELDS = ["images/s", "latency/batch", "peak memory", "parameters", "GFLOPs/image", "torch.utils.flop_counter",
-          "of the GEMM peak", "cpu             "]  # fmt: skip
+SMALL = [
+    "--arch",
+    "conformer_mini_test",
+    "--image_size",
+    "32",
+    "--batch_size",
+    "2",
+    "--num_classes",
+    "10",
+    "--warmup",
+    "1",
+    "--runs",
+    "1",
+    "--threads",
+    "1",
+]
+FIELDS = [
+    "images/s",
+    "latency/batch",
+    "peak memory",
+    "parameters",
+    "GFLOPs/image",
+    "torch.utils.flop_counter",
+    "of the GEMM peak",
+    "cpu             ",
+]
 
 
 def test_inference_backends_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     out = tmp_path / "bench.json"
-    code = main(["benchmark", *SMALL, "--compare", "reference,eager,onnxruntime,onnx_int8,onnx_int8_static",
-                 "--agreement", "10", "--json", str(out)])  # fmt: skip
+    code = main(
+        [
+            "benchmark",
+            *SMALL,
+            "--compare",
+            "reference,eager,onnxruntime,onnx_int8,onnx_int8_static",
+            "--agreement",
+            "10",
+            "--json",
+            str(out),
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0
-    for field in FIELDS + ["| reference | infer |", "| eager fp32 |", "| onnxruntime tuned |", "| onnxruntime int8 |",
-                           "| onnxruntime int8_static |", "ONNX export", "int8_static quantisation", "top-1 agreement",
-                           "onnxruntime MatMulInteger"]:  # fmt: skip
+    for field in FIELDS + [
+        "| reference | infer |",
+        "| eager fp32 |",
+        "| onnxruntime tuned |",
+        "| onnxruntime int8 |",
+        "| onnxruntime int8_static |",
+        "ONNX export",
+        "int8_static quantisation",
+        "top-1 agreement",
+        "onnxruntime MatMulInteger",
+    ]:
         assert field in text, field
     results = json.loads(out.read_text())
     params = sum(p.numel() for p in create_model("conformer_mini_test", num_classes=10).parameters())
-    assert [r["label"] for r in results] == ["reference", "eager fp32", "onnxruntime tuned", "onnxruntime int8",
-                                             "onnxruntime int8_static"]  # fmt: skip
+    assert [r["label"] for r in results] == [
+        "reference",
+        "eager fp32",
+        "onnxruntime tuned",
+        "onnxruntime int8",
+        "onnxruntime int8_static",
+    ]
     assert results[4]["extra"]["calibration_images"] == 64
     for r in results:
         assert r["images_per_s"] > 0 and r["params"] == params

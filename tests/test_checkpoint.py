@@ -37,7 +37,10 @@ def test_keep_best(tmp_path, ckpt):
 def test_partial_writes_of_this_run_are_removed_and_nothing_else(tmp_path, ckpt):
     mgr = CheckpointManager(tmp_path / "ckpt", tmp_path / "best", prefix="tiny_0")
     mgr.save_latest(ckpt, epoch=1, step=10)
-    partial = [tmp_path / "ckpt" / ".tiny_0_e0001_s00000020.pt.ab12cd.tmp", tmp_path / "best" / ".tiny_0_best_e0001_top1_0.5000.pt.x.tmp"]
+    partial = [
+        tmp_path / "ckpt" / ".tiny_0_e0001_s00000020.pt.ab12cd.tmp",
+        tmp_path / "best" / ".tiny_0_best_e0001_top1_0.5000.pt.x.tmp",
+    ]
     others = [tmp_path / "ckpt" / ".other_0_e0001_s00000020.pt.ab12cd.tmp", tmp_path / "ckpt" / "notes.tmp"]
     for path in partial + others:
         path.parent.mkdir(exist_ok=True)
@@ -45,7 +48,10 @@ def test_partial_writes_of_this_run_are_removed_and_nothing_else(tmp_path, ckpt)
     assert sorted(mgr.remove_partial_writes()) == sorted(partial)
     assert not any(p.exists() for p in partial) and all(p.exists() for p in others)
     assert [p.name for p in mgr.latest_files()] == ["tiny_0_e0001_s00000010.pt"]
-    assert CheckpointManager(tmp_path / "ckpt", tmp_path / "best", prefix="other_0", enabled=False).remove_partial_writes() == []
+    assert (
+        CheckpointManager(tmp_path / "ckpt", tmp_path / "best", prefix="other_0", enabled=False).remove_partial_writes()
+        == []
+    )
     assert others[0].exists()  # a disabled manager (not rank 0) touches nothing
 
 

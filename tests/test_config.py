@@ -56,16 +56,33 @@ def error_of(*args, **kwargs) -> str:
 
 def test_fields_are_the_spec_options_plus_extras():
     assert list(SPEC_OPTIONS) == SPEC_KEYS
-    assert set(EXTRA_OPTIONS) >= {"checkpoint", "overwrite", "sync_bn", "augment", "interpolation", "color_jitter",
-                                  "hflip", "eval_every", "max_bad_files_fraction", "max_nonfinite_steps",
-                                  "compile", "channels_last", "use_ema"}
+    assert set(EXTRA_OPTIONS) >= {
+        "checkpoint",
+        "overwrite",
+        "sync_bn",
+        "augment",
+        "interpolation",
+        "color_jitter",
+        "hflip",
+        "eval_every",
+        "max_bad_files_fraction",
+        "max_nonfinite_steps",
+        "compile",
+        "channels_last",
+        "use_ema",
+    }
     assert all(f.metadata["help"] for f in dataclasses.fields(Config))
 
 
 def test_defaults_validate_and_follow_the_spec():
     cfg = Config()
-    assert (cfg.base_lr, cfg.batch_size, cfg.crop_pct, cfg.beta, cfg.lr_scheduler) == (0.001, 100, 0.96, [0.9, 0.999],
-                                                                                       "cosine_lr")
+    assert (cfg.base_lr, cfg.batch_size, cfg.crop_pct, cfg.beta, cfg.lr_scheduler) == (
+        0.001,
+        100,
+        0.96,
+        [0.9, 0.999],
+        "cosine_lr",
+    )
     assert cfg.disable_approximate_gelu and cfg.use_pytorch_maxpool  # reference numerics by default
 
 
@@ -80,13 +97,16 @@ def test_unknown_yaml_key_suggests_and_names_file_and_line(tmp_path):
     assert "valid options:" in msg and "base_lr" in msg
 
 
-@pytest.mark.parametrize("tokens, suggestion", [
-    (["--batchsize", "8"], "batch_size"),
-    (["--sched", "cosine"], "lr_scheduler"),  # another codebase's name for the option
-    (["--lerning-rate", "0.1"], "base_lr"),  # close to the alias learning_rate: its option is suggested
-    (["--epoch", "1"], "epochs"),  # an abbreviation is not accepted, but suggested
-    (["--drop_path_rate=0.2"], "drop_path"),
-])
+@pytest.mark.parametrize(
+    "tokens, suggestion",
+    [
+        (["--batchsize", "8"], "batch_size"),
+        (["--sched", "cosine"], "lr_scheduler"),  # another codebase's name for the option
+        (["--lerning-rate", "0.1"], "base_lr"),  # close to the alias learning_rate: its option is suggested
+        (["--epoch", "1"], "epochs"),  # an abbreviation is not accepted, but suggested
+        (["--drop_path_rate=0.2"], "drop_path"),
+    ],
+)
 def test_unknown_cli_key_suggests(tokens, suggestion):
     msg = error_of(None, tokens)
     assert "did you mean" in msg and suggestion in msg and "command line" in msg
@@ -99,8 +119,10 @@ def test_unknown_override_dict_key_and_from_dict_key():
     assert Config.from_dict({"sed": 1, "seed": 2}, strict=False).seed == 2
 
 
-@pytest.mark.parametrize("alias, option, value", [("lr", "base_lr", 0.05), ("learning_rate", "base_lr", 0.05),
-                                                  ("warmup_epochs", "warmup_length", 1)])  # fmt: skip
+@pytest.mark.parametrize(
+    "alias, option, value",
+    [("lr", "base_lr", 0.05), ("learning_rate", "base_lr", 0.05), ("warmup_epochs", "warmup_length", 1)],
+)
 def test_aliases_are_accepted_alike_in_yaml_tokens_and_dicts_and_stored_canonical(tmp_path, alias, option, value):
     assert OPTION_ALIASES[alias] == option
     from_yaml = load_config(write(tmp_path, f"{alias}: {value}\n"))
@@ -122,8 +144,9 @@ def test_an_alias_and_its_option_together_are_an_error(tmp_path):
         make_parser().parse_args(["--base_lr", "0.1", "--lr", "0.2"])
     cfg = config_from_args(vars(make_parser().parse_args(["--lr", "0.1", "--lr", "0.2"])))  # one spelling: last wins
     assert cfg.base_lr == 0.2
-    yaml_then_cli = config_from_args(vars(make_parser().parse_args(["--config", str(write(tmp_path, "lr: 0.1\n")),
-                                                                    "--base_lr", "0.3"])))  # fmt: skip
+    yaml_then_cli = config_from_args(
+        vars(make_parser().parse_args(["--config", str(write(tmp_path, "lr: 0.1\n")), "--base_lr", "0.3"]))
+    )
     assert yaml_then_cli.base_lr == 0.3  # the command line overrides the YAML, whatever the spelling
 
 
@@ -136,22 +159,37 @@ def test_the_parser_takes_no_abbreviation_and_the_aliases():
     assert "alias: --lr, --learning_rate" in help_text and "--lr BASE_LR" not in help_text
 
 
-@pytest.mark.parametrize("policy", ["rand-m9-mstd0.5-inc1", "rand-m9-n3-mstd0.5", "rand-mstd1-tweights",
-                                    "augmix-m5-w4-d2", "original", "original-mstd0.5", "originalr", "v0", "v0r",
-                                    "3a"])  # fmt: skip
+@pytest.mark.parametrize(
+    "policy",
+    [
+        "rand-m9-mstd0.5-inc1",
+        "rand-m9-n3-mstd0.5",
+        "rand-mstd1-tweights",
+        "augmix-m5-w4-d2",
+        "original",
+        "original-mstd0.5",
+        "originalr",
+        "v0",
+        "v0r",
+        "3a",
+    ],
+)
 def test_timm_policy_strings_are_accepted(policy):
     assert Config(auto_augment=policy).auto_augment == policy
 
 
-@pytest.mark.parametrize("policy, why", [
-    ("rand-bogus", "section 'bogus' holds no value, so timm would ignore it"),
-    ("original-", "section '' holds no value"),
-    ("rand-tbogus", "timm knows no RandAugment op set 'bogus'"),
-    ("rand-m9x", "timm refuses it (ValueError"),
-    ("augmix-q3", "timm refuses it (AssertionError: Unknown AugMix config section)"),
-    ("v1", "timm refuses it (AssertionError: Unknown AA policy v1)"),
-    ("randaugment", "timm refuses it (AssertionError)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "policy, why",
+    [
+        ("rand-bogus", "section 'bogus' holds no value, so timm would ignore it"),
+        ("original-", "section '' holds no value"),
+        ("rand-tbogus", "timm knows no RandAugment op set 'bogus'"),
+        ("rand-m9x", "timm refuses it (ValueError"),
+        ("augmix-q3", "timm refuses it (AssertionError: Unknown AugMix config section)"),
+        ("v1", "timm refuses it (AssertionError: Unknown AA policy v1)"),
+        ("randaugment", "timm refuses it (AssertionError)"),
+    ],
+)
 def test_policy_strings_timm_would_refuse_or_ignore_are_errors(policy, why):
     msg = error_of(None, {"auto_augment": policy})
     assert f"auto_augment: {policy!r} is not a timm auto-augment policy: {why}" in msg
@@ -166,34 +204,40 @@ def test_docs_list_every_alias():
 # ---------------------------------------------------------------- types, ranges, choices
 
 
-@pytest.mark.parametrize("text, key, expected", [
-    ("epochs: ten", "epochs", "expected an integer"),
-    ("epochs: 2.5", "epochs", "expected an integer"),
-    ("with_ema: maybe", "with_ema", "expected true/false"),
-    ("beta: 0.9", "beta", "expected a list"),
-    ("data_url: [a, b]", "data_url", "expected a string"),
-    ("val_dir: 2012", "val_dir", "quote it"),
-    ("base_lr: .nan", "base_lr", "finite"),
-])
+@pytest.mark.parametrize(
+    "text, key, expected",
+    [
+        ("epochs: ten", "epochs", "expected an integer"),
+        ("epochs: 2.5", "epochs", "expected an integer"),
+        ("with_ema: maybe", "with_ema", "expected true/false"),
+        ("beta: 0.9", "beta", "expected a list"),
+        ("data_url: [a, b]", "data_url", "expected a string"),
+        ("val_dir: 2012", "val_dir", "quote it"),
+        ("base_lr: .nan", "base_lr", "finite"),
+    ],
+)
 def test_wrong_type(tmp_path, text, key, expected):
     msg = error_of(write(tmp_path, text + "\n"))
     assert f"{key}:" in msg and expected in msg and "run.yaml:1" in msg
 
 
-@pytest.mark.parametrize("tokens, expected", [
-    (["--re_prob", "1.5"], "re_prob: 1.5 is out of range; it must be in [0, 1]"),
-    (["--base_lr", "-1"], "base_lr: -1.0 is out of range; it must be > 0"),
-    (["--crop_pct", "0"], "crop_pct: 0.0 is out of range; it must be in (0, 1]"),
-    (["--batch_size", "0"], "must be >= 1"),
-    (["--beta", "0.9,1.0"], "beta: 1.0 is out of range"),
-    (["--beta", "0.9"], "expected 2 values"),
-    (["--image_size", "224,224,3"], "expected 2 values"),
-    (["--train_num_samples", "0"], "-1 (all) or a positive count"),
-    (["--min_lr", "0.1"], "above base_lr"),
-    (["--start_epoch", "300"], "must be below epochs"),
-    (["--compile", "--pynative_mode", "true"], "contradicts"),
-    (["--auto_augment", "randaug-m9"], "not a timm auto-augment policy"),
-])
+@pytest.mark.parametrize(
+    "tokens, expected",
+    [
+        (["--re_prob", "1.5"], "re_prob: 1.5 is out of range; it must be in [0, 1]"),
+        (["--base_lr", "-1"], "base_lr: -1.0 is out of range; it must be > 0"),
+        (["--crop_pct", "0"], "crop_pct: 0.0 is out of range; it must be in (0, 1]"),
+        (["--batch_size", "0"], "must be >= 1"),
+        (["--beta", "0.9,1.0"], "beta: 1.0 is out of range"),
+        (["--beta", "0.9"], "expected 2 values"),
+        (["--image_size", "224,224,3"], "expected 2 values"),
+        (["--train_num_samples", "0"], "-1 (all) or a positive count"),
+        (["--min_lr", "0.1"], "above base_lr"),
+        (["--start_epoch", "300"], "must be below epochs"),
+        (["--compile", "--pynative_mode", "true"], "contradicts"),
+        (["--auto_augment", "randaug-m9"], "not a timm auto-augment policy"),
+    ],
+)
 def test_out_of_range(tokens, expected):
     assert expected in error_of(None, tokens)
 
@@ -203,26 +247,32 @@ def test_all_problems_reported_at_once():
     assert "re_prob" in msg and "epochs" in msg and "amp_level" in msg
 
 
-@pytest.mark.parametrize("key, value, listed", [
-    ("amp_level", "O4", "O0, O1, O2, O3, bf16"),
-    ("optimizer", "lamb", "adamw, sgd"),
-    ("lr_scheduler", "poly_lr", "cosine_lr, step_lr, multistep_lr, exp_lr, constant_lr"),
-    ("mixup_mode", "row", "batch, pair, elem"),
-    ("re_mode", "zero", "const, rand, pixel"),
-    ("file_format", "TFLITE", "ONNX, TORCHSCRIPT, EXPORTED_PROGRAM, SAFETENSORS"),
-    ("device_target", "tpu", "auto, cpu, cuda"),
-    ("interpolation", "random", "nearest, bilinear, bicubic, box, hamming, lanczos"),  # no random at eval
-])
+@pytest.mark.parametrize(
+    "key, value, listed",
+    [
+        ("amp_level", "O4", "O0, O1, O2, O3, bf16"),
+        ("optimizer", "lamb", "adamw, sgd"),
+        ("lr_scheduler", "poly_lr", "cosine_lr, step_lr, multistep_lr, exp_lr, constant_lr"),
+        ("mixup_mode", "row", "batch, pair, elem"),
+        ("re_mode", "zero", "const, rand, pixel"),
+        ("file_format", "TFLITE", "ONNX, TORCHSCRIPT, EXPORTED_PROGRAM, SAFETENSORS"),
+        ("device_target", "tpu", "auto, cpu, cuda"),
+        ("interpolation", "random", "nearest, bilinear, bicubic, box, hamming, lanczos"),  # no random at eval
+    ],
+)
 def test_bad_choice_lists_valid_choices(key, value, listed):
     msg = error_of(None, {key: value})
     assert f"{key}: {value!r} is not a valid choice" in msg and listed in msg
 
 
-@pytest.mark.parametrize("key, value, why", [
-    ("device_target", "Ascend", "MindSpore"),
-    ("file_format", "MINDIR", "MindSpore format"),
-    ("file_format", "AIR", "MindSpore"),
-])
+@pytest.mark.parametrize(
+    "key, value, why",
+    [
+        ("device_target", "Ascend", "MindSpore"),
+        ("file_format", "MINDIR", "MindSpore format"),
+        ("file_format", "AIR", "MindSpore"),
+    ],
+)
 def test_mindspore_only_values_are_explained(key, value, why):
     msg = error_of(None, {key: value})
     assert why in msg and "valid choices" in msg
@@ -233,19 +283,22 @@ def test_unknown_arch_suggests_and_lists_names():
     assert "did you mean" in msg and "conformer_small_patch32" in msg
 
 
-@pytest.mark.parametrize("key, value, canonical", [
-    ("device_target", "GPU", "cuda"),
-    ("device_target", "CPU", "cpu"),
-    ("optimizer", "Momentum", "sgd"),
-    ("lr_scheduler", "exponential_lr", "exp_lr"),
-    ("amp_level", "o2", "O2"),
-    ("amp_level", "BF16", "bf16"),
-    ("file_format", "onnx", "ONNX"),
-    ("arch", "conformer_tiny", "conformer_tiny_patch16"),
-    ("arch", "conformer_base", "conformer_base_patch16"),
-    ("auto_augment", "", None),
-    ("auto_augment", "none", None),
-])
+@pytest.mark.parametrize(
+    "key, value, canonical",
+    [
+        ("device_target", "GPU", "cuda"),
+        ("device_target", "CPU", "cpu"),
+        ("optimizer", "Momentum", "sgd"),
+        ("lr_scheduler", "exponential_lr", "exp_lr"),
+        ("amp_level", "o2", "O2"),
+        ("amp_level", "BF16", "bf16"),
+        ("file_format", "onnx", "ONNX"),
+        ("arch", "conformer_tiny", "conformer_tiny_patch16"),
+        ("arch", "conformer_base", "conformer_base_patch16"),
+        ("auto_augment", "", None),
+        ("auto_augment", "none", None),
+    ],
+)
 def test_spellings_are_normalised(key, value, canonical):
     assert getattr(load_config(None, {key: value}), key) == canonical
 
@@ -260,8 +313,10 @@ def test_cli_overrides_yaml(tmp_path):
     assert load_config(path, {"epochs": 4}).epochs == 4
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("true", True), ("False", False), ("1", True), ("0", False), ("yes", True), ("no", False), ("on", True)])
+@pytest.mark.parametrize(
+    "text, expected",
+    [("true", True), ("False", False), ("1", True), ("0", False), ("yes", True), ("no", False), ("on", True)],
+)
 def test_bool_coercion(text, expected):
     assert load_config(None, ["--with_ema", text]).with_ema is expected
 
@@ -271,8 +326,9 @@ def test_bare_bool_flag_means_true():
     assert cfg.with_ema is True and cfg.epochs == 3
 
 
-@pytest.mark.parametrize("tokens", [
-    ["--beta", "0.8,0.99"], ["--beta", "[0.8, 0.99]"], ["--beta", "0.8", "0.99"], ["--beta", "0.8, 0.99"]])
+@pytest.mark.parametrize(
+    "tokens", [["--beta", "0.8,0.99"], ["--beta", "[0.8, 0.99]"], ["--beta", "0.8", "0.99"], ["--beta", "0.8, 0.99"]]
+)
 def test_list_coercion(tokens):
     assert load_config(None, tokens).beta == [0.8, 0.99]
 
@@ -301,13 +357,16 @@ def test_model_postfix_int_or_string():
 # ---------------------------------------------------------------- YAML file problems
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("epochs: 3\nbatch_size: [1, 2\n", "YAML syntax error"),
-    ("- epochs\n- 3\n", "expected a mapping"),
-    ("", "the file is empty"),
-    ("just a string\n", "expected a mapping"),
-    ("epochs: 3\nseed: 1\nepochs: 4\n", "duplicate key 'epochs' (first on line 1)"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("epochs: 3\nbatch_size: [1, 2\n", "YAML syntax error"),
+        ("- epochs\n- 3\n", "expected a mapping"),
+        ("", "the file is empty"),
+        ("just a string\n", "expected a mapping"),
+        ("epochs: 3\nseed: 1\nepochs: 4\n", "duplicate key 'epochs' (first on line 1)"),
+    ],
+)
 def test_bad_yaml_files(tmp_path, text, expected):
     msg = error_of(write(tmp_path, text))
     assert expected in msg and "run.yaml" in msg
@@ -326,8 +385,21 @@ def test_missing_file(tmp_path):
 
 
 def test_to_dict_from_dict_round_trip():
-    cfg = load_config(None, ["--arch", "conformer_small", "--beta", "0.8,0.9", "--image_size", "192,256",
-                             "--auto_augment", "none", "--model_postfix", "x"])
+    cfg = load_config(
+        None,
+        [
+            "--arch",
+            "conformer_small",
+            "--beta",
+            "0.8,0.9",
+            "--image_size",
+            "192,256",
+            "--auto_augment",
+            "none",
+            "--model_postfix",
+            "x",
+        ],
+    )
     d = cfg.to_dict()
     assert list(d) == FIELDS
     assert json.loads(json.dumps(d)) == d
@@ -369,14 +441,18 @@ def test_shipped_yaml_holds_every_option_and_validates(path):
 
 
 def test_shipped_configs_exist():
-    assert {p.name for p in SHIPPED} >= {"conformer_tiny.yaml", "conformer_small.yaml", "conformer_base.yaml",
-                                         "quickstart_fashion_mnist.yaml"}
+    assert {p.name for p in SHIPPED} >= {
+        "conformer_tiny.yaml",
+        "conformer_small.yaml",
+        "conformer_base.yaml",
+        "quickstart_fashion_mnist.yaml",
+    }
 
 
 def test_reference_recipe_in_shipped_tiny():
     cfg = load_config(ROOT / "configs" / "conformer_tiny.yaml")
     assert cfg.batch_size * cfg.device_num == 1024
-    assert (cfg.base_lr, cfg.weight_decay, cfg.min_lr, cfg.warmup_length, cfg.warmup_lr) == (1e-3, .05, 1e-5, 5, 1e-6)
+    assert (cfg.base_lr, cfg.weight_decay, cfg.min_lr, cfg.warmup_length, cfg.warmup_lr) == (1e-3, 0.05, 1e-5, 5, 1e-6)
     assert (cfg.mixup, cfg.cutmix, cfg.switch_prob, cfg.label_smoothing, cfg.re_prob) == (0.8, 1.0, 0.5, 0.1, 0.25)
     assert (cfg.ema_decay, cfg.crop_pct, cfg.epochs, cfg.interpolation) == (0.99996, 0.875, 300, "bicubic")
 
@@ -400,8 +476,9 @@ def test_help_lists_every_option_with_default():
 
 def test_config_from_args_keeps_yaml_for_options_not_given(tmp_path):
     path = write(tmp_path, "epochs: 7\nbatch_size: 16\n")
-    ns = make_parser().parse_args(["--config", str(path), "--batch_size", "8", "--with_ema",
-                                   "--beta", "0.8", "0.9", "--image_size", "160"])
+    ns = make_parser().parse_args(
+        ["--config", str(path), "--batch_size", "8", "--with_ema", "--beta", "0.8", "0.9", "--image_size", "160"]
+    )
     cfg = config_from_args(vars(ns) | {"command": "train"})
     assert (cfg.epochs, cfg.batch_size, cfg.with_ema, cfg.beta, cfg.image_size) == (7, 8, True, [0.8, 0.9], 160)
 
@@ -436,10 +513,12 @@ def test_arch_names_are_the_model_registry():
 def test_config_module_imports_no_torch():
     """config.py itself is torch-free (its tables come from torch-free modules; the rest is imported
     lazily where a value is checked): a fresh interpreter that imports it alone has no torch."""
-    code = ("import importlib.util, sys; spec = importlib.util.find_spec('conformer_vision'); "
-            "sys.modules['conformer_vision'] = type(sys)('conformer_vision'); "
-            "sys.modules['conformer_vision'].__path__ = spec.submodule_search_locations; "
-            "import conformer_vision.config; assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import importlib.util, sys; spec = importlib.util.find_spec('conformer_vision'); "
+        "sys.modules['conformer_vision'] = type(sys)('conformer_vision'); "
+        "sys.modules['conformer_vision'].__path__ = spec.submodule_search_locations; "
+        "import conformer_vision.config; assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
@@ -458,7 +537,8 @@ def test_mixup_needs_an_even_batch_before_any_data_is_read(tmp_path, monkeypatch
 def test_options_md_is_generated_from_the_fields():
     render = runpy.run_path(str(ROOT / "scripts" / "options_docs.py"))["render"]
     assert (ROOT / "docs" / "options.md").read_text(encoding="utf-8") == render(), (
-        "docs/options.md is stale: python scripts/options_docs.py > docs/options.md")
+        "docs/options.md is stale: python scripts/options_docs.py > docs/options.md"
+    )
 
 
 # ---------------------------------------------------------------- fine-tuning options and the hub format
@@ -471,18 +551,23 @@ def test_fine_tuning_options_default_off_and_validate(tmp_path):
     assert (cfg.layer_decay, cfg.freeze_stages) == (0.65, 5)
     assert load_config(None, ["--layer_decay", "null"]).layer_decay is None
     assert load_config(None, ["--layer_decay", "1"]).layer_decay == 1.0  # in (0, 1]: 1 = every layer alike
-    for tokens, expected in ((["--layer_decay", "0"], "layer_decay: 0 is out of range; it must be in (0, 1]"),
-                             (["--layer_decay", "1.2"], "layer_decay: 1.2 is out of range"),
-                             (["--layer_decay", "fast"], "layer_decay: expected a number or null"),
-                             (["--freeze_stages", "6"], "freeze_stages: 6 is out of range; it must be in [0, 5]"),
-                             (["--freeze_stages", "-1"], "freeze_stages: -1 is out of range")):  # fmt: skip
+    for tokens, expected in (
+        (["--layer_decay", "0"], "layer_decay: 0 is out of range; it must be in (0, 1]"),
+        (["--layer_decay", "1.2"], "layer_decay: 1.2 is out of range"),
+        (["--layer_decay", "fast"], "layer_decay: expected a number or null"),
+        (["--freeze_stages", "6"], "freeze_stages: 6 is out of range; it must be in [0, 5]"),
+        (["--freeze_stages", "-1"], "freeze_stages: -1 is out of range"),
+    ):
         assert expected in error_of(None, tokens)
 
 
-@pytest.mark.parametrize("tokens, suggestion", [
-    (["--frozen_stages", "1"], "freeze_stages"),  # mmpretrain / mmdetection's name
-    (["--trainable_layers", "3"], "freeze_stages"),  # torchvision's (counted from the top)
-])
+@pytest.mark.parametrize(
+    "tokens, suggestion",
+    [
+        (["--frozen_stages", "1"], "freeze_stages"),  # mmpretrain / mmdetection's name
+        (["--trainable_layers", "3"], "freeze_stages"),  # torchvision's (counted from the top)
+    ],
+)
 def test_other_codebases_fine_tuning_names_point_to_ours(tokens, suggestion):
     msg = error_of(None, tokens)
     assert "did you mean" in msg and suggestion in msg

@@ -50,14 +50,19 @@ def test_convert_keeps_the_state_dict() -> None:
     model = create_model("conformer_mini_test", num_classes=3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     convert_sync_batchnorm(model, torch.device("cpu"))
-    assert isinstance(model.bn1, GlooSyncBatchNorm) and isinstance(model.conv_trans_12.expand_block.bn, GlooSyncBatchNorm)
+    assert isinstance(model.bn1, GlooSyncBatchNorm) and isinstance(
+        model.conv_trans_12.expand_block.bn, GlooSyncBatchNorm
+    )
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
 def losses(run_dir: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-            if json.loads(line)["kind"] == "train"]  # fmt: skip
+    return [
+        json.loads(line)["loss"]
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["kind"] == "train"
+    ]
 
 
 @pytest.mark.slow
@@ -68,18 +73,40 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> N
     the closing line."""
     torch.set_num_threads(1)
     data = write_dataset(tmp_path / "data", classes=4, train=8, val=4)
-    recipe = dict(num_classes=4, epochs=1, batch_size=16, sync_bn=True, optimizer="sgd", base_lr=0.01,
-                  print_loss_every=1, ckpt_save_every_step=0)  # fmt: skip
+    recipe = dict(
+        num_classes=4,
+        epochs=1,
+        batch_size=16,
+        sync_bn=True,
+        optimizer="sgd",
+        base_lr=0.01,
+        print_loss_every=1,
+        ckpt_save_every_step=0,
+    )
     one = read_checkpoint(train(make_config(data, tmp_path / "one", **recipe)).last_checkpoint)
     two_cfg = make_config(data, tmp_path / "two", **{**recipe, "batch_size": 8})
     assert two_cfg.device_num is None
     (tmp_path / "two.yaml").write_text(two_cfg.to_yaml())
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "conformer_vision", "train", "--config", str(tmp_path / "two.yaml")],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "conformer_vision",
+            "train",
+            "--config",
+            str(tmp_path / "two.yaml"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("training finished: 1 epochs, 2 steps") == 1, proc.stdout
     two = read_checkpoint(sorted((tmp_path / "two" / "checkpoints").glob("*.pt"))[-1])
@@ -90,8 +117,10 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> N
     params = [k for k in init if init[k].is_floating_point() and "running" not in k]
     gap = sum(((one["model"][k] - two["model"][k]).double() ** 2).sum() for k in params).sqrt()
     update = sum(((one["model"][k] - init[k]).double() ** 2).sum() for k in params).sqrt()
-    print(f"1 vs 2 processes: losses {losses(tmp_path / 'one')} vs {losses(tmp_path / 'two')}, "
-          f"weight gap {float(gap / update):.2e} of the update")
+    print(
+        f"1 vs 2 processes: losses {losses(tmp_path / 'one')} vs {losses(tmp_path / 'two')}, "
+        f"weight gap {float(gap / update):.2e} of the update"
+    )
     assert update > 0 and gap / update < 1e-2, float(gap / update)
     for key in ("Loss", "Top1-Acc", "conv_top1", "trans_loss", "num_samples"):  # val metrics all-reduced over ranks
         assert abs(one["metrics"][key] - two["metrics"][key]) < 1e-3 * max(1.0, abs(one["metrics"][key])), key

@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import inference_testlib as T  # tests/inference_testlib.py (pytest pythonpath: tests)
 import pytest
 import torch
 
@@ -15,8 +16,6 @@ from conformer_vision.evaluate import evaluate_dataset, format_eval_line
 from conformer_vision.metrics import ClassificationMeter
 from conformer_vision.runtime import open_predictor
 
-
-import inference_testlib as T  # tests/inference_testlib.py (pytest pythonpath: tests)
 SPEC_LINE = re.compile(r"^eval results: (\{'Loss': [0-9.]+, 'Top1-Acc': [0-9.]+, 'Top5-Acc': [0-9.]+\})$", re.M)
 
 
@@ -25,8 +24,20 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _eval_args(base: Path, *extra: str) -> list[str]:
     root = T.fashion_mnist(base)
-    return ["eval", "--data_url", str(root), "--val_dir", "val", "--batch_size", "16",
-            "--num_parallel_workers", "0", "--device_target", "cpu", *extra]  # fmt: skip
+    return [
+        "eval",
+        "--data_url",
+        str(root),
+        "--val_dir",
+        "val",
+        "--batch_size",
+        "16",
+        "--num_parallel_workers",
+        "0",
+        "--device_target",
+        "cpu",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -52,8 +63,10 @@ def test_evaluate_dataset_is_the_training_meter_on_the_val_folder(base):
 def test_format_eval_line_is_the_specification_form():
     line = format_eval_line({"Loss": 1.42041234, "Top1-Acc": 0.7310664, "Top5-Acc": 0.90621})
     assert line == "eval results: {'Loss': 1.4204, 'Top1-Acc': 0.731066, 'Top5-Acc': 0.90621}"
-    assert format_eval_line({"Loss": 0, "Top1-Acc": 0.5, "Top5-Acc": 1.0}, with_loss=False) == \
-        "eval results: {'Top1-Acc': 0.5, 'Top5-Acc': 1.0}"  # fmt: skip
+    assert (
+        format_eval_line({"Loss": 0, "Top1-Acc": 0.5, "Top5-Acc": 1.0}, with_loss=False)
+        == "eval results: {'Top1-Acc': 0.5, 'Top5-Acc': 1.0}"
+    )
 
 
 @pytest.mark.slow
@@ -73,8 +86,18 @@ def test_eval_cli_checkpoint_and_onnx_agree(base, tmp_path):
     rc, out_onnx, err = T.cli(*_eval_args(base, "--checkpoint", onnx_path))
     assert rc == 0, err
     onnx_metrics = ast.literal_eval(SPEC_LINE.search(out_onnx).group(1))
-    rc, out_spec, err = T.cli("eval-onnx", str(T.fashion_mnist(base) / "val"), "--onnx_path", onnx_path,
-                              "-m", "CPU", "--prefetch", "4", "--workers", "0")  # fmt: skip
+    rc, out_spec, err = T.cli(
+        "eval-onnx",
+        str(T.fashion_mnist(base) / "val"),
+        "--onnx_path",
+        onnx_path,
+        "-m",
+        "CPU",
+        "--prefetch",
+        "4",
+        "--workers",
+        "0",
+    )
     assert rc == 0, err
     spec_metrics = ast.literal_eval(re.search(r"^eval results: (\{.*\})$", out_spec, re.M).group(1))
     for metrics in (onnx_metrics, spec_metrics):

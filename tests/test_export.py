@@ -6,6 +6,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+import inference_testlib as T  # tests/inference_testlib.py (pytest pythonpath: tests)
 import onnx
 import pytest
 import torch
@@ -16,10 +17,6 @@ from conformer_vision.errors import ConformerError
 from conformer_vision.export import export_model
 from conformer_vision.models import create_model
 from conformer_vision.runtime import open_predictor
-
-
-import inference_testlib as T  # tests/inference_testlib.py (pytest pythonpath: tests)
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -69,8 +66,15 @@ def _compare(module, reference, x: torch.Tensor) -> None:
 
 @pytest.mark.slow
 def test_torchscript_runs_any_size_and_carries_metadata(base, tmp_path):
-    rc, out, err = T.cli("export", "--checkpoint", str(T.checkpoint(base)), "--file_format", "TORCHSCRIPT",
-                         "--output", str(tmp_path / "m"))  # fmt: skip
+    rc, out, err = T.cli(
+        "export",
+        "--checkpoint",
+        str(T.checkpoint(base)),
+        "--file_format",
+        "TORCHSCRIPT",
+        "--output",
+        str(tmp_path / "m"),
+    )
     assert rc == 0, err
     assert "checked against PyTorch" in out and "top-1 agreement 3/3" in out
     path = tmp_path / "m.torchscript.pt"
@@ -91,14 +95,17 @@ def test_a_model_in_memory_exports_from_a_copy(base, tmp_path):
         expected = model.eval()(torch.randn(2, 3, 32, 32))  # builds the folded-weights caches
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    path = export_model(model, file_format="ONNX", output=tmp_path / "m.onnx", exporter="torchscript",
-                        class_names=["a", "b", "c"])  # fmt: skip
+    path = export_model(
+        model, file_format="ONNX", output=tmp_path / "m.onnx", exporter="torchscript", class_names=["a", "b", "c"]
+    )
     assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     meta = T.describe_export(path)
     assert meta["arch"] == "conformer_mini_test" and meta["class_names"] == ["a", "b", "c"]
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        torch.testing.assert_close(open_predictor(path).heads(x)[0], model.eval().forward_heads(x)[0], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            open_predictor(path).heads(x)[0], model.eval().forward_heads(x)[0], rtol=1e-4, atol=1e-4
+        )
     assert expected.shape == (2, 3)
     with pytest.raises(ConformerError, match="takes a Conformer or a checkpoint path"):
         export_model(torch.nn.Linear(2, 2), output=tmp_path / "x.onnx")
@@ -107,8 +114,15 @@ def test_a_model_in_memory_exports_from_a_copy(base, tmp_path):
 @pytest.mark.slow
 def test_exported_program_of_a_small_input_model(base, tmp_path):
     """Input size 32 (< 2 x patch + 1): the program is exported for 32x32, batch dynamic."""
-    rc, out, err = T.cli("export", "--checkpoint", str(T.checkpoint(base)), "--file_format", "EXPORTED_PROGRAM",
-                         "--output", str(tmp_path / "m.pt2"))  # fmt: skip
+    rc, out, err = T.cli(
+        "export",
+        "--checkpoint",
+        str(T.checkpoint(base)),
+        "--file_format",
+        "EXPORTED_PROGRAM",
+        "--output",
+        str(tmp_path / "m.pt2"),
+    )
     assert rc == 0, err
     _, classes, pre = T.trained_model(base)
     assert T.describe_export(tmp_path / "m.pt2")["class_names"] == classes
@@ -116,9 +130,11 @@ def test_exported_program_of_a_small_input_model(base, tmp_path):
     _compare(module, open_predictor(T.checkpoint(base)), _photo_batch(base, (32, 32))[:3])
 
 
-@pytest.mark.skipif(not os.environ.get("CONFORMER_SLOW_TESTS"),
-                    reason="slow (~35 s CPU: torch.export with dynamic spatial size, then its reload); "
-                           "set CONFORMER_SLOW_TESTS=1 to run")  # fmt: skip
+@pytest.mark.skipif(
+    not os.environ.get("CONFORMER_SLOW_TESTS"),
+    reason="slow (~35 s CPU: torch.export with dynamic spatial size, then its reload); "
+    "set CONFORMER_SLOW_TESTS=1 to run",
+)
 def test_exported_program_with_dynamic_spatial_size(base, tmp_path):
     """Input size 48: height and width dynamic from 33 up; below that a clear guard error."""
     from conformer_vision.checkpoint import atomic_save, build_checkpoint
@@ -126,8 +142,9 @@ def test_exported_program_with_dynamic_spatial_size(base, tmp_path):
     model, classes, pre = T.trained_model(base)
     pre48 = dataclasses.replace(pre, input_size=(48, 48))
     ckpt = atomic_save(build_checkpoint(model, class_names=classes, preprocess=pre48.to_dict()), tmp_path / "c.pt")
-    rc, out, err = T.cli("export", "--checkpoint", str(ckpt), "--file_format", "EXPORTED_PROGRAM",
-                         "--output", str(tmp_path / "m"))  # fmt: skip
+    rc, out, err = T.cli(
+        "export", "--checkpoint", str(ckpt), "--file_format", "EXPORTED_PROGRAM", "--output", str(tmp_path / "m")
+    )
     assert rc == 0, err
     module = torch.export.load(str(tmp_path / "m.pt2")).module()
     reference = open_predictor(T.checkpoint(base))
@@ -161,8 +178,20 @@ def test_specification_spelling_with_authors_checkpoint(base, tmp_path):
     torch.save({"model": model.state_dict(), "epoch": 3}, authors)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("arch: conformer_mini_test\nimage_size: 48\ncrop_pct: 0.9\nnum_classes: 10\n")
-    rc, out, err = T.cli("export", "--config", str(cfg), "--pretrained", str(authors), "--file_format", "ONNX",
-                         "--arch", "conformer_mini_test", "--exporter", "torchscript", cwd=tmp_path)  # fmt: skip
+    rc, out, err = T.cli(
+        "export",
+        "--config",
+        str(cfg),
+        "--pretrained",
+        str(authors),
+        "--file_format",
+        "ONNX",
+        "--arch",
+        "conformer_mini_test",
+        "--exporter",
+        "torchscript",
+        cwd=tmp_path,
+    )
     assert rc == 0, err
     path = tmp_path / "conformer_mini_test.onnx"
     assert path.exists() and str(path) in out
@@ -241,18 +270,22 @@ def test_hub_folder_is_what_timm_rebuilds(base, tmp_path):
     import timm
 
     folder = tmp_path / "hub"
-    run = T.cli_process("export", "--checkpoint", str(T.checkpoint(base)), "--file_format", "HF_HUB",
-                        "--output", str(folder))  # fmt: skip
+    run = T.cli_process(
+        "export", "--checkpoint", str(T.checkpoint(base)), "--file_format", "HF_HUB", "--output", str(folder)
+    )
     assert run.returncode == 0, run.stderr
-    assert "checked against PyTorch" in run.stdout and f'local-dir:{folder}' in run.stdout
+    assert "checked against PyTorch" in run.stdout and f"local-dir:{folder}" in run.stdout
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
     model, classes, pre = T.trained_model(base)
     config = json.loads((folder / "config.json").read_text())
     assert config["architecture"] == "conformer_mini_test" and config["label_names"] == classes
     assert config["num_classes"] == len(classes) and config["model_args"]["embed_dim"] == 32
     cfg = config["pretrained_cfg"]
-    assert (cfg["input_size"], cfg["interpolation"], cfg["crop_pct"]) == ([3, *pre.input_size], pre.interpolation,
-                                                                          pre.crop_pct)  # fmt: skip
+    assert (cfg["input_size"], cfg["interpolation"], cfg["crop_pct"]) == (
+        [3, *pre.input_size],
+        pre.interpolation,
+        pre.crop_pct,
+    )
     assert cfg["mean"] == list(pre.mean) and cfg["std"] == list(pre.std) and cfg["license"] == "apache-2.0"
     assert config["conformer_vision"]["preprocess"] == pre.to_dict() == T.describe_export(folder)["preprocess"]
     rebuilt = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
@@ -263,8 +296,9 @@ def test_hub_folder_is_what_timm_rebuilds(base, tmp_path):
     predictor = open_predictor(folder)
     assert predictor.class_names == classes and predictor.preprocess == pre and predictor.arch == "conformer_mini_test"
     (folder / "README.md").write_text("model card\n")  # added by the user before pushing
-    rc, out, err = T.cli("export", "--checkpoint", str(T.checkpoint(base)), "--file_format", "hf", "--output",
-                         str(folder), "--no_check")  # fmt: skip
+    rc, out, err = T.cli(
+        "export", "--checkpoint", str(T.checkpoint(base)), "--file_format", "hf", "--output", str(folder), "--no_check"
+    )
     assert rc == 0, err
     assert "replacing the hub folder that was there" in out and (folder / "README.md").read_text() == "model card\n"
 
@@ -316,7 +350,10 @@ def test_hf_hub_names_read_a_pushed_folder(tmp_path, monkeypatch):
         predictor = open_predictor("hf-hub:someone/conformer-mini")
         assert predictor.class_names == ["x", "y", "z"]
         torch.testing.assert_close(predictor.fused(x), model(x), rtol=1e-4, atol=1e-5)
-    assert ("someone/conformer-mini", "config.json") in asked and ("someone/conformer-mini", "model.safetensors") in asked
+    assert ("someone/conformer-mini", "config.json") in asked and (
+        "someone/conformer-mini",
+        "model.safetensors",
+    ) in asked
 
 
 @pytest.mark.slow
@@ -329,10 +366,13 @@ def test_hub_output_never_replaces_a_users_folder(tmp_path, monkeypatch):
     (mine / "config.json").write_text('{"architecture": "resnet18"}')  # someone else's hub folder
     checkpoint = tmp_path / "m.safetensors"
     export_model(model, file_format="SAFETENSORS", output=checkpoint)
-    for target, message in ((mine, "holds files conformer-vision did not write (config.json)"),
-                            (checkpoint, "is a file; the HF_HUB format writes a folder")):  # fmt: skip
-        rc, _, err = T.cli("export", "--checkpoint", str(checkpoint), "--file_format", "HF_HUB", "--output",
-                           str(target))  # fmt: skip
+    for target, message in (
+        (mine, "holds files conformer-vision did not write (config.json)"),
+        (checkpoint, "is a file; the HF_HUB format writes a folder"),
+    ):
+        rc, _, err = T.cli(
+            "export", "--checkpoint", str(checkpoint), "--file_format", "HF_HUB", "--output", str(target)
+        )
         assert rc == 2 and message in err and "Traceback" not in err
     assert (mine / "config.json").read_text() == '{"architecture": "resnet18"}' and checkpoint.stat().st_size > 1000
     import conformer_vision.export as export
@@ -358,14 +398,17 @@ def test_unusable_hub_folders_are_one_line_errors(tmp_path):
     (foreign / "config.json").write_text('{"architecture": "resnet18", "num_classes": 10, "pretrained_cfg": {}}')
     empty = tmp_path / "empty"
     empty.mkdir()
-    for name, message in ((f"local-dir:{tmp_path / 'nowhere'}", "does not exist"),
-                          (str(empty), "is not a hub folder: it has no config.json"),
-                          (f"local-dir:{foreign}", "holds a timm 'resnet18' model, not a Conformer variant")):  # fmt: skip
+    for name, message in (
+        (f"local-dir:{tmp_path / 'nowhere'}", "does not exist"),
+        (str(empty), "is not a hub folder: it has no config.json"),
+        (f"local-dir:{foreign}", "holds a timm 'resnet18' model, not a Conformer variant"),
+    ):
         with pytest.raises(CheckpointError, match=message):
             open_predictor(name)
     from PIL import Image
 
     Image.new("RGB", (40, 40), (90, 120, 200)).save(tmp_path / "blue.png")
-    rc, _, err = T.cli("predict", str(tmp_path / "blue.png"), "--checkpoint", str(foreign), "--output",
-                       str(tmp_path / "p.json"))  # fmt: skip
+    rc, _, err = T.cli(
+        "predict", str(tmp_path / "blue.png"), "--checkpoint", str(foreign), "--output", str(tmp_path / "p.json")
+    )
     assert rc == 2 and "not a Conformer variant" in err and "Traceback" not in err

@@ -27,8 +27,14 @@ def test_label_smoothing_and_soft_targets(logits) -> None:
     target = torch.tensor([0, 1, 2, 3, 4, 0])
     smooth = build_criterion(soft_targets=False, label_smoothing=0.1)
     assert isinstance(smooth.base, LabelSmoothingCrossEntropy)
-    torch.testing.assert_close(smooth(logits, target), (F.cross_entropy(logits[0], target, label_smoothing=0.1)
-                                                        + F.cross_entropy(logits[1], target, label_smoothing=0.1)) / 2)
+    torch.testing.assert_close(
+        smooth(logits, target),
+        (
+            F.cross_entropy(logits[0], target, label_smoothing=0.1)
+            + F.cross_entropy(logits[1], target, label_smoothing=0.1)
+        )
+        / 2,
+    )
     soft = build_criterion(soft_targets=True, label_smoothing=0.1)  # Mixup already smoothed the targets
     assert isinstance(soft.base, SoftTargetCrossEntropy)
     probs = torch.softmax(torch.randn(6, 5), dim=1)  # (B, K) soft targets

@@ -104,7 +104,9 @@ def test_epoch_decays_count_epochs_from_zero_and_stop_at_min_lr() -> None:
     floor = 2e-3
     assert lr_at("step_lr", steps, min_lr=floor) == pytest.approx([max(1e-2 * 0.5 ** (e // 3), floor) for e in epochs])
     assert lr_at("exp_lr", steps, min_lr=floor) == pytest.approx([max(1e-2 * 0.5**e, floor) for e in epochs])
-    assert lr_at("multistep_lr", steps, min_lr=floor) == pytest.approx([max(1e-2 * 0.5 ** (e / 3), floor) for e in epochs])
+    assert lr_at("multistep_lr", steps, min_lr=floor) == pytest.approx(
+        [max(1e-2 * 0.5 ** (e / 3), floor) for e in epochs]
+    )
     assert lr_at("step_lr", [94])[0] == pytest.approx(1e-2 * 0.5**3)  # above the default floor 1e-3
     assert floor in lr_at("exp_lr", [94], min_lr=floor)
     assert lr_at("constant_lr", steps) == pytest.approx([1e-2] * len(epochs))
@@ -150,11 +152,21 @@ def test_layer_decay_groups_scale_each_layer_and_keep_no_weight_decay() -> None:
     assert scale_of["cls_token"] == scale_of["conv1.weight"] == pytest.approx(0.75**13)
     assert scale_of["conv_trans_12.trans_block.attn.qkv.weight"] == scale_of["trans_norm.weight"] == pytest.approx(0.75)
     assert scale_of["conv_cls_head.weight"] == scale_of["trans_cls_head.bias"] == 1.0
-    for name in ("cls_token", "bn1.weight", "trans_norm.bias", "conv_trans_3.trans_block.norm1.weight",
-                 "conv_cls_head.bias", "trans_1.attn.qkv.bias"):  # fmt: skip
+    for name in (
+        "cls_token",
+        "bn1.weight",
+        "trans_norm.bias",
+        "conv_trans_3.trans_block.norm1.weight",
+        "conv_cls_head.bias",
+        "trans_1.attn.qkv.bias",
+    ):
         assert decay_of[name] == 0.0, name
-    for name in ("conv1.weight", "trans_patch_conv.weight", "conv_trans_5.trans_block.mlp.fc1.weight",
-                 "trans_cls_head.weight"):  # fmt: skip
+    for name in (
+        "conv1.weight",
+        "trans_patch_conv.weight",
+        "conv_trans_5.trans_block.mlp.fc1.weight",
+        "trans_cls_head.weight",
+    ):
         assert decay_of[name] == 0.05, name
     assert opt.param_groups[0]["lr_scale"] == 1.0  # the group the log reports the lr of
     assert opt.defaults["fused"] is True  # the fused kernels are kept with layer-wise groups
@@ -164,8 +176,9 @@ def test_layer_decay_groups_scale_each_layer_and_keep_no_weight_decay() -> None:
 def test_the_schedule_applies_the_layer_scale_through_warmup_and_decay() -> None:
     model = create_model("conformer_mini_test", num_classes=10)
     opt = build_optimizer(model, "adamw", lr=1e-2, weight_decay=0.05, layer_decay=0.5)
-    sched = build_scheduler(opt, "cosine_lr", epochs=10, steps_per_epoch=10, warmup_epochs=2, warmup_lr=1e-4,
-                            min_lr=1e-3)  # fmt: skip
+    sched = build_scheduler(
+        opt, "cosine_lr", epochs=10, steps_per_epoch=10, warmup_epochs=2, warmup_lr=1e-4, min_lr=1e-3
+    )
     stem = next(g for g in opt.param_groups if any(p is model.conv1.weight for p in g["params"]))
     heads = opt.param_groups[0]
     for step, scheduled in ((0, 1e-4), (10, 1e-4 + 10 * (1e-2 - 1e-4) / 20), (20, 1e-2), (60, 1e-3 + 0.5 * 9e-3)):
@@ -187,8 +200,12 @@ def test_frozen_parameters_are_left_out_of_every_group() -> None:
     model = create_model("conformer_mini_test", num_classes=10)
     frozen = freeze_stages(model, 5)  # linear probe: the whole backbone
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert sorted(trainable) == ["conv_cls_head.bias", "conv_cls_head.weight", "trans_cls_head.bias",
-                                 "trans_cls_head.weight"]  # fmt: skip
+    assert sorted(trainable) == [
+        "conv_cls_head.bias",
+        "conv_cls_head.weight",
+        "trans_cls_head.bias",
+        "trans_cls_head.weight",
+    ]
     assert len(frozen) + len(trainable) == len(list(model.parameters()))
     for layer_decay in (None, 0.75):
         groups = param_groups(model, 0.05, layer_decay)

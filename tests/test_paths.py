@@ -14,7 +14,9 @@ def test_creatable_and_existing_folders_pass_and_nothing_is_left_behind(tmp_path
 
 def test_a_regular_file_on_the_way_is_named(tmp_path):
     (tmp_path / "some_file.yaml").write_text("x: 1\n")
-    with pytest.raises(ConfigError, match=r"--output .*some_file.yaml/out.onnx cannot be created: .*some_file.yaml is a file"):
+    with pytest.raises(
+        ConfigError, match=r"--output .*some_file.yaml/out.onnx cannot be created: .*some_file.yaml is a file"
+    ):
         check_output_file(tmp_path / "some_file.yaml" / "out.onnx", "--output")
     with pytest.raises(ConfigError, match="ckpt_root_dir .* is a file, not a folder"):
         check_output_dir(tmp_path / "some_file.yaml" / "ck", "ckpt_root_dir")

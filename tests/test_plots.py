@@ -31,11 +31,32 @@ def _write_metrics(path: Path, epochs: int = 3, ema: bool = True, truncated_tail
     for epoch in range(epochs):
         for _ in range(5):
             step += 10
-            lines.append({"kind": "train", "epoch": epoch, "step": step, "time": step * 0.5,
-                          "loss": 2.3 * np.exp(-step / 60), "lr": 1e-3 * min(1.0, step / 20), "images_per_s": 80.0})  # fmt: skip
-        val = {"kind": "val", "epoch": epoch, "step": step, "time": step * 0.5, "Loss": 1.5 - 0.3 * epoch,
-               "Top1-Acc": 0.5 + 0.1 * epoch, "Top5-Acc": 0.9, "conv_loss": 1.6 - 0.3 * epoch, "conv_top1": 0.45 + 0.1 * epoch,
-               "conv_top5": 0.88, "trans_loss": 1.7 - 0.3 * epoch, "trans_top1": 0.4 + 0.1 * epoch, "trans_top5": 0.85}  # fmt: skip
+            lines.append(
+                {
+                    "kind": "train",
+                    "epoch": epoch,
+                    "step": step,
+                    "time": step * 0.5,
+                    "loss": 2.3 * np.exp(-step / 60),
+                    "lr": 1e-3 * min(1.0, step / 20),
+                    "images_per_s": 80.0,
+                }
+            )
+        val = {
+            "kind": "val",
+            "epoch": epoch,
+            "step": step,
+            "time": step * 0.5,
+            "Loss": 1.5 - 0.3 * epoch,
+            "Top1-Acc": 0.5 + 0.1 * epoch,
+            "Top5-Acc": 0.9,
+            "conv_loss": 1.6 - 0.3 * epoch,
+            "conv_top1": 0.45 + 0.1 * epoch,
+            "conv_top5": 0.88,
+            "trans_loss": 1.7 - 0.3 * epoch,
+            "trans_top1": 0.4 + 0.1 * epoch,
+            "trans_top5": 0.85,
+        }
         if ema:
             val.update({"ema_Top1-Acc": 0.48 + 0.1 * epoch, "ema_conv_top1": 0.44 + 0.1 * epoch, "ema_Loss": 1.4})
         lines.append(val)

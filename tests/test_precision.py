@@ -19,8 +19,16 @@ from conformer_vision.runtime import amp_dtype, resolve_device
 
 F16, BF16 = torch.float16, torch.bfloat16
 MEANING = {
-    "O0": None, "fp32": None, "float32": None, "O1": F16, "O2": F16, "O3": F16, "fp16": F16, "float16": F16,
-    "bf16": BF16, "bfloat16": BF16,
+    "O0": None,
+    "fp32": None,
+    "float32": None,
+    "O1": F16,
+    "O2": F16,
+    "O3": F16,
+    "fp16": F16,
+    "float16": F16,
+    "bf16": BF16,
+    "bfloat16": BF16,
 }
 """What each name must mean, written out here rather than read from the table under test."""
 

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import inference_testlib as T  # tests/inference_testlib.py (pytest pythonpath: tests)
 import pytest
 import torch
 
@@ -13,10 +14,6 @@ from conformer_vision.data import load_rgb, preprocess_image
 from conformer_vision.errors import ConformerError, DataError
 from conformer_vision.predict import collect_images, errors_path, predict_paths, predictions_json, write_json
 from conformer_vision.runtime import open_predictor
-
-
-import inference_testlib as T  # tests/inference_testlib.py (pytest pythonpath: tests)
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -62,8 +59,16 @@ def test_write_json_replaces_atomically_and_leaves_no_temporary_file_on_failure(
 @pytest.mark.slow
 def test_predict_cli_folder_checkpoint_and_onnx_write_the_same_json(base, tmp_path):
     photos = T.photos(base)
-    rc, out, err = T.cli("predict", str(photos), "--checkpoint", str(T.checkpoint(base)), "--output",
-                         str(tmp_path / "ckpt.json"), "--batch_size", "3")  # fmt: skip
+    rc, out, err = T.cli(
+        "predict",
+        str(photos),
+        "--checkpoint",
+        str(T.checkpoint(base)),
+        "--output",
+        str(tmp_path / "ckpt.json"),
+        "--batch_size",
+        "3",
+    )
     assert rc == 0, err
     lines = out.strip().splitlines()
     assert len(lines) == 7 and all(re.fullmatch(r".+\.(jpg|png) \(class: \d+\)", line) for line in lines)
@@ -73,8 +78,16 @@ def test_predict_cli_folder_checkpoint_and_onnx_write_the_same_json(base, tmp_pa
 
     docs = {}
     for name, model in (("ckpt", T.checkpoint(base)), ("onnx", T.onnx_export(base))):
-        rc, _, err = T.cli("predict", str(photos), "--checkpoint", str(model), "--topk", "3",
-                           "--output", str(tmp_path / f"{name}_top3.json"))  # fmt: skip
+        rc, _, err = T.cli(
+            "predict",
+            str(photos),
+            "--checkpoint",
+            str(model),
+            "--topk",
+            "3",
+            "--output",
+            str(tmp_path / f"{name}_top3.json"),
+        )
         assert rc == 0, err
         docs[name] = json.loads((tmp_path / f"{name}_top3.json").read_text())
     onnx_path = str(T.onnx_export(base))
@@ -96,8 +109,18 @@ def test_predict_with_autocast(base, tmp_path):
     photos, ckpt = T.photos(base), str(T.checkpoint(base))
     docs = {}
     for amp in ("O0", "bf16", "fp16"):
-        rc, _, err = T.cli("predict", str(photos), "--checkpoint", ckpt, "--topk", "3", "--amp", amp,
-                           "--output", str(tmp_path / f"{amp}.json"))  # fmt: skip
+        rc, _, err = T.cli(
+            "predict",
+            str(photos),
+            "--checkpoint",
+            ckpt,
+            "--topk",
+            "3",
+            "--amp",
+            amp,
+            "--output",
+            str(tmp_path / f"{amp}.json"),
+        )
         assert rc == 0, err
         docs[amp] = json.loads((tmp_path / f"{amp}.json").read_text())
     # bf16 keeps 8 bits of mantissa: on the near-tie photo (top-3 0.35 / 0.34 / 0.16) its third
@@ -136,8 +159,15 @@ def test_predict_usage_errors(base, tmp_path):
     rc, _, err = T.cli("predict", str(tmp_path / "missing"), "--checkpoint", str(T.checkpoint(base)))
     assert rc == 2 and "no such file or folder" in err and "Traceback" not in err
     good = T.photos(base) / "a_rgb.jpg"  # one missing path among existing ones: an error entry, exit 1
-    rc, _, err = T.cli("predict", str(good), str(tmp_path / "gone.jpg"), "--checkpoint", str(T.checkpoint(base)),
-                       "--output", str(tmp_path / "some.json"))  # fmt: skip
+    rc, _, err = T.cli(
+        "predict",
+        str(good),
+        str(tmp_path / "gone.jpg"),
+        "--checkpoint",
+        str(T.checkpoint(base)),
+        "--output",
+        str(tmp_path / "some.json"),
+    )
     doc = json.loads((tmp_path / "some.json").read_text())
     errors = json.loads((tmp_path / "some.errors.json").read_text())
     assert rc == 1 and list(doc) == [str(good)] and errors == {str(tmp_path / "gone.jpg"): "file does not exist"}
@@ -151,8 +181,16 @@ def test_predict_usage_errors(base, tmp_path):
     torch.save({"model": model.state_dict()}, bare)
     rc, _, err = T.cli("predict", str(T.photos(base)), "--checkpoint", str(bare), "--output", str(tmp_path / "x.json"))
     assert rc == 2 and "--arch" in err and "Traceback" not in err
-    rc, out, err = T.cli("predict", str(T.photos(base) / "a_rgb.jpg"), "--checkpoint", str(bare), "--arch",
-                         "conformer_mini_test", "--output", str(tmp_path / "x.json"))  # fmt: skip
+    rc, out, err = T.cli(
+        "predict",
+        str(T.photos(base) / "a_rgb.jpg"),
+        "--checkpoint",
+        str(bare),
+        "--arch",
+        "conformer_mini_test",
+        "--output",
+        str(tmp_path / "x.json"),
+    )
     assert rc == 0 and out.startswith(str(T.photos(base) / "a_rgb.jpg"))
     assert isinstance(json.loads((tmp_path / "x.json").read_text())[str(T.photos(base) / "a_rgb.jpg")], int)
     rc, _, err = T.cli("predict", str(T.photos(base)), "--checkpoint", str(T.checkpoint(base)), "--topk", "0")
@@ -172,7 +210,8 @@ def test_recursive_folders(base, tmp_path):
 def test_real_entry_point_exit_status(base, tmp_path):
     """`python -m conformer_vision predict` in its own process: status 1 with a broken file."""
     folder = T.broken_folder(tmp_path)
-    proc = T.cli_process("predict", str(folder), "--checkpoint", str(T.checkpoint(base)), "--output",
-                         str(tmp_path / "p.json"))  # fmt: skip
+    proc = T.cli_process(
+        "predict", str(folder), "--checkpoint", str(T.checkpoint(base)), "--output", str(tmp_path / "p.json")
+    )
     assert proc.returncode == 1, proc.stderr
     assert "(class: " in proc.stdout and "cannot read" in proc.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import inference_testlib as T  # tests/inference_testlib.py (pytest pythonpath: tests)
 import onnx
 import pytest
 import torch
@@ -14,9 +15,6 @@ from conformer_vision.errors import ConformerError, DataError
 from conformer_vision.export import export_model
 from conformer_vision.quantize import calibration_files, integer_ops
 from conformer_vision.runtime import open_predictor
-
-import inference_testlib as T  # tests/inference_testlib.py (pytest pythonpath: tests)
-
 
 # every test needs the inference tests' trained checkpoint and its exports
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -31,11 +29,26 @@ def exports(base: Path) -> dict[str, Path]:
     ckpt = T.checkpoint(base)
     with T.one_thread():  # module-scoped: the autouse one-thread fixture is not active yet
         paths = {"float": export_model(ckpt, output=out / "float.onnx", exporter="torchscript")}
-        paths["int8_dynamic"] = export_model(ckpt, output=out / "dyn.onnx", exporter="torchscript",
-                                             quantize="int8_dynamic")  # fmt: skip
-        rc, stdout, err = T.cli("export", "--checkpoint", str(ckpt), "--file_format", "ONNX", "--exporter", "torchscript",
-                                "--quantize", "int8_static", "--calibration", str(T.fashion_mnist(base) / "train"),
-                                "--calibration_size", "40", "--output", str(out / "static.onnx"))  # fmt: skip
+        paths["int8_dynamic"] = export_model(
+            ckpt, output=out / "dyn.onnx", exporter="torchscript", quantize="int8_dynamic"
+        )
+        rc, stdout, err = T.cli(
+            "export",
+            "--checkpoint",
+            str(ckpt),
+            "--file_format",
+            "ONNX",
+            "--exporter",
+            "torchscript",
+            "--quantize",
+            "int8_static",
+            "--calibration",
+            str(T.fashion_mnist(base) / "train"),
+            "--calibration_size",
+            "40",
+            "--output",
+            str(out / "static.onnx"),
+        )
     assert rc == 0, err[-3000:]
     (out / "static.stdout").write_text(stdout)
     paths["int8_static"] = out / "static.onnx"
@@ -85,8 +98,16 @@ def test_eval_onnx_and_predict_read_int8_files(base, exports, tmp_path):
     rc, out, err = T.cli("eval-onnx", str(val), "--onnx_path", str(exports["int8_static"]))
     assert rc == 0, err
     assert "eval results:" in out and "Top1-Acc" in out
-    rc, out, err = T.cli("predict", str(val / "bag"), "--checkpoint", str(exports["int8_dynamic"]), "--topk", "2",
-                         "--output", str(tmp_path / "p.json"))  # fmt: skip
+    rc, out, err = T.cli(
+        "predict",
+        str(val / "bag"),
+        "--checkpoint",
+        str(exports["int8_dynamic"]),
+        "--topk",
+        "2",
+        "--output",
+        str(tmp_path / "p.json"),
+    )
     assert rc == 0, err
     doc = json.loads((tmp_path / "p.json").read_text())
     first = next(v for k, v in doc.items() if k != "errors")
@@ -109,16 +130,40 @@ def test_quantize_usage_errors(base, tmp_path):
     assert "--calibration DIR" in err
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
-    err = _cli_error(*export, "--file_format", "ONNX", "--quantize", "int8_static", "--calibration",
-                     str(tmp_path / "empty"), cwd=tmp_path)  # fmt: skip
+    err = _cli_error(
+        *export,
+        "--file_format",
+        "ONNX",
+        "--quantize",
+        "int8_static",
+        "--calibration",
+        str(tmp_path / "empty"),
+        cwd=tmp_path,
+    )
     assert "holds no images" in err and str(tmp_path / "empty") in err
-    err = _cli_error(*export, "--file_format", "ONNX", "--quantize", "int8_static", "--calibration",
-                     str(tmp_path / "missing"), cwd=tmp_path)  # fmt: skip
+    err = _cli_error(
+        *export,
+        "--file_format",
+        "ONNX",
+        "--quantize",
+        "int8_static",
+        "--calibration",
+        str(tmp_path / "missing"),
+        cwd=tmp_path,
+    )
     assert "does not exist" in err
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "a.png").write_text("not a png")
-    err = _cli_error(*export, "--file_format", "ONNX", "--quantize", "int8_static", "--calibration",
-                     str(tmp_path / "broken"), cwd=tmp_path)  # fmt: skip
+    err = _cli_error(
+        *export,
+        "--file_format",
+        "ONNX",
+        "--quantize",
+        "int8_static",
+        "--calibration",
+        str(tmp_path / "broken"),
+        cwd=tmp_path,
+    )
     assert "could be read" in err
     assert not list(tmp_path.glob("m*"))  # nothing written
 

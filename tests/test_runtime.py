@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import inference_testlib as T  # tests/inference_testlib.py (pytest pythonpath: tests)
 import numpy as np
 import onnx
 import pytest
@@ -15,10 +16,14 @@ from conformer_vision.data import Preprocess, load_rgb, preprocess_image
 from conformer_vision.errors import CheckpointError, ConfigError, ConformerError
 from conformer_vision.models import create_model
 from conformer_vision.runtime import (
-    OnnxPredictor, Predictor, TorchPredictor, default_preprocess, onnx_providers, open_predictor, resolve_device,
-)  # fmt: skip
-
-import inference_testlib as T  # tests/inference_testlib.py (pytest pythonpath: tests)
+    OnnxPredictor,
+    Predictor,
+    TorchPredictor,
+    default_preprocess,
+    onnx_providers,
+    open_predictor,
+    resolve_device,
+)
 
 
 @pytest.mark.slow
@@ -87,12 +92,16 @@ def _foreign_onnx(path: Path, classes: int = 4) -> Path:
     """A one-output graph with no metadata (like an ONNX file from another tool): GAP -> MatMul."""
     w = np.arange(3 * classes, dtype=np.float32).reshape(3, classes) / 10
     graph = helper.make_graph(
-        [helper.make_node("GlobalAveragePool", ["x"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
-         helper.make_node("MatMul", ["f", "w"], ["out"])],
-        "foreign", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [
+            helper.make_node("GlobalAveragePool", ["x"], ["g"]),
+            helper.make_node("Flatten", ["g"], ["f"]),
+            helper.make_node("MatMul", ["f", "w"], ["out"]),
+        ],
+        "foreign",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", classes])],
         initializer=[helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.flatten())],
-    )  # fmt: skip
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 

@@ -12,9 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import inference_testlib as T  # tests/inference_testlib.py (pytest pythonpath: tests)
+import pytest
 
 pytestmark = pytest.mark.slow  # bash and the scripts in subprocesses, one real ONNX run
 
@@ -54,12 +53,20 @@ def venv_with(python: Path | str) -> Path:
     return venv
 
 
-def wrapper(name: str, *args: str, python: Path | str = sys.executable, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def wrapper(
+    name: str, *args: str, python: Path | str = sys.executable, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     """``bash scripts/NAME ARGS`` with ``python`` as the project's environment's interpreter."""
     env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "PYTHONPATH", "PYTHON")}
     venv = venv_with(python)
-    return subprocess.run(["bash", str(SCRIPTS / name), *args], env={**env, "VENV": str(venv)}, cwd=cwd,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        ["bash", str(SCRIPTS / name), *args],
+        env={**env, "VENV": str(venv)},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def launched(name: str, *args: str, python: Path) -> dict:
@@ -71,45 +78,149 @@ def launched(name: str, *args: str, python: Path) -> dict:
 
 
 def test_single_device_wrappers_build_the_conformer_command(fake_python):
-    train = launched("run_standalone_train_gpu.sh", "cfg.yaml", "--device", "3", "--checkpoint", "auto",
-                     "--extra", "--batch_size", "48", python=fake_python)  # fmt: skip
+    train = launched(
+        "run_standalone_train_gpu.sh",
+        "cfg.yaml",
+        "--device",
+        "3",
+        "--checkpoint",
+        "auto",
+        "--extra",
+        "--batch_size",
+        "48",
+        python=fake_python,
+    )
     assert train["cuda"] == "3"
-    assert train["argv"] == ["-m", "conformer_vision", "train", "--config", "cfg.yaml", "--device_target", "cuda",
-                             "--device_id", "0", "--device_num", "1", "--checkpoint", "auto", "--batch_size", "48"]  # fmt: skip
+    assert train["argv"] == [
+        "-m",
+        "conformer_vision",
+        "train",
+        "--config",
+        "cfg.yaml",
+        "--device_target",
+        "cuda",
+        "--device_id",
+        "0",
+        "--device_num",
+        "1",
+        "--checkpoint",
+        "auto",
+        "--batch_size",
+        "48",
+    ]
     evaluate = launched("run_eval_gpu.sh", "cfg.yaml", "--extra", "--use_ema", "--output", "m.json", python=fake_python)
     assert evaluate["cuda"] == "0"
-    assert evaluate["argv"] == ["-m", "conformer_vision", "eval", "--config", "cfg.yaml", "--device_target", "cuda",
-                                "--device_id", "0", "--use_ema", "--output", "m.json"]  # fmt: skip
-    infer = launched("run_infer_gpu.sh", "photos", "--checkpoint", "m.pt", "--arch", "conformer_tiny", "--device", "1",
-                     python=fake_python)  # fmt: skip
+    assert evaluate["argv"] == [
+        "-m",
+        "conformer_vision",
+        "eval",
+        "--config",
+        "cfg.yaml",
+        "--device_target",
+        "cuda",
+        "--device_id",
+        "0",
+        "--use_ema",
+        "--output",
+        "m.json",
+    ]
+    infer = launched(
+        "run_infer_gpu.sh",
+        "photos",
+        "--checkpoint",
+        "m.pt",
+        "--arch",
+        "conformer_tiny",
+        "--device",
+        "1",
+        python=fake_python,
+    )
     assert infer["cuda"] == "1"
-    assert infer["argv"] == ["-m", "conformer_vision", "predict", "photos", "--checkpoint", "m.pt", "--output",
-                             "predictions.json", "--device", "cuda", "--arch", "conformer_tiny"]  # fmt: skip
+    assert infer["argv"] == [
+        "-m",
+        "conformer_vision",
+        "predict",
+        "photos",
+        "--checkpoint",
+        "m.pt",
+        "--output",
+        "predictions.json",
+        "--device",
+        "cuda",
+        "--arch",
+        "conformer_tiny",
+    ]
     assert launched("run_eval_onnx.sh", "data/val", python=fake_python)["argv"] == [
-        "-m", "conformer_vision", "eval-onnx", "data/val", "--onnx_path", "conformer_tiny_patch16.onnx"]  # fmt: skip
-    assert launched("run_infer_onnx.sh", "photos", "--onnx_path", "m.onnx", "--extra", "--topk", "5",
-                    python=fake_python)["argv"] == [
-        "-m", "conformer_vision", "predict", "photos", "--checkpoint", "m.onnx", "--output", "predictions.json",
-        "--topk", "5"]  # fmt: skip
+        "-m",
+        "conformer_vision",
+        "eval-onnx",
+        "data/val",
+        "--onnx_path",
+        "conformer_tiny_patch16.onnx",
+    ]
+    assert launched(
+        "run_infer_onnx.sh", "photos", "--onnx_path", "m.onnx", "--extra", "--topk", "5", python=fake_python
+    )["argv"] == [
+        "-m",
+        "conformer_vision",
+        "predict",
+        "photos",
+        "--checkpoint",
+        "m.onnx",
+        "--output",
+        "predictions.json",
+        "--topk",
+        "5",
+    ]
 
 
 def test_distributed_wrapper_starts_one_process_per_listed_gpu(fake_python):
-    run = launched("run_distribute_train_gpu.sh", "cfg.yaml", "--device_ids", "0,2", "--extra", "--epochs", "3",
-                   python=fake_python)  # fmt: skip
+    run = launched(
+        "run_distribute_train_gpu.sh", "cfg.yaml", "--device_ids", "0,2", "--extra", "--epochs", "3", python=fake_python
+    )
     assert run["cuda"] == "0,2"
-    assert run["argv"] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-                           "conformer_vision", "train", "--config", "cfg.yaml", "--device_target", "cuda",
-                           "--device_num", "2", "--epochs", "3"]  # fmt: skip
-    assert launched("run_distribute_train_gpu.sh", "cfg.yaml", "--num_devices", "4", python=fake_python)["cuda"] == "0,1,2,3"
-    bad = wrapper("run_distribute_train_gpu.sh", "cfg.yaml", "--num_devices", "3", "--device_ids", "0,1", python=fake_python)
+    assert run["argv"] == [
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "conformer_vision",
+        "train",
+        "--config",
+        "cfg.yaml",
+        "--device_target",
+        "cuda",
+        "--device_num",
+        "2",
+        "--epochs",
+        "3",
+    ]
+    assert (
+        launched("run_distribute_train_gpu.sh", "cfg.yaml", "--num_devices", "4", python=fake_python)["cuda"]
+        == "0,1,2,3"
+    )
+    bad = wrapper(
+        "run_distribute_train_gpu.sh", "cfg.yaml", "--num_devices", "3", "--device_ids", "0,1", python=fake_python
+    )
     assert bad.returncode == 2 and "--device_ids 0,1 does not list 3 devices" in bad.stderr
     if shutil.which("nvidia-smi") is None:
         none = wrapper("run_distribute_train_gpu.sh", "cfg.yaml", python=fake_python)
         assert none.returncode == 2 and "no GPU found: pass --num_devices N" in none.stderr
 
 
-@pytest.mark.parametrize("name", ["run_standalone_train_gpu.sh", "run_eval_gpu.sh", "run_eval_onnx.sh",
-                                  "run_infer_gpu.sh", "run_infer_onnx.sh", "run_distribute_train_gpu.sh"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name",
+    [
+        "run_standalone_train_gpu.sh",
+        "run_eval_gpu.sh",
+        "run_eval_onnx.sh",
+        "run_infer_gpu.sh",
+        "run_infer_onnx.sh",
+        "run_distribute_train_gpu.sh",
+    ],
+)
 def test_usage_and_usage_errors(fake_python, name):
     helped = wrapper(name, "--help", python=fake_python)
     assert helped.returncode == 0 and f"bash scripts/{name}" in helped.stdout and "#" not in helped.stdout
@@ -125,8 +236,18 @@ def test_usage_and_usage_errors(fake_python, name):
 def test_infer_onnx_wrapper_classifies_a_folder(base, tmp_path):
     """A real run: run_infer_onnx.sh with the project's python on real photos and a real export."""
     onnx_path, photos = T.onnx_export(base), T.photos(base)
-    result = wrapper("run_infer_onnx.sh", str(photos), "--onnx_path", str(onnx_path), "--output", "out.json",
-                     "--extra", "--topk", "2", cwd=tmp_path)  # fmt: skip
+    result = wrapper(
+        "run_infer_onnx.sh",
+        str(photos),
+        "--onnx_path",
+        str(onnx_path),
+        "--output",
+        "out.json",
+        "--extra",
+        "--topk",
+        "2",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     predictions = json.loads((tmp_path / "out.json").read_text())
     assert len(predictions) == len(list(photos.iterdir())) > 0
@@ -179,8 +300,13 @@ class Machine:
         self.venv.parent.mkdir()
         self.ensurepip = root / "ensurepip-installed"
         self.ensurepip.touch()
-        scripts = {"python-a": FAKE_BASE, "python-b": FAKE_BASE, "venv-python": FAKE_VENV_PYTHON, "apt-get": FAKE_APT,
-                   "dpkg": FAKE_DPKG}  # fmt: skip
+        scripts = {
+            "python-a": FAKE_BASE,
+            "python-b": FAKE_BASE,
+            "venv-python": FAKE_VENV_PYTHON,
+            "apt-get": FAKE_APT,
+            "dpkg": FAKE_DPKG,
+        }
         for name, text in scripts.items():
             (self.bin / name).write_text(text.format(python=sys.executable))
             (self.bin / name).chmod(0o755)
@@ -188,11 +314,21 @@ class Machine:
     def run(self, script: str, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
         """``bash scripts/SCRIPT ARGS``; its result and the calls of the stand-ins."""
         self.log.write_text("")
-        base = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "VENV", "FAKE_NO_DATASET", "FAKE_NO_CHROMIUM")}
-        env = {**base, "PATH": f"{self.bin}:{os.environ['PATH']}", "VENV": str(self.venv), "FAKE_LOG": str(self.log),
-               "FAKE_ENSUREPIP": str(self.ensurepip), "FAKE_VENV_PYTHON": str(self.bin / "venv-python"), **env}  # fmt: skip
-        result = subprocess.run(["bash", str(SCRIPTS / script), *args], env=env, capture_output=True, text=True,
-                                timeout=120)  # fmt: skip
+        base = {
+            k: v for k, v in os.environ.items() if k not in ("PYTHON", "VENV", "FAKE_NO_DATASET", "FAKE_NO_CHROMIUM")
+        }
+        env = {
+            **base,
+            "PATH": f"{self.bin}:{os.environ['PATH']}",
+            "VENV": str(self.venv),
+            "FAKE_LOG": str(self.log),
+            "FAKE_ENSUREPIP": str(self.ensurepip),
+            "FAKE_VENV_PYTHON": str(self.bin / "venv-python"),
+            **env,
+        }
+        result = subprocess.run(
+            ["bash", str(SCRIPTS / script), *args], env=env, capture_output=True, text=True, timeout=120
+        )
         return result, [json.loads(line) for line in self.log.read_text().splitlines()]
 
 
@@ -240,7 +376,10 @@ def test_setup_leaves_a_broken_venv_it_did_not_make_alone(tmp_path):
     (machine.venv / "notes.txt").write_text("mine")
     result, calls = machine.run("setup.sh", PYTHON="python-a")
     assert result.returncode == 2
-    assert f"{machine.venv} exists but its python does not run, and this script did not make it; remove it" in result.stderr
+    assert (
+        f"{machine.venv} exists but its python does not run, and this script did not make it; remove it"
+        in result.stderr
+    )
     assert (machine.venv / "notes.txt").read_text() == "mine" and not [c for c in calls if c[0] == "python-a"]
 
 
@@ -250,8 +389,12 @@ def test_setup_installs_python3_venv_the_dataset_and_chromium_with_apt_where_mis
     result, calls = machine.run("setup.sh", PYTHON="python-a", FAKE_NO_DATASET="1", FAKE_NO_CHROMIUM="1")
     assert result.returncode == 0, result.stderr
     apt = [c[1] for c in calls if c[0] == "apt-get"]
-    assert apt == ["update -qq", "install -y -qq dataset-fashion-mnist", "install -y -qq chromium",
-                   "install -y -qq python3-venv"]
+    assert apt == [
+        "update -qq",
+        "install -y -qq dataset-fashion-mnist",
+        "install -y -qq chromium",
+        "install -y -qq python3-venv",
+    ]
     assert "cannot make virtual environments (no venv/ensurepip): installing python3-venv" in result.stdout
     assert ["python-a", "-m", "venv", str(machine.venv)] in calls and installs(calls) == [PINNED, EDITABLE]
 
@@ -262,8 +405,13 @@ def test_cpu_split_keeps_the_2_core_split_and_uses_bigger_cpus(tmp_path, cores, 
     nproc.write_text(f"#!/bin/sh\necho {cores}\n")
     nproc.chmod(0o755)
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}  # not a core count
-    out = subprocess.run(["bash", "-c", f"source {SCRIPTS / 'wrapper_lib.sh'}; cpu_split; cpu_split {cores}"], env=env,
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        ["bash", "-c", f"source {SCRIPTS / 'wrapper_lib.sh'}; cpu_split; cpu_split {cores}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.split("\n")[:2] == [f"{threads} {workers}"] * 2
 
 
@@ -286,7 +434,19 @@ sys.exit(3 if "train" in sys.argv else 0)
     assert "12 compute thread(s), 4 data-loading worker(s)" in result.stdout
     prepare, train = calls
     assert prepare[:4] == ["12", "-m", "conformer_vision", "prepare"]
-    assert train == ["12", "-m", "conformer_vision", "train", "--config", "configs/quickstart_fashion_mnist.yaml",
-                     "--checkpoint", "auto", "--num_parallel_workers", "4", "--epochs", "2"]  # fmt: skip
+    assert train == [
+        "12",
+        "-m",
+        "conformer_vision",
+        "train",
+        "--config",
+        "configs/quickstart_fashion_mnist.yaml",
+        "--checkpoint",
+        "auto",
+        "--num_parallel_workers",
+        "4",
+        "--epochs",
+        "2",
+    ]
     _, calls = machine.run("quickstart.sh", SKIP_SETUP="1", OMP_NUM_THREADS="3")  # the user's setting wins
     assert calls[-1][0] == "3"

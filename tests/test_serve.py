@@ -50,8 +50,20 @@ def images(base: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def main_server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S.Server]:
     log = tmp_path_factory.mktemp("serve") / "main.log"
-    server = S.Server.start(checkpoint, "--api_key", KEY, "--max_body_mb", "1", "--max_images", "6",
-                            "--max_batch_size", "6", "--max_wait_ms", "20", log_path=log)  # fmt: skip
+    server = S.Server.start(
+        checkpoint,
+        "--api_key",
+        KEY,
+        "--max_body_mb",
+        "1",
+        "--max_images",
+        "6",
+        "--max_batch_size",
+        "6",
+        "--max_wait_ms",
+        "20",
+        log_path=log,
+    )
     yield server
     assert server.stop() == 0, server.log()[-3000:]
 
@@ -90,8 +102,9 @@ def test_answers_match_conformer_predict(main_server, checkpoint, images, tmp_pa
     results: dict[int, httpx.Response] = {}
 
     def one(i: int) -> None:
-        results[i] = httpx.post(f"{main_server.url}/v1/predict?topk=3", files=S.uploads([images[i]]), headers=AUTH,
-                                timeout=60)  # fmt: skip
+        results[i] = httpx.post(
+            f"{main_server.url}/v1/predict?topk=3", files=S.uploads([images[i]]), headers=AUTH, timeout=60
+        )
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(images))]
     for t in threads:
@@ -140,25 +153,41 @@ def test_bad_requests_get_clear_4xx_json(main_server, images):
     url, good = main_server.url, images[0].read_bytes()
     post = lambda files, path="/v1/predict", **kw: httpx.post(url + path, files=files, headers=AUTH, timeout=60, **kw)  # noqa: E731
     cases = {
-        "not an image": (post([("file", ("notes.png", b"this is not an image\n", "image/png"))]), 422,
-                         "'notes.png' is not a usable image: not a recognised image format"),
+        "not an image": (
+            post([("file", ("notes.png", b"this is not an image\n", "image/png"))]),
+            422,
+            "'notes.png' is not a usable image: not a recognised image format",
+        ),
         "truncated": (post([("file", ("cut.png", good[: len(good) // 2], "image/png"))]), 422, "truncated"),
         "empty": (post([("file", ("empty.png", b"", "image/png"))]), 422, "file is empty"),
         # 20000 x 20000 black pixels: 0.4 MB of PNG, 400 Mpixel decoded
         "bomb": (post([("file", ("bomb.png", _png_bytes((20000, 20000)), "image/png"))]), 422, "decompression bomb"),
-        "second of two is bad": (post([("file", ("a.png", good, "image/png")), ("file", ("b.gif", b"GIF89a", "image/gif"))]),
-                                 422, "file 2 ('b.gif') is not a usable image"),
-        "body too large": (post([("file", ("big.png", b"\0" * (1_100_000), "image/png"))]), 413, "over the limit of 1 MiB"),
+        "second of two is bad": (
+            post([("file", ("a.png", good, "image/png")), ("file", ("b.gif", b"GIF89a", "image/gif"))]),
+            422,
+            "file 2 ('b.gif') is not a usable image",
+        ),
+        "body too large": (
+            post([("file", ("big.png", b"\0" * (1_100_000), "image/png"))]),
+            413,
+            "over the limit of 1 MiB",
+        ),
         "too many images": (post(S.uploads(images[:7])), 413, "7 images in one request; at most 6"),
-        "not multipart": (httpx.post(f"{url}/v1/predict", content=good, headers={**AUTH, "Content-Type": "image/png"}),
-                          415, "multipart/form-data"),
+        "not multipart": (
+            httpx.post(f"{url}/v1/predict", content=good, headers={**AUTH, "Content-Type": "image/png"}),
+            415,
+            "multipart/form-data",
+        ),
         "no file field": (post([("image", ("a.png", good, "image/png"))]), 400, "field named 'file'"),
-        "text instead of file": (post([("other", ("o.txt", b"x", "text/plain"))], data={"file": "x"}), 400,
-                                 "must be a file upload"),
+        "text instead of file": (
+            post([("other", ("o.txt", b"x", "text/plain"))], data={"file": "x"}),
+            400,
+            "must be a file upload",
+        ),
         "topk zero": (post(S.uploads(images[:1]), params={"topk": 0}), 400, "topk"),
         "explain two images": (post(S.uploads(images[:2]), path="/v1/explain"), 400, "one image per request"),
         "unknown path": (httpx.get(f"{url}/v2/predict"), 404, "Not Found"),
-    }  # fmt: skip
+    }
     for name, (response, status, fragment) in cases.items():
         assert response.status_code == status, (name, response.status_code, response.text)
         assert fragment in response.json()["error"], (name, response.text)
@@ -198,7 +227,7 @@ def test_explain_returns_gradcam_overlays_of_both_branches(main_server, images):
     for name, data_url in [("input", body["input"]), *body["overlays"].items()]:
         prefix = "data:image/png;base64,"
         assert data_url.startswith(prefix)
-        decoded[name] = Image.open(io.BytesIO(base64.b64decode(data_url[len(prefix):]))).convert("RGB")
+        decoded[name] = Image.open(io.BytesIO(base64.b64decode(data_url[len(prefix) :]))).convert("RGB")
     assert set(decoded) == {"input", "cnn", "transformer"}
     assert all(img.size == (224, 224) for img in decoded.values())  # 32 px input scaled up for display
     assert decoded["cnn"].tobytes() != decoded["input"].tobytes() != decoded["transformer"].tobytes()
@@ -224,7 +253,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (Debian package 'chromium', installed by scripts/setup.sh)")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium binary (Debian package 'chromium', installed by scripts/setup.sh)"
+)
 def test_page_in_headless_chromium_classifies_an_upload_like_the_api(main_server, base, tmp_path):
     """Headless Chromium from Debian's package driven by Playwright's Python API (``executable_path``:
     no browser download): the page asks for the API key, a real Fashion-MNIST image is uploaded as a
@@ -253,7 +284,9 @@ def test_page_in_headless_chromium_classifies_an_upload_like_the_api(main_server
             rows = page.locator("#bars .row")
             names = [rows.nth(i).locator(".name").inner_text().strip() for i in range(rows.count())]
             bars = page.locator("#bars .fill").count()
-            cams = page.evaluate("['cam-input', 'cam-cnn', 'cam-trans'].map(i => document.getElementById(i).naturalWidth)")
+            cams = page.evaluate(
+                "['cam-input', 'cam-cnn', 'cam-trans'].map(i => document.getElementById(i).naturalWidth)"
+            )
             explained = page.is_visible("#explain")
             page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         finally:
@@ -274,8 +307,20 @@ def test_page_in_headless_chromium_classifies_an_upload_like_the_api(main_server
 @pytest.fixture(scope="module")
 def onnx_server(base: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S.Server]:
     log = tmp_path_factory.mktemp("serve") / "onnx.log"
-    server = S.Server.start(S.onnx_model(base), "--max_batch_size", "2", "--max_wait_ms", "3000", "--max_queue", "3",
-                            "--max_images", "3", "--timeout_s", "2", log_path=log)  # fmt: skip
+    server = S.Server.start(
+        S.onnx_model(base),
+        "--max_batch_size",
+        "2",
+        "--max_wait_ms",
+        "3000",
+        "--max_queue",
+        "3",
+        "--max_images",
+        "3",
+        "--timeout_s",
+        "2",
+        log_path=log,
+    )
     yield server
     server.kill()  # normally stopped by test_sigterm_drains_in_flight_requests, the last of its tests
 
@@ -305,8 +350,12 @@ def test_requests_from_different_clients_share_a_batch(onnx_server, images):
     url = onnx_server.url
     before = httpx.get(f"{url}/metrics").text
     responses: list[httpx.Response] = []
-    threads = [threading.Thread(target=lambda p=p: responses.append(
-        httpx.post(f"{url}/v1/predict", files=S.uploads([p]), timeout=30))) for p in images[:2]]  # fmt: skip
+    threads = [
+        threading.Thread(
+            target=lambda p=p: responses.append(httpx.post(f"{url}/v1/predict", files=S.uploads([p]), timeout=30))
+        )
+        for p in images[:2]
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -322,8 +371,9 @@ def test_full_queue_is_503_and_slow_answer_is_504(onnx_server, images):
     url = onnx_server.url
     before = httpx.get(f"{url}/metrics").text
     first: list[httpx.Response] = []
-    waiting = threading.Thread(target=lambda: first.append(
-        httpx.post(f"{url}/v1/predict", files=S.uploads(images[:1]), timeout=30)))  # fmt: skip
+    waiting = threading.Thread(
+        target=lambda: first.append(httpx.post(f"{url}/v1/predict", files=S.uploads(images[:1]), timeout=30))
+    )
     waiting.start()  # one image waits 3 s for a second one, longer than the 2 s timeout
     _wait_in_flight(url, 1)
     busy = httpx.post(f"{url}/v1/predict", files=S.uploads(images[1:4]), timeout=30)  # 1 + 3 > --max_queue 3
@@ -334,7 +384,8 @@ def test_full_queue_is_503_and_slow_answer_is_504(onnx_server, images):
     after = httpx.get(f"{url}/metrics").text
     for status in ("503", "504"):
         grown = S.metric(after, "conformer_requests_total", endpoint="/v1/predict", status=status) - S.metric(
-            before, "conformer_requests_total", endpoint="/v1/predict", status=status)  # fmt: skip
+            before, "conformer_requests_total", endpoint="/v1/predict", status=status
+        )
         assert grown == 1, status
     ok = httpx.post(f"{url}/v1/predict", files=S.uploads(images[:2]), timeout=30)  # still serving
     assert ok.status_code == 200
@@ -344,8 +395,9 @@ def test_full_queue_is_503_and_slow_answer_is_504(onnx_server, images):
 def test_sigterm_drains_in_flight_requests(onnx_server, images):
     url = onnx_server.url
     answers: list[httpx.Response] = []
-    t = threading.Thread(target=lambda: answers.append(
-        httpx.post(f"{url}/v1/predict", files=S.uploads(images[:1]), timeout=30)))  # fmt: skip
+    t = threading.Thread(
+        target=lambda: answers.append(httpx.post(f"{url}/v1/predict", files=S.uploads(images[:1]), timeout=30))
+    )
     started = time.monotonic()
     t.start()
     _wait_in_flight(url, 1)  # the image waits up to 3 s for company
@@ -446,9 +498,30 @@ def test_load_script_measures_floods_and_checks_answers(tmp_path):
     serve_load = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(serve_load)
     out = tmp_path / "load.json"
-    serve_load.main(["--arch", "conformer_mini_test", "--image_size", "32", "--threads", "1", "--max_batch_size", "2",
-                     "--requests", "8", "--concurrency", "2", "--flood", "18", "--images", "4",
-                     "--offline_batches", "2", "--json", str(out)])  # fmt: skip
+    serve_load.main(
+        [
+            "--arch",
+            "conformer_mini_test",
+            "--image_size",
+            "32",
+            "--threads",
+            "1",
+            "--max_batch_size",
+            "2",
+            "--requests",
+            "8",
+            "--concurrency",
+            "2",
+            "--flood",
+            "18",
+            "--images",
+            "4",
+            "--offline_batches",
+            "2",
+            "--json",
+            str(out),
+        ]
+    )
     report = json.loads(out.read_text())
     assert report["served"]["requests"] == 8 and report["served"]["errors"] == 0
     assert report["served"]["p50_ms"] <= report["served"]["p95_ms"] <= report["served"]["p99_ms"]
@@ -469,9 +542,12 @@ def test_batcher_groups_predictions_runs_explanations_alone_and_drops_abandoned_
     from conformer_vision.serve.batching import Batcher, Job
 
     runs: list[tuple[str, list[float]]] = []
-    batcher = Batcher(lambda x: runs.append(("batch", x[:, 0, 0, 0].tolist())) or x[:, 0, 0, 0].tolist(),
-                      lambda x: runs.append(("single", [float(x[0, 0, 0])])) or -float(x[0, 0, 0]),
-                      max_batch_size=3, max_wait_s=0.2)  # fmt: skip
+    batcher = Batcher(
+        lambda x: runs.append(("batch", x[:, 0, 0, 0].tolist())) or x[:, 0, 0, 0].tolist(),
+        lambda x: runs.append(("single", [float(x[0, 0, 0])])) or -float(x[0, 0, 0]),
+        max_batch_size=3,
+        max_wait_s=0.2,
+    )
 
     async def scenario() -> list[float]:
         loop = asyncio.get_running_loop()
@@ -495,8 +571,18 @@ def test_precision_takes_every_amp_level_name(checkpoint, images, tmp_path):
     from conformer_vision.serve import PRECISIONS, open_served_model
 
     f16, bf16 = torch.float16, torch.bfloat16
-    assert PRECISIONS == {"O0": None, "fp32": None, "float32": None, "O1": f16, "O2": f16, "O3": f16, "fp16": f16,
-                          "float16": f16, "bf16": bf16, "bfloat16": bf16}  # fmt: skip
+    assert PRECISIONS == {
+        "O0": None,
+        "fp32": None,
+        "float32": None,
+        "O1": f16,
+        "O2": f16,
+        "O3": f16,
+        "fp16": f16,
+        "float16": f16,
+        "bf16": bf16,
+        "bfloat16": bf16,
+    }
     served = open_served_model(checkpoint, precision="bf16")
     assert served.describe()["precision"] == "bfloat16 autocast" and served.predictor.amp_dtype == bf16
     (result,) = served.run_batch(served.decode(images[0].read_bytes(), tmp_path)[None])

@@ -13,19 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fault_entry import nan_loss_at_steps, signal_at_step  # tests/fault_entry.py (pytest pythonpath: tests)
 from PIL import Image
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from conformer_vision import checkpoint as ckpt_module
-from conformer_vision.checkpoint import load_model, read_checkpoint
+from conformer_vision.checkpoint import CheckpointManager, load_model, read_checkpoint
 from conformer_vision.config import Config, load_config
-from conformer_vision.distributed import GlooSyncBatchNorm
+from conformer_vision.distributed import DistInfo, GlooSyncBatchNorm
 from conformer_vision.errors import ConfigError
-from conformer_vision.train import RunSetup, TrainingError, build_model, build_run, run_dir_of, train
-from conformer_vision.checkpoint import CheckpointManager
-from conformer_vision.distributed import DistInfo
 from conformer_vision.rundir import RunManifest, run_dir_for
-from fault_entry import nan_loss_at_steps, signal_at_step  # tests/fault_entry.py (pytest pythonpath: tests)
+from conformer_vision.train import RunSetup, TrainingError, build_model, build_run, run_dir_of, train
 
 
 def write_dataset(root: Path, classes: int = 3, train: int = 16, val: int = 4, size: int = 32) -> Path:
@@ -54,12 +52,26 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_config(data: Path, out: Path, **overrides: object) -> Config:
     base = dict(
-        data_url=str(data), train_dir="train", val_dir="val", arch="conformer_mini_test", num_classes=3,
-        image_size=32, batch_size=8, epochs=2, augment=False, num_parallel_workers=0, warmup_length=1,
-        device_target="cpu", drop_path=0.0, print_loss_every=2, summary_loss_collect_freq=1,
-        ckpt_save_every_seconds=0, ckpt_root_dir=str(out / "checkpoints"), best_ckpt_root_dir=str(out / "best"),
+        data_url=str(data),
+        train_dir="train",
+        val_dir="val",
+        arch="conformer_mini_test",
+        num_classes=3,
+        image_size=32,
+        batch_size=8,
+        epochs=2,
+        augment=False,
+        num_parallel_workers=0,
+        warmup_length=1,
+        device_target="cpu",
+        drop_path=0.0,
+        print_loss_every=2,
+        summary_loss_collect_freq=1,
+        ckpt_save_every_seconds=0,
+        ckpt_root_dir=str(out / "checkpoints"),
+        best_ckpt_root_dir=str(out / "best"),
         summary_root_dir=str(out / "summary"),
-    )  # fmt: skip
+    )
     if overrides.get("epochs") == 1:
         base["warmup_length"] = 0
     return load_config(None, {**base, **overrides})
@@ -71,8 +83,17 @@ def final_state(result) -> dict:
 
 @pytest.mark.slow
 def test_run_writes_config_metrics_events_and_self_describing_checkpoints(data: Path, tmp_path: Path) -> None:
-    cfg = make_config(data, tmp_path / "run", ckpt_save_every_step=2, ckpt_keep_num=2, best_ckpt_num=1, with_ema=True,
-                      ema_decay=0.5, dump_graph=True, collect_input_data=True)  # fmt: skip
+    cfg = make_config(
+        data,
+        tmp_path / "run",
+        ckpt_save_every_step=2,
+        ckpt_keep_num=2,
+        best_ckpt_num=1,
+        with_ema=True,
+        ema_decay=0.5,
+        dump_graph=True,
+        collect_input_data=True,
+    )
     result = train(cfg)
     run_dir = tmp_path / "run"
     assert result.status == "completed" and result.exit_code == 0 and result.step == 12
@@ -87,7 +108,9 @@ def test_run_writes_config_metrics_events_and_self_describing_checkpoints(data: 
     assert [r["step"] for r in train_lines] == [2, 4, 6, 8, 10, 12] and [r["epoch"] for r in val_lines] == [1, 2]
     assert [r["epoch"] for r in train_lines] == [1, 1, 1, 2, 2, 2]  # 1-based, as in the log and the file names
     assert {"time", "loss", "lr", "images_per_s"} <= set(train_lines[0])
-    assert {"Loss", "Top1-Acc", "Top5-Acc", "conv_top1", "trans_top1", "ema_Top1-Acc", "ema_trans_loss"} <= set(val_lines[-1])
+    assert {"Loss", "Top1-Acc", "Top5-Acc", "conv_top1", "trans_top1", "ema_Top1-Acc", "ema_trans_loss"} <= set(
+        val_lines[-1]
+    )
     # rotation: every 2 steps and at each epoch end, keep the 2 newest; 1 best
     latest = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
     assert latest == ["conformer_mini_test_0_e0001_s00000010.pt", "conformer_mini_test_0_e0002_s00000012.pt"]
@@ -97,7 +120,9 @@ def test_run_writes_config_metrics_events_and_self_describing_checkpoints(data: 
     assert obj["preprocess"]["input_size"] == [32, 32] and obj["ema"] is not None
     ts = obj["train_state"]
     assert (ts["epoch"], ts["batch_in_epoch"], ts["step"], ts["sampler_seed"]) == (2, 0, 12, 0)
-    assert {"optimizer", "scheduler", "scaler", "rng"} <= set(ts) and isinstance(ts["rng"][0]["numpy"]["keys"], torch.Tensor)
+    assert {"optimizer", "scheduler", "scaler", "rng"} <= set(ts) and isinstance(
+        ts["rng"][0]["numpy"]["keys"], torch.Tensor
+    )
     assert obj["metrics"]["Top1-Acc"] == pytest.approx(val_lines[-1]["Top1-Acc"])
     loaded = load_model(result.last_checkpoint, use_ema=True)
     assert loaded.class_names == ["class0", "class1", "class2"] and loaded.arch == "conformer_mini_test"
@@ -122,22 +147,57 @@ def components(data: Path, tmp_path: Path, **overrides: object) -> RunSetup:
 
 @pytest.mark.slow
 def test_options_map_to_components(data: Path, tmp_path: Path) -> None:
-    t = components(data, tmp_path, augment=True, mixup=0.8, cutmix=1.0, mixup_prob=0.5, switch_prob=0.3,
-                   mixup_mode="pair", mixup_off_epoch=1.5, label_smoothing=0.2, optimizer="sgd", momentum=0.8,
-                   base_lr=0.05, with_ema=True, ema_decay=0.99, amp_level="O1", is_dynamic_loss_scale=False,
-                   loss_scale=128, use_clip_grad_norm=True, clip_grad_norm=2.0, sync_bn=True, warmup_length=0)  # fmt: skip
+    t = components(
+        data,
+        tmp_path,
+        augment=True,
+        mixup=0.8,
+        cutmix=1.0,
+        mixup_prob=0.5,
+        switch_prob=0.3,
+        mixup_mode="pair",
+        mixup_off_epoch=1.5,
+        label_smoothing=0.2,
+        optimizer="sgd",
+        momentum=0.8,
+        base_lr=0.05,
+        with_ema=True,
+        ema_decay=0.99,
+        amp_level="O1",
+        is_dynamic_loss_scale=False,
+        loss_scale=128,
+        use_clip_grad_norm=True,
+        clip_grad_norm=2.0,
+        sync_bn=True,
+        warmup_length=0,
+    )
     p = t.parts
     assert isinstance(p.criterion.base, SoftTargetCrossEntropy)
-    assert (p.mixup.mixup_alpha, p.mixup.cutmix_alpha, p.mixup.mix_prob, p.mixup.switch_prob, p.mixup.mode,
-            p.mixup.label_smoothing) == (0.8, 1.0, 0.5, 0.3, "pair", 0.2)  # fmt: skip
+    assert (
+        p.mixup.mixup_alpha,
+        p.mixup.cutmix_alpha,
+        p.mixup.mix_prob,
+        p.mixup.switch_prob,
+        p.mixup.mode,
+        p.mixup.label_smoothing,
+    ) == (0.8, 1.0, 0.5, 0.3, "pair", 0.2)
     assert p.mixup_off_step == 9  # 1.5 epochs x 6 steps
     assert isinstance(p.optimizer, torch.optim.SGD) and p.optimizer.defaults["momentum"] == 0.8
     assert p.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
     assert p.ema.decay == 0.99 and p.clip_grad_norm == 2.0
     assert p.amp_dtype == torch.float16 and p.scaler.get_scale() == 128 and p.static_loss_scale == 128
     assert any(isinstance(m, GlooSyncBatchNorm) for m in t.model.modules())
-    t = components(data, tmp_path, augment=True, mixup=0.0, cutmix=0.0, label_smoothing=0.1, amp_level="bf16",
-                   use_clip_grad_norm=False, channels_last=True)  # fmt: skip
+    t = components(
+        data,
+        tmp_path,
+        augment=True,
+        mixup=0.0,
+        cutmix=0.0,
+        label_smoothing=0.1,
+        amp_level="bf16",
+        use_clip_grad_norm=False,
+        channels_last=True,
+    )
     p = t.parts
     assert p.mixup is None and isinstance(p.criterion.base, LabelSmoothingCrossEntropy)
     assert p.amp_dtype == torch.bfloat16 and p.scaler is None and p.ema is None and p.clip_grad_norm is None
@@ -154,14 +214,25 @@ def test_options_map_to_components(data: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("amp", "epochs", "workers"), [("O0", 2, 0), ("O1", 1, 0), ("O0", 2, 2)])
-def test_exact_resume_after_sigterm(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, amp: str,
-                                    epochs: int, workers: int) -> None:  # fmt: skip
+def test_exact_resume_after_sigterm(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, amp: str, epochs: int, workers: int
+) -> None:
     """Interrupted mid-epoch and resumed: bitwise the weights of an uninterrupted run, with every
     random augmentation on (crop, flip, RandAugment, erasing, mixup/cutmix, drop path) and EMA.
     The interrupted run may use loader workers: each image's augmentation depends on (seed, epoch,
     index) only, so the reference run without workers is matched bit for bit too."""
-    recipe = dict(augment=True, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.5, mixup=0.8, cutmix=1.0,
-                  drop_path=0.1, with_ema=True, ema_decay=0.9, amp_level=amp, epochs=epochs)  # fmt: skip
+    recipe = dict(
+        augment=True,
+        auto_augment="rand-m9-mstd0.5-inc1",
+        re_prob=0.5,
+        mixup=0.8,
+        cutmix=1.0,
+        drop_path=0.1,
+        with_ema=True,
+        ema_decay=0.9,
+        amp_level=amp,
+        epochs=epochs,
+    )
     reference = final_state(train(make_config(data, tmp_path / "a", **recipe)))
     recipe["num_parallel_workers"] = workers
     with monkeypatch.context() as fault:
@@ -172,7 +243,9 @@ def test_exact_resume_after_sigterm(data: Path, tmp_path: Path, monkeypatch: pyt
     resumed = final_state(train(make_config(data, tmp_path / "b", checkpoint="auto", **recipe)))
     for key in ("model", "ema"):
         assert all(torch.equal(reference[key][k], resumed[key][k]) for k in reference[key]), key
-    assert reference["train_state"]["optimizer"]["state"][0]["exp_avg"].equal(resumed["train_state"]["optimizer"]["state"][0]["exp_avg"])
+    assert reference["train_state"]["optimizer"]["state"][0]["exp_avg"].equal(
+        resumed["train_state"]["optimizer"]["state"][0]["exp_avg"]
+    )
     lines = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     for kind in ("train", "val"):  # one history: the lines of the interrupted run after step 4 were dropped
         steps = [r["step"] for r in lines if r["kind"] == kind]
@@ -180,8 +253,9 @@ def test_exact_resume_after_sigterm(data: Path, tmp_path: Path, monkeypatch: pyt
 
 
 @pytest.mark.slow
-def test_nonfinite_loss_is_skipped_then_fatal(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                              caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+def test_nonfinite_loss_is_skipped_then_fatal(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     with monkeypatch.context() as fault, caplog.at_level(logging.WARNING, logger="conformer_vision.train"):
         nan_loss_at_steps(fault.setattr, [3])
         result = train(make_config(data, tmp_path / "a", epochs=1))
@@ -249,7 +323,10 @@ def test_transfer_to_another_class_count(data: Path, tmp_path: Path, caplog: pyt
     weights = read_checkpoint(source)["model"]
     assert torch.equal(model.conv1.weight, weights["conv1.weight"]) and model.trans_cls_head.weight.shape[0] == 2
     result = train(cfg)
-    assert result.status == "completed" and read_checkpoint(result.last_checkpoint)["class_names"] == ["class0", "class1"]
+    assert result.status == "completed" and read_checkpoint(result.last_checkpoint)["class_names"] == [
+        "class0",
+        "class1",
+    ]
     with pytest.raises(ConfigError, match="exclude_epoch_state"):
         train(make_config(two, tmp_path / "dst2", num_classes=2, pretrained=str(source), exclude_epoch_state=False))
 
@@ -268,14 +345,17 @@ def test_a_run_directory_from_before_manifests_is_resumed_and_adopted(data: Path
     manifest = RunManifest.read(run)
     assert {"config.yaml", "class_names.json", "metrics.jsonl"} <= {p.name for p in manifest.existing()}
     assert [p.name for p in manifest.existing_checkpoints() if p.parent.name == "checkpoints"] == [
-        "conformer_mini_test_0_e0001_s00000006.pt", "conformer_mini_test_0_e0002_s00000012.pt"]  # fmt: skip
+        "conformer_mini_test_0_e0001_s00000006.pt",
+        "conformer_mini_test_0_e0002_s00000012.pt",
+    ]
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 1, 1, 1, 2, 2, 2, 2]  # 3 train lines and 1 val line per epoch, all 1-based
 
 
 @pytest.mark.slow
-def test_auto_starts_again_a_run_that_has_no_checkpoint_yet(data: Path, tmp_path: Path,
-                                                            caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+def test_auto_starts_again_a_run_that_has_no_checkpoint_yet(
+    data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A run stopped before its first checkpoint (here: its checkpoints are gone) is the same run
     started again by --checkpoint auto: its own files are reused, its metrics restart, nothing else
     in the folders is touched."""
@@ -287,7 +367,10 @@ def test_auto_starts_again_a_run_that_has_no_checkpoint_yet(data: Path, tmp_path
     mine.write_bytes(b"not the run's")
     with caplog.at_level(logging.INFO, logger="conformer_vision.train"):
         result = train(make_config(data, run, epochs=1, checkpoint="auto"))
-    assert result.status == "completed" and "starting the run conformer_mini_test_0 again from the beginning" in caplog.text
+    assert (
+        result.status == "completed"
+        and "starting the run conformer_mini_test_0 again from the beginning" in caplog.text
+    )
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [2, 4, 6, 6] and mine.read_bytes() == b"not the run's"
 
@@ -305,6 +388,7 @@ def test_validation_drops_an_unreadable_image_instead_of_counting_a_neighbour(da
 
 # ---- sharded data (data_format: webdataset) ------------------------------------------------------ #
 
+
 @pytest.fixture(scope="module")
 def shards(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The module's dataset as WebDataset shards of 4 images: 12 train shards, 3 val shards."""
@@ -316,22 +400,36 @@ def shards(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_exact_resume_from_shards_after_sigterm(data: Path, shards: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_exact_resume_from_shards_after_sigterm(
+    data: Path, shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Training from shards with 2 loader workers, every augmentation on, interrupted mid-epoch and
     resumed: the weights equal an uninterrupted run's bit for bit (the resumed epoch reads the same
     shards in the same order, skipping the trained samples without decoding them). A mid-epoch
     resume with another number of loader workers is refused: its streams would be other images."""
-    recipe = dict(data_format="webdataset", data_url=str(shards), augment=True, auto_augment="rand-m9-mstd0.5-inc1",
-                  re_prob=0.5, mixup=0.8, cutmix=1.0, drop_path=0.1, with_ema=True, ema_decay=0.9,
-                  num_parallel_workers=2, epochs=1)  # fmt: skip
+    recipe = dict(
+        data_format="webdataset",
+        data_url=str(shards),
+        augment=True,
+        auto_augment="rand-m9-mstd0.5-inc1",
+        re_prob=0.5,
+        mixup=0.8,
+        cutmix=1.0,
+        drop_path=0.1,
+        with_ema=True,
+        ema_decay=0.9,
+        num_parallel_workers=2,
+        epochs=1,
+    )
     reference = train(make_config(data, tmp_path / "a", **recipe))
     assert reference.step == 6  # 48 images / batch 8
     with monkeypatch.context() as fault:
         signal_at_step(fault.setattr, 3, signal.SIGTERM)
         stopped = train(make_config(data, tmp_path / "b", **recipe))
     assert (stopped.status, stopped.step) == ("interrupted", 3)
-    with pytest.raises(ckpt_module.CheckpointError, match="2 loader stream.*this run has 1 x 1.*--num_parallel_workers 2"):
+    with pytest.raises(
+        ckpt_module.CheckpointError, match="2 loader stream.*this run has 1 x 1.*--num_parallel_workers 2"
+    ):
         train(make_config(data, tmp_path / "b", checkpoint="auto", **{**recipe, "num_parallel_workers": 0}))
     resumed = final_state(train(make_config(data, tmp_path / "b", checkpoint="auto", **recipe)))
     expected = final_state(reference)
@@ -362,26 +460,53 @@ def _hub_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_fine_tune_from_a_hub_folder_with_frozen_stages_and_layer_decay(data: Path, tmp_path: Path, hub_start: Path,
-                                                                        caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+def test_fine_tune_from_a_hub_folder_with_frozen_stages_and_layer_decay(
+    data: Path, tmp_path: Path, hub_start: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """pretrained: local-dir:DIR, freeze_stages 2, layer_decay 0.75, two steps: the stem and blocks
     1-4 (weights and BatchNorm statistics) are bit for bit the folder's, the later blocks and both
     heads have moved, and the start-up summary says what trains."""
-    cfg = make_config(data, tmp_path / "run", epochs=1, train_num_samples=16, pretrained=f"local-dir:{hub_start}",
-                      freeze_stages=2, layer_decay=0.75)  # fmt: skip
+    cfg = make_config(
+        data,
+        tmp_path / "run",
+        epochs=1,
+        train_num_samples=16,
+        pretrained=f"local-dir:{hub_start}",
+        freeze_stages=2,
+        layer_decay=0.75,
+    )
     with caplog.at_level(logging.INFO, logger="conformer_vision.train"):
         result = train(cfg)
     assert result.status == "completed" and result.step == 2
     assert f"weights from local-dir:{hub_start}" in caplog.text
     assert "fine-tuning: stages 0-1 frozen (the stem, blocks 1-4)" in caplog.text and "layer_decay 0.75" in caplog.text
     start, end = _hub_weights(hub_start), final_state(result)["model"]
-    frozen = [k for k in start if k.split(".")[0] in ("conv1", "bn1", "conv_1", "trans_1", "trans_patch_conv",
-                                                       "cls_token", "conv_trans_2", "conv_trans_3", "conv_trans_4")]  # fmt: skip
+    frozen = [
+        k
+        for k in start
+        if k.split(".")[0]
+        in (
+            "conv1",
+            "bn1",
+            "conv_1",
+            "trans_1",
+            "trans_patch_conv",
+            "cls_token",
+            "conv_trans_2",
+            "conv_trans_3",
+            "conv_trans_4",
+        )
+    ]
     assert "conv_trans_4.cnn_block.bn1.running_var" in frozen and "bn1.num_batches_tracked" in frozen
     assert all(torch.equal(start[k], end[k]) for k in frozen)
-    for key in ("conv_trans_5.cnn_block.conv1.weight", "conv_trans_5.cnn_block.bn1.running_mean",
-                "conv_trans_12.trans_block.attn.qkv.weight", "trans_norm.weight", "conv_cls_head.weight",
-                "trans_cls_head.bias"):  # fmt: skip
+    for key in (
+        "conv_trans_5.cnn_block.conv1.weight",
+        "conv_trans_5.cnn_block.bn1.running_mean",
+        "conv_trans_12.trans_block.attn.qkv.weight",
+        "trans_norm.weight",
+        "conv_cls_head.weight",
+        "trans_cls_head.bias",
+    ):
         assert not torch.equal(start[key], end[key]), key
     # another class count from the same folder: new heads, everything else the folder's
     with caplog.at_level(logging.WARNING):
@@ -406,8 +531,9 @@ def test_linear_probe_trains_the_heads_only_with_frozen_batchnorm(data: Path, tm
 
 
 @pytest.mark.slow
-def test_resume_with_frozen_stages_and_layer_decay(data: Path, tmp_path: Path, hub_start: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_resume_with_frozen_stages_and_layer_decay(
+    data: Path, tmp_path: Path, hub_start: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Interrupted and resumed, a fine-tuning run ends with an uninterrupted run's weights bit for bit;
     resuming with other frozen stages (other parameter groups) is a one-line error."""
     recipe = dict(epochs=1, pretrained=f"local-dir:{hub_start}", freeze_stages=1, layer_decay=0.8)
@@ -416,8 +542,10 @@ def test_resume_with_frozen_stages_and_layer_decay(data: Path, tmp_path: Path, h
         signal_at_step(fault.setattr, 3, signal.SIGTERM)
         stopped = train(make_config(data, tmp_path / "b", **recipe))
     assert (stopped.status, stopped.step) == ("interrupted", 3)
-    with pytest.raises(ckpt_module.CheckpointError, match="written with layer_decay 0.8, freeze_stages 1, this run "
-                       "has layer_decay 0.8, freeze_stages 3"):  # fmt: skip
+    with pytest.raises(
+        ckpt_module.CheckpointError,
+        match="written with layer_decay 0.8, freeze_stages 1, this run has layer_decay 0.8, freeze_stages 3",
+    ):
         train(make_config(data, tmp_path / "b", checkpoint="auto", **{**recipe, "freeze_stages": 3}))
     resumed = final_state(train(make_config(data, tmp_path / "b", checkpoint="auto", **recipe)))
     assert all(torch.equal(reference["model"][k], resumed["model"][k]) for k in reference["model"])

@@ -204,8 +204,22 @@ def test_visualize_renders_non_trivial_png(trained: dict, tmp_path: Path) -> Non
 @pytest.mark.slow
 def test_cli_visualize_non_square_with_ema(trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "sub" / "wide.png"
-    rc = cli_main(["visualize", str(trained["image"]), "--checkpoint", str(trained["checkpoint"]), "--output",
-                   str(out), "--input_size", "96", "160", "--use_ema", "--tokens", "norm"])  # fmt: skip
+    rc = cli_main(
+        [
+            "visualize",
+            str(trained["image"]),
+            "--checkpoint",
+            str(trained["checkpoint"]),
+            "--output",
+            str(out),
+            "--input_size",
+            "96",
+            "160",
+            "--use_ema",
+            "--tokens",
+            "norm",
+        ]
+    )
     assert rc == 0
     assert str(out) in capsys.readouterr().out
     _, _, std = _png_stats(out)
@@ -215,10 +229,16 @@ def test_cli_visualize_non_square_with_ema(trained: dict, tmp_path: Path, capsys
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "case, expected",
-    [("missing_image", "does not exist"), ("missing_checkpoint", "no such file"),
-     ("bad_size", "--input_size"), ("bad_device", "device")],
-)  # fmt: skip
-def test_cli_visualize_errors(trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture, case: str, expected: str) -> None:
+    [
+        ("missing_image", "does not exist"),
+        ("missing_checkpoint", "no such file"),
+        ("bad_size", "--input_size"),
+        ("bad_device", "device"),
+    ],
+)
+def test_cli_visualize_errors(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture, case: str, expected: str
+) -> None:
     image, ckpt, extra = str(trained["image"]), str(trained["checkpoint"]), []
     if case == "missing_image":
         image = str(tmp_path / "nope.jpg")

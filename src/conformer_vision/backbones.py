@@ -29,6 +29,7 @@ the classification weights (detection batches are small). BatchNorm affine param
 trainable as in the authors' code unless ``freeze_norm_affine=True`` (what torchvision's
 ``FrozenBatchNorm2d`` does for its ResNets). BatchNorms of frozen stages are always in eval mode.
 """
+
 from __future__ import annotations
 
 import re
@@ -91,6 +92,7 @@ def conformer_features(
     import timm
 
     import conformer_vision  # noqa: F401  (registers the conformer_* variants in timm)
+
     from .models import canonical_name
 
     try:
@@ -139,9 +141,11 @@ class ConformerFPN(nn.Module):
             raise ConfigError(f"trainable_layers must be in 0..{NUM_STAGES} (stem + 4 stages), got {trainable_layers}")
         self.body = body
         self.fpn = FeaturePyramidNetwork(
-            in_channels_list=list(body.feature_info.channels()), out_channels=out_channels,
-            extra_blocks=extra_blocks if extra_blocks is not None else LastLevelMaxPool(), norm_layer=norm_layer,
-        )  # fmt: skip
+            in_channels_list=list(body.feature_info.channels()),
+            out_channels=out_channels,
+            extra_blocks=extra_blocks if extra_blocks is not None else LastLevelMaxPool(),
+            norm_layer=norm_layer,
+        )
         self.out_channels = out_channels
         self.trainable_layers = trainable_layers
         self.norm_eval = norm_eval
@@ -227,4 +231,6 @@ def conformer_fpn_backbone(
     norm_eval = pretrained if norm_eval is None else norm_eval
     body = conformer_features(variant, weights, out_indices, **model_kwargs)
     depth = model_kwargs.get("depth", 12)
-    return ConformerFPN(body, out_channels, trainable_layers, norm_eval, freeze_norm_affine, extra_blocks, norm_layer, depth)
+    return ConformerFPN(
+        body, out_channels, trainable_layers, norm_eval, freeze_norm_affine, extra_blocks, norm_layer, depth
+    )

@@ -151,16 +151,22 @@ class BenchmarkSpec:
             (fp32 or not onnx, "onnxruntime runs the float32 graph: use --amp O0 (the int8 variant is --onnx int8)"),
             (not (onnx and self.device != "cpu"), "the onnxruntime benchmark runs on the CPU"),
             (self.network in NETWORKS, f"network must be one of {NETWORKS}, got {self.network!r}"),
-            (not (self.network == "reference" and (not fp32 or self.backend != "eager" or self.channels_last)),
-             "the reference network is plain eager float32 NCHW: drop --amp/--backend/--channels_last or "
-             "--network reference"),
-            (not (self.network == "optimized" and self.mode == "train"), "optimize_for_inference makes an inference "
-             "copy: use --network model (or reference) with --mode train"),
-            (not (onnx and self.network != "model"), "--network applies to PyTorch backends: "
-             "the onnxruntime graphs are chosen with --onnx"),
+            (
+                not (self.network == "reference" and (not fp32 or self.backend != "eager" or self.channels_last)),
+                "the reference network is plain eager float32 NCHW: drop --amp/--backend/--channels_last or "
+                "--network reference",
+            ),
+            (
+                not (self.network == "optimized" and self.mode == "train"),
+                "optimize_for_inference makes an inference copy: use --network model (or reference) with --mode train",
+            ),
+            (
+                not (onnx and self.network != "model"),
+                "--network applies to PyTorch backends: the onnxruntime graphs are chosen with --onnx",
+            ),
             (not (self.grad_checkpointing and self.mode != "train"), "--grad_checkpointing applies to --mode train"),
             (not (onnx and self.channels_last), "--channels_last applies to PyTorch backends"),
-        ]  # fmt: skip
+        ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
@@ -332,7 +338,12 @@ def _train_step_fn(spec: BenchmarkSpec, model: nn.Module, x: torch.Tensor) -> Ca
     optimizer = build_optimizer(model, "adamw", lr=1e-4, weight_decay=0.05, fused=spec.network != "reference")
     loss = TwoHeadLoss(nn.CrossEntropyLoss())
     parts = TrainParts(
-        model=net, criterion=loss, optimizer=optimizer, scheduler=None, device=x.device, amp_dtype=spec.amp_dtype,
+        model=net,
+        criterion=loss,
+        optimizer=optimizer,
+        scheduler=None,
+        device=x.device,
+        amp_dtype=spec.amp_dtype,
         scaler=scaler,
     )
     target = torch.randint(0, spec.num_classes, (x.shape[0],), generator=torch.Generator().manual_seed(0)).to(x.device)
@@ -506,8 +517,18 @@ def _result(
     extra = {**runner.extra, "gemm_peak_best_gflops": gemms[key][1] / min(gemm_times[key]) / 1e9, **(agreement or {})}
     peak = gemms[key][1] / statistics.median(gemm_times[key]) / 1e9
     return BenchmarkResult(
-        spec, torch.get_num_threads(), times, params, gflops, peak, gemms[key][2], *memory,
-        setup_s=runner.setup_s, setup_label=runner.setup_label, cpu=cpu, extra=extra,
+        spec,
+        torch.get_num_threads(),
+        times,
+        params,
+        gflops,
+        peak,
+        gemms[key][2],
+        *memory,
+        setup_s=runner.setup_s,
+        setup_label=runner.setup_label,
+        cpu=cpu,
+        extra=extra,
     )
 
 

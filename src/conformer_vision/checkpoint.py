@@ -34,9 +34,15 @@ from .rundir import OwnedFiles
 from .serialization import atomic_save, partial_writes, read_checkpoint
 
 __all__ = [
-    "FORMAT", "build_checkpoint", "load_model", "check_request", "CheckpointManager", "find_resumable",
-    "read_checkpoint", "atomic_save",
-]  # fmt: skip
+    "FORMAT",
+    "build_checkpoint",
+    "load_model",
+    "check_request",
+    "CheckpointManager",
+    "find_resumable",
+    "read_checkpoint",
+    "atomic_save",
+]
 
 log = logging.getLogger("conformer_vision.checkpoint")
 
@@ -117,8 +123,13 @@ def load_model(
         # (an unknown stored field or a structural contradiction is an error, other numerics logged).
         args = reconcile_model_args(meta["model_args"], overrides, str(path), meta.get("arch"))
         name = meta.get("arch") or arch or "conformer"
-        check_request(path, {"arch": meta.get("arch"), "num_classes": args.num_classes},
-                      {"arch": arch, "num_classes": num_classes}, contradiction, source)  # fmt: skip
+        check_request(
+            path,
+            {"arch": meta.get("arch"), "num_classes": args.num_classes},
+            {"arch": arch, "num_classes": num_classes},
+            contradiction,
+            source,
+        )
         model = Conformer(args)
         model.variant = name
     else:
@@ -136,9 +147,13 @@ def load_model(
     load_state_dict_strict(model, sd, source=str(path), allow_new_heads=False)
     model.eval()
     return LoadedModel(
-        model=model, arch=name, class_names=meta.get("class_names"), preprocess=meta.get("preprocess"),
-        config=meta.get("config"), layout=meta["layout"],
-    )  # fmt: skip
+        model=model,
+        arch=name,
+        class_names=meta.get("class_names"),
+        preprocess=meta.get("preprocess"),
+        config=meta.get("config"),
+        layout=meta["layout"],
+    )
 
 
 def check_request(
@@ -161,10 +176,20 @@ def check_request(
         if want is None or have is None or level == "ignore" or _same(key, want, have):
             continue
         if level == "error":
-            raise ConfigError(f"{key} {want} ({where}) contradicts {path}, which holds {holds}: drop --{key} "
-                              f"(the file records its own) or give a model file with {key} {want}")  # fmt: skip
-        log.warning("%s %s (%s) differs from %s, which holds %s: using the file's %s %s", key, want, where, path,
-                    holds, key, have)  # fmt: skip
+            raise ConfigError(
+                f"{key} {want} ({where}) contradicts {path}, which holds {holds}: drop --{key} "
+                f"(the file records its own) or give a model file with {key} {want}"
+            )
+        log.warning(
+            "%s %s (%s) differs from %s, which holds %s: using the file's %s %s",
+            key,
+            want,
+            where,
+            path,
+            holds,
+            key,
+            have,
+        )
 
 
 def _same(key: str, want: Any, have: Any) -> bool:
@@ -254,8 +279,10 @@ class CheckpointManager:
         fails and the name was new)."""
         owned = self.registry.owns(path)
         if path.exists() and not owned:
-            raise CheckpointError(f"{path} exists and was not written by this run: not overwriting it; "
-                                  "move it away or choose another ckpt_root_dir / best_ckpt_root_dir")
+            raise CheckpointError(
+                f"{path} exists and was not written by this run: not overwriting it; "
+                "move it away or choose another ckpt_root_dir / best_ckpt_root_dir"
+            )
         self.registry.add(path)
         try:
             return atomic_save(ckpt, path)
@@ -330,4 +357,3 @@ def find_resumable(files: list[Path]) -> tuple[Path, dict[str, Any]] | None:
             return path, obj
         log.warning("skipping %s: not a resumable conformer-vision checkpoint", path)
     return None
-

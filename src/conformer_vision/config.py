@@ -17,6 +17,7 @@ import difflib
 import math
 import os
 import re
+import types
 import typing
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,21 +28,47 @@ import yaml
 from conformer_vision.errors import ConfigError
 from conformer_vision.precision import AMP_LEVELS
 
-__all__ = ["Config", "ConfigError", "OPTION_ALIASES", "SPEC_OPTIONS", "EXTRA_OPTIONS", "load_config",
-           "add_config_arguments", "config_from_args", "option_rules", "suggest_names", "unknown_options_error"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "OPTION_ALIASES",
+    "SPEC_OPTIONS",
+    "EXTRA_OPTIONS",
+    "load_config",
+    "add_config_arguments",
+    "config_from_args",
+    "option_rules",
+    "suggest_names",
+    "unknown_options_error",
+]
 
 _SAME = object()  # marker: the specification's default is ours
 
 
-def _opt(default: Any, doc: str, *, choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
-         aliases: Mapping[str, str] | None = None, rejected: Mapping[str, str] | None = None,
-         range: str | None = None, length: int | None = None, spec_default: Any = _SAME) -> Any:
+def _opt(
+    default: Any,
+    doc: str,
+    *,
+    choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
+    aliases: Mapping[str, str] | None = None,
+    rejected: Mapping[str, str] | None = None,
+    range: str | None = None,
+    length: int | None = None,
+    spec_default: Any = _SAME,
+) -> Any:
     """A field with its one-line ``doc`` and rules. ``range`` is written as users read it ('> 0',
     '>= 1', 'in [0, 1)') and applies to each element of a list; ``length`` is a list's length;
     ``choices`` (a callable for tables that live beside torch) are matched case-insensitively,
     ``aliases`` map other spellings to one, ``rejected`` known-but-unsupported values to why."""
-    metadata = {"help": doc, "choices": choices, "aliases": dict(aliases or {}), "rejected": dict(rejected or {}),
-                "range": range, "length": length, "spec_default": default if spec_default is _SAME else spec_default}
+    metadata = {
+        "help": doc,
+        "choices": choices,
+        "aliases": dict(aliases or {}),
+        "rejected": dict(rejected or {}),
+        "range": range,
+        "length": length,
+        "spec_default": default if spec_default is _SAME else spec_default,
+    }
     if isinstance(default, list):
         return field(default_factory=lambda d=default: list(d), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -68,37 +95,60 @@ class Config:
     train_num_samples: int = _opt(-1, "Train on a fixed random subset of this many images (seeded); -1 = all.")
     val_num_samples: int = _opt(-1, "Validate on a fixed subset of this many images; -1 = all.")
     # Augmentations
-    auto_augment: Union[str, None] = _opt("rand-m9-mstd0.5-inc1", "timm auto-augment policy (rand-..., augmix-..., "
-                                          "original, v0), checked by timm before any work; null or '' = off.")
-    aa_interpolation: str = _opt("bilinear", "Interpolation inside the auto-augment ops (random: timm picks "
-                                 "bilinear or bicubic per op).", choices=lambda: (*_interpolations(), "random"))
-    re_mode: str = _opt("pixel", "Random-erasing fill: const (zeros), rand (a colour per channel), pixel (noise).",
-                        choices=("const", "rand", "pixel"))
+    auto_augment: str | None = _opt(
+        "rand-m9-mstd0.5-inc1",
+        "timm auto-augment policy (rand-..., augmix-..., "
+        "original, v0), checked by timm before any work; null or '' = off.",
+    )
+    aa_interpolation: str = _opt(
+        "bilinear",
+        "Interpolation inside the auto-augment ops (random: timm picks bilinear or bicubic per op).",
+        choices=lambda: (*_interpolations(), "random"),
+    )
+    re_mode: str = _opt(
+        "pixel",
+        "Random-erasing fill: const (zeros), rand (a colour per channel), pixel (noise).",
+        choices=("const", "rand", "pixel"),
+    )
     re_prob: float = _opt(0.25, "Random-erasing probability per image; 0 = off.", range=_PROB)
     re_count: int = _opt(1, "Maximum number of erased rectangles per image.", range=_ONE_UP)
     cutmix: float = _opt(1.0, "CutMix beta-distribution alpha; 0 = off.", range=_NONNEG)
     mixup: float = _opt(0.8, "MixUp beta-distribution alpha; 0 = off. Mixing needs an even batch_size.", range=_NONNEG)
     mixup_prob: float = _opt(1.0, "Probability of applying MixUp/CutMix to a batch (or pair/element).", range=_PROB)
-    mixup_mode: str = _opt("batch", "Mix granularity: one lambda per batch, per pair, or per element.",
-                           choices=("batch", "pair", "elem"))
+    mixup_mode: str = _opt(
+        "batch", "Mix granularity: one lambda per batch, per pair, or per element.", choices=("batch", "pair", "elem")
+    )
     mixup_off_epoch: float = _opt(0.0, "Turn MixUp/CutMix off from this epoch on; 0 = never.", range=_NONNEG)
     switch_prob: float = _opt(0.5, "Probability of CutMix instead of MixUp when both are on.", range=_PROB)
     label_smoothing: float = _opt(0.1, "Label-smoothing epsilon (in the soft targets when mixing).", range=_FRAC)
     min_crop: float = _opt(0.08, "Smallest area fraction of RandomResizedCrop.", range=_UNIT)
     crop_pct: float = _opt(0.96, "Eval: resize to image_size/crop_pct, then centre-crop image_size.", range=_UNIT)
     # Optimizer
-    optimizer: str = _opt("adamw", "Optimizer: adamw or sgd (with momentum), PyTorch's fused kernels.",
-                          choices=("adamw", "sgd"), aliases={"momentum": "sgd"})
+    optimizer: str = _opt(
+        "adamw",
+        "Optimizer: adamw or sgd (with momentum), PyTorch's fused kernels.",
+        choices=("adamw", "sgd"),
+        aliases={"momentum": "sgd"},
+    )
     beta: list[float] = _opt([0.9, 0.999], "AdamW betas [beta1, beta2].", range=_FRAC, length=2)
     eps: float = _opt(1.0e-8, "AdamW epsilon.", range=_POS)
     base_lr: float = _opt(0.001, "Peak learning rate (after warm-up) for the global batch.", range=_POS)
     min_lr: float = _opt(1.0e-5, "Learning-rate floor of the schedule; at most base_lr.", range=_NONNEG)
     lr_scheduler: str = _opt(
-        "cosine_lr", "Schedule after warm-up, per step: cosine_lr, step_lr (x lr_gamma every lr_adjust epochs), "
+        "cosine_lr",
+        "Schedule after warm-up, per step: cosine_lr, step_lr (x lr_gamma every lr_adjust epochs), "
         "multistep_lr (lr_gamma**(epoch/lr_adjust)), exp_lr (lr_gamma**epoch), constant_lr.",
         choices=("cosine_lr", "step_lr", "multistep_lr", "exp_lr", "constant_lr"),
-        aliases={"cosine": "cosine_lr", "step": "step_lr", "multistep": "multistep_lr", "exp": "exp_lr",
-                 "exponential": "exp_lr", "exponential_lr": "exp_lr", "constant": "constant_lr"})
+        aliases={
+            "cosine": "cosine_lr",
+            "step": "step_lr",
+            "multistep": "multistep_lr",
+            "exp": "exp_lr",
+            "exponential": "exp_lr",
+            "exponential_lr": "exp_lr",
+            "constant": "constant_lr",
+        },
+    )
     lr_adjust: int = _opt(30, "Epochs per decay period of step_lr / multistep_lr.", range=_ONE_UP)
     lr_gamma: float = _opt(0.97, "Decay factor of step_lr / multistep_lr / exp_lr.", range=_UNIT)
     momentum: float = _opt(0.9, "SGD momentum.", range=_FRAC)
@@ -107,96 +157,161 @@ class Config:
     epochs: int = _opt(300, "Total training epochs.", range=_ONE_UP)
     batch_size: int = _opt(100, "Batch size per process; the global batch is batch_size x device_num.", range=_ONE_UP)
     is_dynamic_loss_scale: bool = _opt(True, "Float16 only: dynamic loss scaling (GradScaler) instead of a fixed one.")
-    loss_scale: float = _opt(1024.0, "Float16 only: the fixed loss scale, or the dynamic one's start.", range=_POS,
-                             spec_default=1024)
-    num_parallel_workers: int = _opt(8, "DataLoader worker processes per process; 0 = load in the main one.",
-                                     range=_NONNEG)
+    loss_scale: float = _opt(
+        1024.0, "Float16 only: the fixed loss scale, or the dynamic one's start.", range=_POS, spec_default=1024
+    )
+    num_parallel_workers: int = _opt(
+        8, "DataLoader worker processes per process; 0 = load in the main one.", range=_NONNEG
+    )
     start_epoch: int = _opt(0, "First epoch to run, below epochs (a resumed checkpoint knows its own).", range=_NONNEG)
     warmup_length: int = _opt(2, "Linear warm-up epochs, from warmup_lr to base_lr.", range=_NONNEG)
     warmup_lr: float = _opt(0.000007, "Learning rate at the start of warm-up.", range=_NONNEG)
     use_clip_grad_norm: bool = _opt(True, "Clip the global norm of the (unscaled) gradients.")
     clip_grad_norm: float = _opt(1.0, "Maximum global gradient norm (when use_clip_grad_norm).", range=_POS)
     exclude_epoch_state: bool = _opt(True, "pretrained: load the weights only, not the epoch/optimizer state.")
-    seed: int = _opt(0, "Random seed (model init, data order, augmentations; per worker and rank derived).",
-                     range="in [0, 4294967295]")
+    seed: int = _opt(
+        0,
+        "Random seed (model init, data order, augmentations; per worker and rank derived).",
+        range="in [0, 4294967295]",
+    )
     with_ema: bool = _opt(False, "Keep an exponential moving average of the weights (saved and evaluated).")
     ema_decay: float = _opt(0.9999, "EMA decay per optimizer step.", range=_FRAC)
     pynative_mode: bool = _opt(False, "MindSpore's eager switch: PyTorch is eager anyway; true forbids compile.")
     # Model arguments
-    arch: str = _opt("conformer_tiny_patch16", "Model name (models.list_models(); conformer_tiny/small/base are "
-                     "the patch16 variants).")
-    amp_level: str = _opt("O0", "Mixed precision: O0/fp32 float32; O1/O2/O3/fp16 float16 autocast with loss "
-                          "scaling; bf16 bfloat16 autocast.", choices=tuple(AMP_LEVELS))
+    arch: str = _opt(
+        "conformer_tiny_patch16",
+        "Model name (models.list_models(); conformer_tiny/small/base are the patch16 variants).",
+    )
+    amp_level: str = _opt(
+        "O0",
+        "Mixed precision: O0/fp32 float32; O1/O2/O3/fp16 float16 autocast with loss scaling; bf16 bfloat16 autocast.",
+        choices=tuple(AMP_LEVELS),
+    )
     file_format: str = _opt(
-        "ONNX", "Export format (HF_HUB: a timm/Hugging Face Hub folder, config.json + model.safetensors).",
+        "ONNX",
+        "Export format (HF_HUB: a timm/Hugging Face Hub folder, config.json + model.safetensors).",
         choices=("ONNX", "TORCHSCRIPT", "EXPORTED_PROGRAM", "SAFETENSORS", "HF_HUB"),
-        aliases={"torch.export": "EXPORTED_PROGRAM", "pt2": "EXPORTED_PROGRAM", "jit": "TORCHSCRIPT",
-                 "hf": "HF_HUB", "hub": "HF_HUB", "hf-hub": "HF_HUB", "huggingface": "HF_HUB"},
-        rejected={"mindir": "MINDIR is a MindSpore format", "air": "AIR is a MindSpore/Ascend format"})
-    pretrained: str = _opt("", "Start weights: imagenet (arch's published weights, downloaded once), a weights "
-                           "file, or a hub folder (local-dir:DIR, hf-hub:user/repo); '' = random init.")
-    image_size: Union[int, list[int]] = _opt(224, "Input size: an int or [height, width].", range=_ONE_UP, length=2)
+        aliases={
+            "torch.export": "EXPORTED_PROGRAM",
+            "pt2": "EXPORTED_PROGRAM",
+            "jit": "TORCHSCRIPT",
+            "hf": "HF_HUB",
+            "hub": "HF_HUB",
+            "hf-hub": "HF_HUB",
+            "huggingface": "HF_HUB",
+        },
+        rejected={"mindir": "MINDIR is a MindSpore format", "air": "AIR is a MindSpore/Ascend format"},
+    )
+    pretrained: str = _opt(
+        "",
+        "Start weights: imagenet (arch's published weights, downloaded once), a weights "
+        "file, or a hub folder (local-dir:DIR, hf-hub:user/repo); '' = random init.",
+    )
+    image_size: int | list[int] = _opt(224, "Input size: an int or [height, width].", range=_ONE_UP, length=2)
     num_classes: int = _opt(1000, "Number of classes (must match the dataset's class folders).", range=_ONE_UP)
     drop: float = _opt(0.0, "Dropout rate in the transformer MLPs and attention projection.", range=_FRAC)
     drop_block: float = _opt(0.0, "Attention-probability dropout (where MindSpore feeds drop_block).", range=_FRAC)
     drop_path: float = _opt(0.1, "Stochastic-depth rate, rising linearly over the 12 transformer blocks.", range=_FRAC)
-    disable_approximate_gelu: bool = _opt(True, "true = exact GELU (reference numerics); false = tanh GELU "
-                                          "(MindSpore's).", spec_default=False)
-    use_pytorch_maxpool: bool = _opt(True, "true = PyTorch stem max-pool padding (reference numerics); false = "
-                                     "TF 'same' padding (MindSpore's).", spec_default=False)
+    disable_approximate_gelu: bool = _opt(
+        True, "true = exact GELU (reference numerics); false = tanh GELU (MindSpore's).", spec_default=False
+    )
+    use_pytorch_maxpool: bool = _opt(
+        True,
+        "true = PyTorch stem max-pool padding (reference numerics); false = TF 'same' padding (MindSpore's).",
+        spec_default=False,
+    )
     # Hardware setup
     device_id: int = _opt(0, "CUDA device index of a single process (torchrun: LOCAL_RANK).", range=_NONNEG)
-    device_num: Union[int, None] = _opt(None, "Number of processes; null = the launcher's (torchrun's WORLD_SIZE, "
-                                        "else 1); a set value must equal it.", spec_default=1)
-    device_target: str = _opt("auto", "auto (cuda if available, else cpu), cuda or cpu.", choices=("auto", "cpu",
-                              "cuda"), aliases={"gpu": "cuda"}, rejected={"ascend": "Ascend NPUs are a MindSpore "
-                              "target"}, spec_default="GPU")
+    device_num: int | None = _opt(
+        None,
+        "Number of processes; null = the launcher's (torchrun's WORLD_SIZE, else 1); a set value must equal it.",
+        spec_default=1,
+    )
+    device_target: str = _opt(
+        "auto",
+        "auto (cuda if available, else cpu), cuda or cpu.",
+        choices=("auto", "cpu", "cuda"),
+        aliases={"gpu": "cuda"},
+        rejected={"ascend": "Ascend NPUs are a MindSpore target"},
+        spec_default="GPU",
+    )
     # Callbacks setup
-    summary_root_dir: str = _opt("runs/summary", "TensorBoard event-file directory.",
-                                 spec_default="/mindspore/summary_dir/")
-    ckpt_root_dir: str = _opt("runs/checkpoints", "Rolling checkpoints; the run directory (its parent) holds the "
-                              "config and the run's file manifest.", spec_default="/mindspore/checkpoints/")
-    best_ckpt_root_dir: str = _opt("runs/best_checkpoints", "Best-top-1 checkpoints (may be shared by runs).",
-                                   spec_default="/mindspore/best_checkpoints/")
+    summary_root_dir: str = _opt(
+        "runs/summary", "TensorBoard event-file directory.", spec_default="/mindspore/summary_dir/"
+    )
+    ckpt_root_dir: str = _opt(
+        "runs/checkpoints",
+        "Rolling checkpoints; the run directory (its parent) holds the config and the run's file manifest.",
+        spec_default="/mindspore/checkpoints/",
+    )
+    best_ckpt_root_dir: str = _opt(
+        "runs/best_checkpoints",
+        "Best-top-1 checkpoints (may be shared by runs).",
+        spec_default="/mindspore/best_checkpoints/",
+    )
     ckpt_keep_num: int = _opt(10, "Rolling checkpoints kept (this run's older ones deleted).", range=_ONE_UP)
     best_ckpt_num: int = _opt(5, "Best-accuracy checkpoints kept; 0 = none.", range=_NONNEG)
     ckpt_save_every_step: int = _opt(0, "Also checkpoint every N optimizer steps; 0 = off.", range=_NONNEG)
     ckpt_save_every_seconds: int = _opt(1800, "Also checkpoint every N seconds; 0 = off.", range=_NONNEG)
     print_loss_every: int = _opt(100, "Log the training loss every N steps.", range=_ONE_UP)
     summary_loss_collect_freq: int = _opt(20, "Write the loss to TensorBoard every N steps.", range=_ONE_UP)
-    model_postfix: Union[int, str] = _opt(0, "Tag appended to checkpoint file names.")
+    model_postfix: int | str = _opt(0, "Tag appended to checkpoint file names.")
     collect_input_data: bool = _opt(False, "Log a grid of the first training batch's images to TensorBoard.")
     dump_graph: bool = _opt(False, "Write the model's module tree to model.txt in the run directory.")
     # Options of the PyTorch port
-    checkpoint: str = _opt("", "Checkpoint to resume (or evaluate/export); auto = this run's newest valid one in "
-                           "ckpt_root_dir, or a new run; '' = none.")
+    checkpoint: str = _opt(
+        "",
+        "Checkpoint to resume (or evaluate/export); auto = this run's newest valid one in "
+        "ckpt_root_dir, or a new run; '' = none.",
+    )
     overwrite: bool = _opt(False, "Replace the run the run directory holds (its listed files, after every check).")
     sync_bn: bool = _opt(False, "Synchronise BatchNorm statistics across processes.")
-    augment: bool = _opt(True, "Master switch; false = no random augmentation (resize/centre-crop, no mixing, "
-                         "erasing, flip, jitter or smoothing).")
-    interpolation: str = _opt("bicubic", "Resize interpolation of training crops and evaluation.",
-                              choices=_interpolations)
-    color_jitter: float = _opt(0.4, "Colour-jitter strength (training; timm skips it with auto_augment); 0 = off.",
-                               range=_NONNEG)
+    augment: bool = _opt(
+        True,
+        "Master switch; false = no random augmentation (resize/centre-crop, no mixing, "
+        "erasing, flip, jitter or smoothing).",
+    )
+    interpolation: str = _opt(
+        "bicubic", "Resize interpolation of training crops and evaluation.", choices=_interpolations
+    )
+    color_jitter: float = _opt(
+        0.4, "Colour-jitter strength (training; timm skips it with auto_augment); 0 = off.", range=_NONNEG
+    )
     hflip: float = _opt(0.5, "Horizontal-flip probability (training).", range=_PROB)
     eval_every: int = _opt(1, "Evaluate every N epochs (and after the last).", range=_ONE_UP)
-    max_bad_files_fraction: float = _opt(0.01, "Abort when more than this fraction of an epoch's images fail to "
-                                         "decode (each is skipped and logged).", range=_PROB)
-    data_format: str = _opt("folder", "folder (data_url/<split>/<class>/<image>) or webdataset (tar shards from "
-                            "`conformer prepare shards`: paths, http(s):// or pipe: URLs).",
-                            choices=("folder", "webdataset"))
-    train_shards: str = _opt("", "webdataset: the training shards, a brace pattern of paths or URLs (pipe:curl -s "
-                             "https://host/train-{000000..000146}.tar); '' = those shards_info lists.")
+    max_bad_files_fraction: float = _opt(
+        0.01,
+        "Abort when more than this fraction of an epoch's images fail to decode (each is skipped and logged).",
+        range=_PROB,
+    )
+    data_format: str = _opt(
+        "folder",
+        "folder (data_url/<split>/<class>/<image>) or webdataset (tar shards from "
+        "`conformer prepare shards`: paths, http(s):// or pipe: URLs).",
+        choices=("folder", "webdataset"),
+    )
+    train_shards: str = _opt(
+        "",
+        "webdataset: the training shards, a brace pattern of paths or URLs (pipe:curl -s "
+        "https://host/train-{000000..000146}.tar); '' = those shards_info lists.",
+    )
     val_shards: str = _opt("", "webdataset: the validation shards, as train_shards.")
     shards_info: str = _opt("", "webdataset: the shards.json written with the shards; '' = data_url/shards.json.")
     max_nonfinite_steps: int = _opt(20, "Stop after this many consecutive steps with a NaN/Inf loss.", range=_ONE_UP)
     compile: bool = _opt(False, "Wrap the model in torch.compile (graph mode).")
     channels_last: bool = _opt(True, "Use channels_last memory format for the model and inputs.")
     use_ema: bool = _opt(False, "Evaluate/predict/export the checkpoint's EMA weights instead of the raw ones.")
-    layer_decay: Union[float, None] = _opt(None, "Layer-wise lr decay (timm's --layer-decay): block k trains at lr x "
-                                           "layer_decay**(depth + 1 - k), the heads at lr; null = off.")
-    freeze_stages: int = _opt(0, "Freeze the first N of the stem, blocks 1-4, 5-8, 9-11, 12 (5 = linear probe: "
-                              "only the heads train); 5 - torchvision's trainable_layers.", range="in [0, 5]")
+    layer_decay: float | None = _opt(
+        None,
+        "Layer-wise lr decay (timm's --layer-decay): block k trains at lr x "
+        "layer_decay**(depth + 1 - k), the heads at lr; null = off.",
+    )
+    freeze_stages: int = _opt(
+        0,
+        "Freeze the first N of the stem, blocks 1-4, 5-8, 9-11, 12 (5 = linear probe: "
+        "only the heads train); 5 - torchvision's trainable_layers.",
+        range="in [0, 5]",
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -223,8 +338,9 @@ class Config:
         out: list[tuple[str, str]] = []
         names = [*VARIANTS, *ALIASES]
         if ALIASES.get(self.arch, self.arch) not in VARIANTS:
-            out.append(("arch", f"{self.arch!r} is not a known model; valid: {', '.join(names)}"
-                        f"{_suggest(self.arch, names)}"))
+            out.append(
+                ("arch", f"{self.arch!r} is not a known model; valid: {', '.join(names)}{_suggest(self.arch, names)}")
+            )
         else:
             self.arch = ALIASES.get(self.arch, self.arch)
             out += self._published_problems()
@@ -238,16 +354,22 @@ class Config:
         if self.compile and self.pynative_mode:
             out.append(("compile", "compile: true contradicts pynative_mode: true (eager only); drop one"))
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
-            out.append(("layer_decay", f"{self.layer_decay:g} is out of range; it must be in (0, 1] (e.g. 0.75), "
-                        "or null for no decay"))
+            out.append(
+                (
+                    "layer_decay",
+                    f"{self.layer_decay:g} is out of range; it must be in (0, 1] (e.g. 0.75), or null for no decay",
+                )
+            )
         return out
 
     def check_training(self) -> None:
         """The rules that bind a training run only (``train`` checks them before it reads any data):
         MixUp/CutMix pair the samples of a batch, so ``batch_size`` must then be even."""
         if self.augment and (self.mixup > 0 or self.cutmix > 0) and self.mixup_prob > 0 and self.batch_size % 2:
-            raise ConfigError(f"batch_size {self.batch_size} must be even with mixup/cutmix (timm pairs samples); "
-                              "change it or set mixup: 0 and cutmix: 0")
+            raise ConfigError(
+                f"batch_size {self.batch_size} must be even with mixup/cutmix (timm pairs samples); "
+                "change it or set mixup: 0 and cutmix: 0"
+            )
 
     def _published_problems(self) -> list[tuple[str, str]]:
         """``pretrained: imagenet`` needs an ``arch`` with published weights (``pretrained.PUBLISHED``)."""
@@ -260,8 +382,13 @@ class Config:
             return [("pretrained", str(e))]
         self.pretrained = IMAGENET
         if self.arch not in PUBLISHED:
-            return [("pretrained", f"imagenet: {self.arch} has no published ImageNet weights (published: "
-                     f"{', '.join(PUBLISHED)}); choose one of those as arch, or give a weights file")]
+            return [
+                (
+                    "pretrained",
+                    f"imagenet: {self.arch} has no published ImageNet weights (published: "
+                    f"{', '.join(PUBLISHED)}); choose one of those as arch, or give a weights file",
+                )
+            ]
         return []
 
     @property
@@ -304,10 +431,17 @@ class Config:
 _FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
 SPEC_OPTIONS: tuple[str, ...] = tuple(_FIELDS)[: list(_FIELDS).index("checkpoint")]
 """The specification's options, in its order; the fields after them are the PyTorch port's."""
-EXTRA_OPTIONS: tuple[str, ...] = tuple(_FIELDS)[len(SPEC_OPTIONS):]
-_SECTIONS = {"dataset": "Dataset", "auto_augment": "Augmentations", "optimizer": "Optimizer",
-             "epochs": "Network training config", "arch": "Model arguments", "device_id": "Hardware setup",
-             "summary_root_dir": "Callbacks setup", "checkpoint": "Options of the PyTorch port"}
+EXTRA_OPTIONS: tuple[str, ...] = tuple(_FIELDS)[len(SPEC_OPTIONS) :]
+_SECTIONS = {
+    "dataset": "Dataset",
+    "auto_augment": "Augmentations",
+    "optimizer": "Optimizer",
+    "epochs": "Network training config",
+    "arch": "Model arguments",
+    "device_id": "Hardware setup",
+    "summary_root_dir": "Callbacks setup",
+    "checkpoint": "Options of the PyTorch port",
+}
 """The first option of each --help section (the specification's YAML sections)."""
 
 # True aliases: other codebases' names (DeiT, timm, most tutorials) for exactly our option, accepted in YAML
@@ -316,16 +450,43 @@ OPTION_ALIASES: dict[str, str] = {"lr": "base_lr", "learning_rate": "base_lr", "
 _CLI_SPELLINGS: dict[str, str] = {"layer-decay": "layer_decay"}  # timm's train.py flags, as spelt there
 # Names other codebases use whose meaning differs in detail: not accepted, but the "did you mean" points to ours.
 _FOREIGN_NAMES: dict[str, str] = {
-    "opt": "optimizer", "opt_eps": "eps", "opt_betas": "beta", "betas": "beta", "sched": "lr_scheduler",
-    "scheduler": "lr_scheduler", "warmup_lr_init": "warmup_lr", "smoothing": "label_smoothing", "reprob": "re_prob",
-    "remode": "re_mode", "recount": "re_count", "aa": "auto_augment", "mixup_switch_prob": "switch_prob",
-    "train_interpolation": "interpolation", "drop_path_rate": "drop_path", "drop_rate": "drop", "model": "arch",
-    "nb_classes": "num_classes", "input_size": "image_size", "img_size": "image_size",
-    "num_workers": "num_parallel_workers", "workers": "num_parallel_workers", "data_path": "data_url",
-    "data_dir": "data_url", "output_dir": "ckpt_root_dir", "resume": "checkpoint", "model_ema": "with_ema",
-    "model_ema_decay": "ema_decay", "clip_grad": "clip_grad_norm", "amp": "amp_level", "device": "device_target",
-    "batch": "batch_size", "finetune": "pretrained", "color-jitter": "color_jitter", "crop_ratio": "crop_pct",
-    "frozen_stages": "freeze_stages", "trainable_layers": "freeze_stages",
+    "opt": "optimizer",
+    "opt_eps": "eps",
+    "opt_betas": "beta",
+    "betas": "beta",
+    "sched": "lr_scheduler",
+    "scheduler": "lr_scheduler",
+    "warmup_lr_init": "warmup_lr",
+    "smoothing": "label_smoothing",
+    "reprob": "re_prob",
+    "remode": "re_mode",
+    "recount": "re_count",
+    "aa": "auto_augment",
+    "mixup_switch_prob": "switch_prob",
+    "train_interpolation": "interpolation",
+    "drop_path_rate": "drop_path",
+    "drop_rate": "drop",
+    "model": "arch",
+    "nb_classes": "num_classes",
+    "input_size": "image_size",
+    "img_size": "image_size",
+    "num_workers": "num_parallel_workers",
+    "workers": "num_parallel_workers",
+    "data_path": "data_url",
+    "data_dir": "data_url",
+    "output_dir": "ckpt_root_dir",
+    "resume": "checkpoint",
+    "model_ema": "with_ema",
+    "model_ema_decay": "ema_decay",
+    "clip_grad": "clip_grad_norm",
+    "amp": "amp_level",
+    "device": "device_target",
+    "batch": "batch_size",
+    "finetune": "pretrained",
+    "color-jitter": "color_jitter",
+    "crop_ratio": "crop_pct",
+    "frozen_stages": "freeze_stages",
+    "trainable_layers": "freeze_stages",
 }
 
 
@@ -336,8 +497,9 @@ class _BadValue(ValueError):
 class _InvalidValues(ConfigError):
     """Problems as (key, message) pairs, each labelled with where its key came from."""
 
-    def __init__(self, problems: list[tuple[str, str]], sources: Mapping[str, str] | None = None,
-                 origin: str = "") -> None:
+    def __init__(
+        self, problems: list[tuple[str, str]], sources: Mapping[str, str] | None = None, origin: str = ""
+    ) -> None:
         self.problems, sources = problems, sources or {}
         lines = [f"  - {k}: {msg}" + (f"  [{sources[k]}]" if k in sources else "") for k, msg in problems]
         super().__init__("\n".join([f"invalid configuration{f' ({origin})' if origin else ''}:", *lines]))
@@ -359,7 +521,7 @@ def _describe(tp: Any) -> str:
 def _coerce(value: Any, tp: Any) -> Any:
     """``value`` (from YAML, a dict or the command line's strings) as type ``tp``, or :class:`_BadValue`.
     Strings are parsed; other values must have the type already (ints do for floats, 0/1 for bools)."""
-    if typing.get_origin(tp) is Union:
+    if typing.get_origin(tp) in (Union, types.UnionType):
         arms = typing.get_args(tp)
         if type(None) in arms and (value is None or (isinstance(value, str) and value.strip().lower() in _NULL)):
             return None
@@ -428,20 +590,25 @@ def _check_field(f: dataclasses.Field, value: Any) -> Any:
     if choices and isinstance(value, str):
         key = value.strip().lower()
         if key in md["rejected"]:
-            raise _BadValue(f"{value!r} is not supported here: {md['rejected'][key]}; valid choices: "
-                            f"{', '.join(choices)}")
+            raise _BadValue(
+                f"{value!r} is not supported here: {md['rejected'][key]}; valid choices: {', '.join(choices)}"
+            )
         table = {c.lower(): c for c in choices} | {a.lower(): c for a, c in md["aliases"].items()}
         if key not in table:
-            raise _BadValue(f"{value!r} is not a valid choice; valid choices: {', '.join(choices)}"
-                            + (f" (aliases: {', '.join(md['aliases'])})" if md["aliases"] else "")
-                            + _suggest(value, list(table)))
+            raise _BadValue(
+                f"{value!r} is not a valid choice; valid choices: {', '.join(choices)}"
+                + (f" (aliases: {', '.join(md['aliases'])})" if md["aliases"] else "")
+                + _suggest(value, list(table))
+            )
         return table[key]
     if f.name == "auto_augment" and isinstance(value, str):
         if value.strip().lower() in ("", *_NULL):
             return None
         if problem := _auto_augment_problem(value):
-            raise _BadValue(f"{value!r} is not a timm auto-augment policy: {problem}; e.g. rand-m9-mstd0.5-inc1, "
-                            "augmix-m5-w4, original-mstd0.5, or null for none")
+            raise _BadValue(
+                f"{value!r} is not a timm auto-augment policy: {problem}; e.g. rand-m9-mstd0.5-inc1, "
+                "augmix-m5-w4, original-mstd0.5, or null for none"
+            )
     if isinstance(value, list) and md["length"] is not None and len(value) != md["length"]:
         raise _BadValue(f"expected {md['length']} values, got {value!r}")
     for v in value if isinstance(value, list) else [value]:
@@ -458,8 +625,13 @@ def _auto_augment_problem(policy: str) -> str | None:
     from timm.data import auto_augment as aa  # lazy: imports torch
 
     head, *sections = policy.split("-")
-    build = (aa.rand_augment_transform if head.startswith("rand") else
-             aa.augment_and_mix_transform if head.startswith("augmix") else aa.auto_augment_transform)
+    build = (
+        aa.rand_augment_transform
+        if head.startswith("rand")
+        else aa.augment_and_mix_transform
+        if head.startswith("augmix")
+        else aa.auto_augment_transform
+    )
     try:
         build(policy, None)
     except (AssertionError, ValueError, KeyError, IndexError) as e:  # timm's parser asserts
@@ -497,8 +669,14 @@ def suggest_names(name: str, valid: Collection[str]) -> list[str]:
     return guesses[:3]
 
 
-def unknown_options_error(unknown: Sequence[Any], where: Mapping[Any, str], valid: Collection[str], *,
-                          header: str = "unknown configuration option(s):", listing: str | None = None) -> ConfigError:
+def unknown_options_error(
+    unknown: Sequence[Any],
+    where: Mapping[Any, str],
+    valid: Collection[str],
+    *,
+    header: str = "unknown configuration option(s):",
+    listing: str | None = None,
+) -> ConfigError:
     """The error for ``unknown`` option names: one line each with where it came from and a "did you
     mean" among ``valid``, then the valid names (``listing``, default: the configuration's)."""
     lines = [header]
@@ -519,8 +697,10 @@ def _both_given(canonical: str, names: tuple[str, str], where: tuple[str, str]) 
     """The message for one option given twice in one source, under two of its names."""
     shown = " and ".join(f"{n!r}" + (f" [{w}]" if w else "") for n, w in zip(names, where))
     aliases = [repr(n) for n in dict.fromkeys(names) if n.lstrip("-") != canonical]
-    return (f"option {canonical!r} is given twice, as {shown} ({' and '.join(aliases)} "
-            f"{'is an alias' if len(aliases) == 1 else 'are aliases'} of {canonical!r}); give it once")
+    return (
+        f"option {canonical!r} is given twice, as {shown} ({' and '.join(aliases)} "
+        f"{'is an alias' if len(aliases) == 1 else 'are aliases'} of {canonical!r}); give it once"
+    )
 
 
 def _resolve_aliases(values: Mapping[str, Any], where: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -560,7 +740,8 @@ class _StrictLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first on line {seen[key]})", key_node.start_mark)
+                    None, None, f"duplicate key {key!r} (first on line {seen[key]})", key_node.start_mark
+                )
             seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
 
@@ -594,8 +775,9 @@ def _read_yaml(path: str) -> tuple[dict[str, Any], dict[str, str]]:
     return data, {k: lines.get(k, path) for k in data}
 
 
-def load_config(path: str | os.PathLike[str] | None = None,
-                overrides: Mapping[str, object] | Sequence[str] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike[str] | None = None, overrides: Mapping[str, object] | Sequence[str] | None = None
+) -> Config:
     """Read the YAML at ``path`` (optional), apply ``overrides`` on top (a dict, or command-line tokens
     such as ``["--batch_size", "48", "--amp_level", "O1"]``, parsed by :func:`add_config_arguments`'s
     parser) and validate. Every problem is a ConfigError naming where it came from."""
@@ -646,8 +828,13 @@ class _OptionAction(argparse.Action):
     two names of one option on one command line are an error, as in one YAML file; repeating the
     same spelling keeps the last value, as argparse does."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         spellings: dict[str, str] = vars(namespace).setdefault("_option_spellings", {})
         first = spellings.setdefault(self.dest, option_string or self.dest)
         if option_string is not None and first != option_string:
@@ -659,8 +846,13 @@ def option_rules(f: dataclasses.Field) -> list[str]:
     """What ``--help`` and docs/options.md say about an option besides its doc: choices (and other
     spellings) or range, and its aliases."""
     md, choices = f.metadata, _choices(f)
-    rules = [f"choices: {', '.join(choices)}" + (f" (also {', '.join(md['aliases'])})" if md["aliases"] else "")
-             if choices else f"must be {md['range']}" if md["range"] else ""]
+    rules = [
+        f"choices: {', '.join(choices)}" + (f" (also {', '.join(md['aliases'])})" if md["aliases"] else "")
+        if choices
+        else f"must be {md['range']}"
+        if md["range"]
+        else ""
+    ]
     aliases = [f"--{a}" for a, c in OPTION_ALIASES.items() if c == f.name]
     return [r for r in rules if r] + ([f"alias: {', '.join(aliases)}"] if aliases else [])
 
@@ -670,8 +862,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     with its doc, default and rules as help; aliases (``--lr``) are accepted but named only in their
     option's help. Options not given are absent from the namespace, so the YAML's value is kept: use
     :func:`config_from_args` on ``vars(namespace)``."""
-    parser.add_argument("--config", metavar="PATH", default=None,
-                        help="YAML file with the options (command-line options override it)")
+    parser.add_argument(
+        "--config", metavar="PATH", default=None, help="YAML file with the options (command-line options override it)"
+    )
     hints = typing.get_type_hints(Config)
     group = parser
     for f in dataclasses.fields(Config):

@@ -25,9 +25,17 @@ from torch import nn
 from .errors import ConfigError
 
 __all__ = [
-    "DistInfo", "init_distributed", "shutdown", "is_distributed", "all_reduce_sum", "barrier",
-    "all_gather_objects", "GlooSyncBatchNorm", "convert_sync_batchnorm", "wrap_ddp",
-]  # fmt: skip
+    "DistInfo",
+    "init_distributed",
+    "shutdown",
+    "is_distributed",
+    "all_reduce_sum",
+    "barrier",
+    "all_gather_objects",
+    "GlooSyncBatchNorm",
+    "convert_sync_batchnorm",
+    "wrap_ddp",
+]
 
 
 @dataclass(frozen=True)
@@ -61,10 +69,14 @@ def init_distributed(device: torch.device, expected_world_size: int | None = Non
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if expected_world_size is not None and expected_world_size < 1:
-        raise ConfigError(f"device_num is {expected_world_size}: it must be a count >= 1, or null to follow the "
-                          "launcher (torchrun's WORLD_SIZE)")
+        raise ConfigError(
+            f"device_num is {expected_world_size}: it must be a count >= 1, or null to follow the "
+            "launcher (torchrun's WORLD_SIZE)"
+        )
     if expected_world_size is not None and world != expected_world_size:
-        launcher = f"torchrun started {world} (WORLD_SIZE)" if "WORLD_SIZE" in os.environ else "1 was started (no torchrun)"
+        launcher = (
+            f"torchrun started {world} (WORLD_SIZE)" if "WORLD_SIZE" in os.environ else "1 was started (no torchrun)"
+        )
         raise ConfigError(
             f"device_num is {expected_world_size} but {launcher}: the global batch would not be the one the config "
             f"sets; launch with torchrun --nproc_per_node {expected_world_size}, or set --device_num {world} "
@@ -123,11 +135,19 @@ class _SyncBatchNormFn(torch.autograd.Function):
     float64 and all-reduced, so the result is as accurate as torch's native CPU BatchNorm."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                eps: float, stats_out: list[torch.Tensor]) -> torch.Tensor:  # fmt: skip
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        eps: float,
+        stats_out: list[torch.Tensor],
+    ) -> torch.Tensor:
         c = x.shape[1]
         xf = x.float()
-        local = torch.cat([xf.sum(dim=(0, 2, 3), dtype=torch.float64), xf.new_tensor([x.numel() / c], dtype=torch.float64)])
+        local = torch.cat(
+            [xf.sum(dim=(0, 2, 3), dtype=torch.float64), xf.new_tensor([x.numel() / c], dtype=torch.float64)]
+        )
         total = _sum_over_ranks(local)
         n, mean = total[c], total[:c] / total[c]  # (C,) float64
         centered = xf - mean.float().view(1, c, 1, 1)
@@ -196,9 +216,13 @@ def _swap_batchnorm(module: nn.Module) -> None:
     for name, child in module.named_children():
         if type(child) is nn.BatchNorm2d:
             sync = GlooSyncBatchNorm(
-                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats,
+                child.num_features,
+                child.eps,
+                child.momentum,
+                child.affine,
+                child.track_running_stats,
                 device=child.weight.device if child.affine else None,
-            )  # fmt: skip
+            )
             sync.load_state_dict(child.state_dict())
             sync.train(child.training)
             setattr(module, name, sync)

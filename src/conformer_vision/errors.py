@@ -4,6 +4,7 @@ Every error a user can cause (a bad config value, a broken checkpoint, unreadabl
 `ConformerError`. Entry points catch it and print `str(error)` alone, without a traceback, and exit
 non-zero; anything else escaping is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -87,14 +87,32 @@ def evaluate_dataset(
         log.warning("the model file names no classes: taking class i = the i-th sorted folder of %s", val_root)
     dataset: ImageFolderDataset | ShardDataset
     if isinstance(val_root, ShardSplit):
-        dataset = ShardDataset(val_root, preprocess.eval_transform(), training=False, num_workers=workers,
-                               classes=class_names, num_samples=num_samples, max_bad_fraction=max_bad_files_fraction)
+        dataset = ShardDataset(
+            val_root,
+            preprocess.eval_transform(),
+            training=False,
+            num_workers=workers,
+            classes=class_names,
+            num_samples=num_samples,
+            max_bad_fraction=max_bad_files_fraction,
+        )
     else:
-        dataset = ImageFolderDataset(val_root, preprocess.eval_transform(), classes=class_names,
-                                     num_samples=num_samples, max_bad_fraction=max_bad_files_fraction, bad_policy="drop")
+        dataset = ImageFolderDataset(
+            val_root,
+            preprocess.eval_transform(),
+            classes=class_names,
+            num_samples=num_samples,
+            max_bad_fraction=max_bad_files_fraction,
+            bad_policy="drop",
+        )
     device = getattr(predictor, "device", None)  # a torch.device for TorchPredictor
-    loader = eval_loader(dataset, batch_size, num_workers=workers, prefetch=prefetch,
-                         pin_memory=device is not None and device.type == "cuda")  # fmt: skip
+    loader = eval_loader(
+        dataset,
+        batch_size,
+        num_workers=workers,
+        prefetch=prefetch,
+        pin_memory=device is not None and device.type == "cuda",
+    )
     meter = ClassificationMeter(len(class_names))
     for images, targets in tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False):
         conv, trans = predictor.heads(images)  # (B, K) each
@@ -125,7 +143,7 @@ def _result(
     out["per_class"] = [
         {"class": i, "name": name, "samples": int(samples[i]), "top1": None if math.isnan(acc) else acc}
         for i, (name, acc) in enumerate(zip(class_names, accuracy))
-    ]  # fmt: skip
+    ]
     out["confusion"] = confusion
     out["num_images"] = dataset.num_entries
     out["bad_files"] = [str(p) for p in dataset.bad_files]
@@ -133,8 +151,12 @@ def _result(
     describe = getattr(predictor, "describe", None)
     out["model"] = describe() if describe else type(predictor).__name__
     if dataset.bad_files:
-        log.warning("%d of %d images were unreadable and are not counted in the metrics: %s",
-                    len(dataset.bad_files), dataset.num_entries, out["bad_files"][:5])  # fmt: skip
+        log.warning(
+            "%d of %d images were unreadable and are not counted in the metrics: %s",
+            len(dataset.bad_files),
+            dataset.num_entries,
+            out["bad_files"][:5],
+        )
     return out
 
 

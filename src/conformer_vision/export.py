@@ -72,16 +72,17 @@ from .models.layers import padding_to_multiple
 from .quantize import DEFAULT_CALIBRATION_SIZE, QUANTIZE_MODES, calibration_images, quantize_onnx
 from .runtime import ONNX_INPUT, ONNX_OUTPUTS, OnnxPredictor, TorchPredictor, default_preprocess
 
-__all__ = [
-    "FILE_FORMATS", "ExportWrapper", "export_model", "check_export", "export_metadata", "default_output",
-]  # fmt: skip
+__all__ = ["FILE_FORMATS", "ExportWrapper", "export_model", "check_export", "export_metadata", "default_output"]
 
 log = logging.getLogger("conformer_vision.export")
 
 FILE_FORMATS = {
-    "ONNX": ".onnx", "TORCHSCRIPT": ".torchscript.pt", "EXPORTED_PROGRAM": ".pt2", "SAFETENSORS": ".safetensors",
+    "ONNX": ".onnx",
+    "TORCHSCRIPT": ".torchscript.pt",
+    "EXPORTED_PROGRAM": ".pt2",
+    "SAFETENSORS": ".safetensors",
     "HF_HUB": "",
-}  # fmt: skip
+}
 """Format -> file suffix; HF_HUB writes a folder (default name: the architecture)."""
 EXTRA_FILE = "conformer_vision.json"  # metadata inside TorchScript and .pt2 archives
 RTOL = 1e-4
@@ -113,9 +114,14 @@ def export_metadata(
 ) -> dict[str, Any]:
     """What an exported file says about itself (plain JSON values)."""
     return {
-        "format": FORMAT, "version": VERSION, "arch": arch, "model_args": model.args.to_dict(),
-        "class_names": class_names, "preprocess": preprocess.to_dict(), "outputs": list(ONNX_OUTPUTS),
-    }  # fmt: skip
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": arch,
+        "model_args": model.args.to_dict(),
+        "class_names": class_names,
+        "preprocess": preprocess.to_dict(),
+        "outputs": list(ONNX_OUTPUTS),
+    }
 
 
 def default_output(arch: str, file_format: str) -> Path:
@@ -166,8 +172,13 @@ def export_model(
         check_hub_output(out)
     images = calibration_images(calibration, pre, calibration_size) if quantize == "int8_static" else None
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer = {"ONNX": _write_onnx, "TORCHSCRIPT": _write_torchscript, "EXPORTED_PROGRAM": _write_exported_program,
-              "SAFETENSORS": _write_safetensors, "HF_HUB": _write_hub}[fmt]  # fmt: skip
+    writer = {
+        "ONNX": _write_onnx,
+        "TORCHSCRIPT": _write_torchscript,
+        "EXPORTED_PROGRAM": _write_exported_program,
+        "SAFETENSORS": _write_safetensors,
+        "HF_HUB": _write_hub,
+    }[fmt]
     # Written under its final name inside a hidden folder next to it (archives record their file
     # name), checked there, then moved into place: a reader never sees an unchecked file.
     # Graphs are exported from the inference copy (BatchNorm folded, FCUDown pooling first: fewer
@@ -185,8 +196,14 @@ def export_model(
             float_path.unlink()
         if check:
             try:
-                figures = check_export(tmp, fmt, model, pre, quantized=quantize != "none",
-                                      images=None if images is None else images[:QUANT_CHECK_IMAGES])  # fmt: skip
+                figures = check_export(
+                    tmp,
+                    fmt,
+                    model,
+                    pre,
+                    quantized=quantize != "none",
+                    images=None if images is None else images[:QUANT_CHECK_IMAGES],
+                )
             except BaseException:
                 failed = _keep_rejected(tmp, out)
                 log.error("kept the rejected export as %s for inspection", failed)
@@ -251,12 +268,16 @@ def _check_quantize_options(fmt: str, quantize: str, calibration: str | Path | N
     if quantize not in QUANTIZE_MODES:
         raise ConfigError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
     if quantize != "none" and fmt != "ONNX":
-        raise ConfigError(f"--quantize {quantize} applies to ONNX exports only, not --file_format {fmt}; "
-                          "use --file_format ONNX or drop --quantize")  # fmt: skip
+        raise ConfigError(
+            f"--quantize {quantize} applies to ONNX exports only, not --file_format {fmt}; "
+            "use --file_format ONNX or drop --quantize"
+        )
     if quantize == "int8_static" and calibration is None:
-        raise ConfigError("--quantize int8_static needs calibration images: pass --calibration DIR (a folder or "
-                          "ImageFolder tree of images like the ones the model will see), or use --quantize "
-                          "int8_dynamic, which needs none")  # fmt: skip
+        raise ConfigError(
+            "--quantize int8_static needs calibration images: pass --calibration DIR (a folder or "
+            "ImageFolder tree of images like the ones the model will see), or use --quantize "
+            "int8_dynamic, which needs none"
+        )
     if calibration is not None and quantize != "int8_static":
         raise ConfigError(f"--calibration is used only with --quantize int8_static (got --quantize {quantize})")
 
@@ -271,8 +292,9 @@ def _trace_example() -> torch.Tensor:
     return torch.randn(*TRACE_SHAPE, generator=torch.Generator().manual_seed(0))
 
 
-def _write_onnx(model: nn.Module, meta: dict[str, Any], pre: Preprocess, path: Path, opset: int | None,
-                exporter: str) -> None:  # fmt: skip
+def _write_onnx(
+    model: nn.Module, meta: dict[str, Any], pre: Preprocess, path: Path, opset: int | None, exporter: str
+) -> None:
     import onnx
 
     wrapper = ExportWrapper(model).eval()
@@ -281,8 +303,9 @@ def _write_onnx(model: nn.Module, meta: dict[str, Any], pre: Preprocess, path: P
             _onnx_dynamo(wrapper, path, opset)
         except Exception as e:
             if exporter == "dynamo":
-                raise ConformerError(f"ONNX export (torch.export-based exporter) failed: {str(e)[:500]} "
-                                     "Try --exporter torchscript.") from e  # fmt: skip
+                raise ConformerError(
+                    f"ONNX export (torch.export-based exporter) failed: {str(e)[:500]} Try --exporter torchscript."
+                ) from e
             log.warning("dynamo ONNX exporter failed (%s); falling back to the TorchScript exporter", str(e)[:200])
             exporter = "torchscript"
     if exporter == "torchscript":
@@ -301,9 +324,15 @@ def _onnx_dynamo(wrapper: nn.Module, path: Path, opset: int | None) -> None:
     with warnings.catch_warnings(), _quiet("onnxscript", "onnx_ir", "torch.onnx", "torch.export"):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            wrapper, (_trace_example(),), dynamo=True, input_names=[ONNX_INPUT], output_names=list(ONNX_OUTPUTS),
-            dynamic_shapes={"x": {0: dyn, 2: dyn, 3: dyn}}, opset_version=opset, verbose=False,
-        )  # fmt: skip
+            wrapper,
+            (_trace_example(),),
+            dynamo=True,
+            input_names=[ONNX_INPUT],
+            output_names=list(ONNX_OUTPUTS),
+            dynamic_shapes={"x": {0: dyn, 2: dyn, 3: dyn}},
+            opset_version=opset,
+            verbose=False,
+        )
     program.save(str(path))
 
 
@@ -326,9 +355,15 @@ def _onnx_torchscript(wrapper: nn.Module, path: Path, opset: int | None) -> None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation and tracer warnings (the pad is unconditional)
         torch.onnx.export(
-            wrapper, (_trace_example(),), str(path), dynamo=False, input_names=[ONNX_INPUT],
-            output_names=list(ONNX_OUTPUTS), dynamic_axes=axes, opset_version=opset or 18,
-        )  # fmt: skip
+            wrapper,
+            (_trace_example(),),
+            str(path),
+            dynamo=False,
+            input_names=[ONNX_INPUT],
+            output_names=list(ONNX_OUTPUTS),
+            dynamic_axes=axes,
+            opset_version=opset or 18,
+        )
 
 
 def _name_dynamic_dims(proto: Any) -> None:
@@ -362,8 +397,9 @@ def _write_exported_program(model: nn.Module, meta: dict[str, Any], pre: Preproc
         side = dyn(min=lo, max=8192)
         example, shapes = _trace_example(), {"x": {0: dyn, 2: side, 3: side}}
     else:  # a model for tiny images: only the batch is dynamic
-        log.warning("input size %s is below %d: the exported program takes only that size (batch dynamic)",
-                    pre.input_size, lo)  # fmt: skip
+        log.warning(
+            "input size %s is below %d: the exported program takes only that size (batch dynamic)", pre.input_size, lo
+        )
         example, shapes = torch.randn(2, 3, *pre.input_size), {"x": {0: dyn}}
     with warnings.catch_warnings(), _quiet("torch.export"):
         warnings.simplefilter("ignore")
@@ -430,10 +466,16 @@ def check_export(
                 f"agreement {int(c['same'].sum())}/{len(c['same'])}"
             )
     if quantized and total >= 10 and agree < QUANT_MIN_AGREEMENT * total:
-        raise ConformerError(f"{fmt} int8 export of {path.name}: top-1 agreement with the float model only "
-                             f"{agree}/{total} (< {QUANT_MIN_AGREEMENT:.0%}); the quantisation failed")  # fmt: skip
-    report = {"max_abs_diff": worst_abs, "max_rel_diff": worst_rel, "top1_agree": f"{agree}/{total}",
-              "inputs": [list(x.shape) for x in inputs]}  # fmt: skip
+        raise ConformerError(
+            f"{fmt} int8 export of {path.name}: top-1 agreement with the float model only "
+            f"{agree}/{total} (< {QUANT_MIN_AGREEMENT:.0%}); the quantisation failed"
+        )
+    report = {
+        "max_abs_diff": worst_abs,
+        "max_rel_diff": worst_rel,
+        "top1_agree": f"{agree}/{total}",
+        "inputs": [list(x.shape) for x in inputs],
+    }
     if quantized:
         report.update(quantized=True, images=0 if images is None else len(images))
     return report
@@ -450,9 +492,11 @@ def _compare_outputs(x: torch.Tensor, reference: TorchPredictor, run: Any) -> di
     margin = top2[:, 0] - top2[:, -1] if ref.shape[1] > 1 else torch.full((ref.shape[0],), float("inf"))
     return {
         "diff": max(float((o - r).abs().max()) for o, r in zip(outs, (ref, ref_conv, ref_trans))),
-        "scale": max(float(ref.abs().max()), 1e-6), "margin": margin, "same": outs[0].argmax(1) == ref.argmax(1),
+        "scale": max(float(ref.abs().max()), 1e-6),
+        "margin": margin,
+        "same": outs[0].argmax(1) == ref.argmax(1),
         "finite": all(bool(torch.isfinite(o).all()) for o in outs),
-    }  # fmt: skip
+    }
 
 
 def _float_failure(c: dict[str, Any], rtol: float) -> str | None:
@@ -505,4 +549,3 @@ def _runner(path: Path, fmt: str) -> Any:
 def _torch_run(fn: Any, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     with torch.inference_mode():
         return tuple(t.float() for t in fn(x))
-

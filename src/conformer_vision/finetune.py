@@ -29,8 +29,15 @@ from torch import nn
 
 from .engine import BothHeads
 
-__all__ = ["NUM_STAGES", "STAGE_NAMES", "stage_of", "freeze_stages", "frozen_norms", "describe_frozen",
-           "TrainingModule"]  # fmt: skip
+__all__ = [
+    "NUM_STAGES",
+    "STAGE_NAMES",
+    "stage_of",
+    "freeze_stages",
+    "frozen_norms",
+    "describe_frozen",
+    "TrainingModule",
+]
 
 NUM_STAGES = 5
 """The stem and four stages: ``freeze_stages`` is in 0..NUM_STAGES."""
@@ -86,9 +93,11 @@ def frozen_norms(model: nn.Module, count: int) -> list[nn.Module]:
     """The BatchNorms (any ``_BatchNorm``, SyncBatchNorm included) of stages ``0 .. count-1``."""
     bare = unwrap_model(model)
     depth = _depth(bare)
-    return [m for name, m in bare.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and (s := stage_of(name, depth)) is not None
-            and s < count]  # fmt: skip
+    return [
+        m
+        for name, m in bare.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (s := stage_of(name, depth)) is not None and s < count
+    ]
 
 
 def describe_frozen(count: int) -> str:

@@ -41,9 +41,18 @@ from torch import nn
 from .errors import CheckpointError, ConfigError
 
 __all__ = [
-    "HUB_CONFIG", "HUB_WEIGHTS", "METADATA_KEY", "HubModel", "hub_source", "is_hub_name", "is_hub_folder",
-    "read_hub_metadata", "check_hub_output", "save_hub_folder", "load_hub_model",
-]  # fmt: skip
+    "HUB_CONFIG",
+    "HUB_WEIGHTS",
+    "METADATA_KEY",
+    "HubModel",
+    "hub_source",
+    "is_hub_name",
+    "is_hub_folder",
+    "read_hub_metadata",
+    "check_hub_output",
+    "save_hub_folder",
+    "load_hub_model",
+]
 
 log = logging.getLogger("conformer_vision.hub")
 
@@ -66,8 +75,9 @@ def hub_source(name: str | os.PathLike) -> tuple[str, str] | None:
     if not sep or prefix not in _SOURCES:
         return None
     if not rest:
-        raise ConfigError(f"{text!r} names no model after '{prefix}:'; e.g. local-dir:exports/my_model or "
-                          "hf-hub:user/repo")  # fmt: skip
+        raise ConfigError(
+            f"{text!r} names no model after '{prefix}:'; e.g. local-dir:exports/my_model or hf-hub:user/repo"
+        )
     return _SOURCES[prefix], rest
 
 
@@ -102,23 +112,25 @@ def check_hub_output(folder: str | os.PathLike, what: str = "--output") -> bool:
 
     path = Path(folder)
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"{what} {path} is a file; the HF_HUB format writes a folder (config.json + "
-                          "model.safetensors): give a new folder name")  # fmt: skip
+        raise ConfigError(
+            f"{what} {path} is a file; the HF_HUB format writes a folder (config.json + "
+            "model.safetensors): give a new folder name"
+        )
     check_output_dir(path, what)
     entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
     if not entries:
         return False
     if read_hub_metadata(path).get("format") != FORMAT:
         shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-        raise ConfigError(f"{what} {path} is a folder that holds files conformer-vision did not write ({shown}); "
-                          "the HF_HUB export writes into a new or empty folder, or replaces a hub folder it wrote "
-                          "itself: give another folder")  # fmt: skip
+        raise ConfigError(
+            f"{what} {path} is a folder that holds files conformer-vision did not write ({shown}); "
+            "the HF_HUB export writes into a new or empty folder, or replaces a hub folder it wrote "
+            "itself: give another folder"
+        )
     return True
 
 
-def save_hub_folder(
-    model: nn.Module, folder: str | os.PathLike, meta: Mapping[str, Any], preprocess: Any
-) -> Path:
+def save_hub_folder(model: nn.Module, folder: str | os.PathLike, meta: Mapping[str, Any], preprocess: Any) -> Path:
     """Write ``model`` (a Conformer) as a hub folder at ``folder`` (created; must not exist yet:
     the export writes into a fresh temporary folder and moves the files into place).
 
@@ -136,17 +148,23 @@ def save_hub_folder(
     if not getattr(model, "pretrained_cfg", None):  # a Conformer built directly, not through timm's factory
         model.pretrained_cfg = resolve_pretrained_cfg(arch).to_dict()
     header = {k: json.dumps(v) for k, v in meta.items() if k != "outputs"}
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path / HUB_WEIGHTS),
-              metadata=header)  # fmt: skip
+    save_file(
+        {k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path / HUB_WEIGHTS), metadata=header
+    )
     model_args = {k: v for k, v in dict(meta["model_args"]).items() if k not in _NOT_ARGS and v is not None}
-    data_config = {"input_size": (3, *preprocess.input_size), "interpolation": preprocess.interpolation,
-                   "crop_pct": preprocess.crop_pct, "mean": tuple(preprocess.mean),
-                   "std": tuple(preprocess.std)}  # fmt: skip
+    data_config = {
+        "input_size": (3, *preprocess.input_size),
+        "interpolation": preprocess.interpolation,
+        "crop_pct": preprocess.crop_pct,
+        "mean": tuple(preprocess.mean),
+        "std": tuple(preprocess.std),
+    }
     model_config: dict[str, Any] = {"pretrained_cfg": {"architecture": arch}, METADATA_KEY: dict(meta)}
     if meta.get("class_names"):
         model_config["label_names"] = list(meta["class_names"])
-    save_config_for_hf(model, str(path / HUB_CONFIG), model_config=model_config, model_args=model_args,
-                       data_config=data_config)  # fmt: skip
+    save_config_for_hf(
+        model, str(path / HUB_CONFIG), model_config=model_config, model_args=model_args, data_config=data_config
+    )
     return path
 
 
@@ -166,10 +184,7 @@ class HubModel:
 
 
 def load_hub_model(
-    name: str | os.PathLike,
-    explicit: Mapping[str, Any] | None = None,
-    *,
-    variant: str | None = None,
+    name: str | os.PathLike, explicit: Mapping[str, Any] | None = None, *, variant: str | None = None
 ) -> HubModel:
     """Rebuild the Conformer of ``name`` (``local-dir:FOLDER``, a bare folder path, or
     ``hf-hub:user/repo``) with its weights.
@@ -191,8 +206,10 @@ def load_hub_model(
     try:
         arch = canonical_name(arch)
     except ValueError:
-        raise CheckpointError(f"{label} holds a timm '{arch}' model, not a Conformer variant; give a hub folder "
-                              "exported by `conformer export --file_format HF_HUB`") from None  # fmt: skip
+        raise CheckpointError(
+            f"{label} holds a timm '{arch}' model, not a Conformer variant; give a hub folder "
+            "exported by `conformer export --file_format HF_HUB`"
+        ) from None
     stored = {k: v for k, v in stored.items() if k in ConformerArgs.__dataclass_fields__}
     held_classes = int(pretrained_cfg.get("num_classes") or stored.get("num_classes") or 1000)
     stored.setdefault("num_classes", held_classes)
@@ -204,8 +221,13 @@ def load_hub_model(
         raise CheckpointError(f"{label}: timm could not build its model ({str(e)[:300]})") from None
     load_state_dict_strict(model, _read_weights(*source, label), source=label)
     names = _label_names(pretrained_cfg.get("label_names"), held_classes)
-    return HubModel(model=model, arch=arch, class_names=names, preprocess=_preprocess(source, pretrained_cfg),
-                    num_classes=held_classes)  # fmt: skip
+    return HubModel(
+        model=model,
+        arch=arch,
+        class_names=names,
+        preprocess=_preprocess(source, pretrained_cfg),
+        num_classes=held_classes,
+    )
 
 
 def _read_config(kind: str, ident: str, label: str) -> tuple[dict[str, Any], str, dict[str, Any]]:
@@ -216,24 +238,34 @@ def _read_config(kind: str, ident: str, label: str) -> tuple[dict[str, Any], str
         folder = Path(ident)
         if not folder.is_dir():
             what = "is a file, not a hub folder" if folder.exists() else "does not exist"
-            raise CheckpointError(f"{label}: {folder} {what}; give a folder written by "
-                                  "`conformer export --file_format HF_HUB` (config.json + model.safetensors)")
+            raise CheckpointError(
+                f"{label}: {folder} {what}; give a folder written by "
+                "`conformer export --file_format HF_HUB` (config.json + model.safetensors)"
+            )
         if not (folder / HUB_CONFIG).is_file():
             present = ", ".join(sorted(p.name for p in folder.iterdir())[:6]) or "nothing"
-            raise CheckpointError(f"{label}: {folder} is not a hub folder: it has no {HUB_CONFIG} (found: {present}); "
-                                  "give a folder written by `conformer export --file_format HF_HUB`")  # fmt: skip
+            raise CheckpointError(
+                f"{label}: {folder} is not a hub folder: it has no {HUB_CONFIG} (found: {present}); "
+                "give a folder written by `conformer export --file_format HF_HUB`"
+            )
     try:
         if kind == "local-dir":
             pretrained_cfg, arch, model_args = load_model_config_from_path(ident)
         else:
             pretrained_cfg, arch, model_args = load_model_config_from_hf(ident)
     except (ValueError, KeyError, TypeError) as e:  # JSON errors are ValueErrors
-        raise CheckpointError(f"{label}: its {HUB_CONFIG} is not a timm model config ({type(e).__name__}: "
-                              f"{str(e)[:200]})") from None  # fmt: skip
+        raise CheckpointError(
+            f"{label}: its {HUB_CONFIG} is not a timm model config ({type(e).__name__}: {str(e)[:200]})"
+        ) from None
     except Exception as e:  # the Hub client's own errors: no network, unknown repository, ...
-        raise CheckpointError(f"{label}: could not read its {HUB_CONFIG} ({type(e).__name__}: {str(e)[:300]})"
-                              + ("; set HF_TOKEN for a private repository, or download it and use local-dir:FOLDER"
-                                 if kind == "hf-hub" else "")) from None  # fmt: skip
+        raise CheckpointError(
+            f"{label}: could not read its {HUB_CONFIG} ({type(e).__name__}: {str(e)[:300]})"
+            + (
+                "; set HF_TOKEN for a private repository, or download it and use local-dir:FOLDER"
+                if kind == "hf-hub"
+                else ""
+            )
+        ) from None
     return dict(pretrained_cfg), str(arch), dict(model_args or {})
 
 
@@ -248,8 +280,10 @@ def _read_weights(kind: str, ident: str, label: str) -> dict[str, torch.Tensor]:
         else:
             sd = load_state_dict_from_hf(ident, weights_only=True)
     except Exception as e:  # no weights file, a truncated one, a pickle that weights_only refuses, the Hub client
-        raise CheckpointError(f"{label}: could not read its weights ({type(e).__name__}: {str(e)[:300]}); a hub "
-                              f"folder needs {HUB_WEIGHTS}") from None  # fmt: skip
+        raise CheckpointError(
+            f"{label}: could not read its weights ({type(e).__name__}: {str(e)[:300]}); a hub "
+            f"folder needs {HUB_WEIGHTS}"
+        ) from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{label}: its weights file does not hold a state dict of tensors")
     return sd

@@ -53,9 +53,9 @@ class ClassificationMeter:
             top1, top5 = topk_correct(logits, target)
             self.sums[head] += torch.tensor([float(loss), top1, top5], dtype=torch.float64)
         pred = outputs["fused"].argmax(1)
-        self.confusion += torch.bincount(
-            target * self.num_classes + pred, minlength=self.num_classes**2
-        ).reshape(self.num_classes, self.num_classes)
+        self.confusion += torch.bincount(target * self.num_classes + pred, minlength=self.num_classes**2).reshape(
+            self.num_classes, self.num_classes
+        )
         self.count += int(target.numel())
 
     def all_reduce(self) -> None:

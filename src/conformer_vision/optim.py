@@ -61,8 +61,9 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | Non
     if layer_decay is not None:
         from timm.optim import param_groups_layer_decay
 
-        groups = param_groups_layer_decay(bare, weight_decay=weight_decay, no_weight_decay_list=skip,
-                                          layer_decay=layer_decay)  # fmt: skip
+        groups = param_groups_layer_decay(
+            bare, weight_decay=weight_decay, no_weight_decay_list=skip, layer_decay=layer_decay
+        )
         return sorted(groups, key=lambda g: (-g["lr_scale"], g["weight_decay"] == 0.0))
     decay, no_decay = [], []
     for name, p in bare.named_parameters():

@@ -178,13 +178,16 @@ def _is_number(v: Any) -> bool:
 # (label, record kind, key, line style, colour) per panel; EMA copies are added when present.
 Curve = tuple[str, str, str, str, str]
 _LOSS_CURVES: list[Curve] = [
-    ("train loss", "train", "loss", "-", "C0"), ("val loss (fused)", "val", "Loss", "o-", "C1"),
-    ("val conv_loss", "val", "conv_loss", "s--", "C2"), ("val trans_loss", "val", "trans_loss", "^--", "C3"),
-]  # fmt: skip
+    ("train loss", "train", "loss", "-", "C0"),
+    ("val loss (fused)", "val", "Loss", "o-", "C1"),
+    ("val conv_loss", "val", "conv_loss", "s--", "C2"),
+    ("val trans_loss", "val", "trans_loss", "^--", "C3"),
+]
 _TOP1_CURVES: list[Curve] = [
-    ("fused", "val", "Top1-Acc", "o-", "C1"), ("CNN head", "val", "conv_top1", "s--", "C2"),
+    ("fused", "val", "Top1-Acc", "o-", "C1"),
+    ("CNN head", "val", "conv_top1", "s--", "C2"),
     ("transformer head", "val", "trans_top1", "^--", "C3"),
-]  # fmt: skip
+]
 
 
 def plot_training_curves(run_dir_or_metrics_jsonl: str | Path, path: str | Path | None = None) -> Path:

@@ -82,11 +82,7 @@ class _ImageFiles(Dataset):
 
 
 def predict_paths(
-    predictor: Predictor,
-    paths: Sequence[str | Path],
-    topk: int = 1,
-    batch_size: int = 32,
-    workers: int = 0,
+    predictor: Predictor, paths: Sequence[str | Path], topk: int = 1, batch_size: int = 32, workers: int = 0
 ) -> tuple[dict[str, Prediction], dict[str, str]]:
     """Top-k predictions of the fused logits for each image file.
 
@@ -118,7 +114,7 @@ def predict_paths(
             results[str(files[int(index[j])])] = [
                 {"class": int(c), "name": names[int(c)] if names else str(int(c)), "prob": float(p)}
                 for p, c in zip(top.values[row], top.indices[row])
-            ]  # fmt: skip
+            ]
     order = {str(f): i for i, f in enumerate(files)}
     return dict(sorted(results.items(), key=lambda kv: order[kv[0]])), errors
 
@@ -145,5 +141,6 @@ def write_json(doc: dict[str, Any], path: str | Path) -> Path:
     try:
         return write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
     except OSError as e:
-        raise ConformerError(f"could not write {path}: {e.strerror or e}; nothing was replaced: choose another "
-                             "--output") from None
+        raise ConformerError(
+            f"could not write {path}: {e.strerror or e}; nothing was replaced: choose another --output"
+        ) from None

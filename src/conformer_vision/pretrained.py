@@ -39,8 +39,8 @@ import http.client
 import logging
 import os
 import re
-import sys
 import secrets
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -55,10 +55,22 @@ if TYPE_CHECKING:
     from .checkpoint import LoadedModel
 
 __all__ = [
-    "IMAGENET", "PUBLISHED", "PublishedWeights", "URL_BASE_ENV", "TIMEOUT_ENV", "DEFAULT_TIMEOUT_S", "DownloadError",
-    "no_weights_message", "is_imagenet_name", "published_variant", "weights_url", "cache_path",
-    "fetch", "imagenet_class_names", "load_published",
-]  # fmt: skip
+    "IMAGENET",
+    "PUBLISHED",
+    "PublishedWeights",
+    "URL_BASE_ENV",
+    "TIMEOUT_ENV",
+    "DEFAULT_TIMEOUT_S",
+    "DownloadError",
+    "no_weights_message",
+    "is_imagenet_name",
+    "published_variant",
+    "weights_url",
+    "cache_path",
+    "fetch",
+    "imagenet_class_names",
+    "load_published",
+]
 
 log = logging.getLogger("conformer_vision.pretrained")
 
@@ -91,9 +103,11 @@ class PublishedWeights:
 PUBLISHED: dict[str, PublishedWeights] = {
     "conformer_tiny_patch16": PublishedWeights("conformer-tiny-p16_3rdparty_8xb128_in1k_20211206-f6860372.pth", 81.31),
     "conformer_small_patch32": PublishedWeights("conformer-small-p32_8xb128_in1k_20211206-947a0816.pth", 81.96),
-    "conformer_small_patch16": PublishedWeights("conformer-small-p16_3rdparty_8xb128_in1k_20211206-3065dcf5.pth", 83.32),
+    "conformer_small_patch16": PublishedWeights(
+        "conformer-small-p16_3rdparty_8xb128_in1k_20211206-3065dcf5.pth", 83.32
+    ),
     "conformer_base_patch16": PublishedWeights("conformer-base-p16_3rdparty_8xb128_in1k_20211206-bfdf8637.pth", 83.82),
-}  # fmt: skip
+}
 """Variant -> its ImageNet-1k weights (1000 classes, 224 px, bicubic, crop 0.875, ImageNet mean/std)."""
 
 
@@ -103,9 +117,11 @@ class DownloadError(CheckpointError):
 
 def no_weights_message(variant: str) -> str:
     """Why ``pretrained=True`` cannot load anything for ``variant``, and what to do instead."""
-    return (f"no weights are downloaded for {variant}: it has no published weights (published: "
-            f"{', '.join(PUBLISHED)}); pass pretrained=PATH to a checkpoint file (the authors', mmpretrain's, "
-            "safetensors or this project's)")  # fmt: skip
+    return (
+        f"no weights are downloaded for {variant}: it has no published weights (published: "
+        f"{', '.join(PUBLISHED)}); pass pretrained=PATH to a checkpoint file (the authors', mmpretrain's, "
+        "safetensors or this project's)"
+    )
 
 
 def is_imagenet_name(value: Any) -> bool:
@@ -115,8 +131,10 @@ def is_imagenet_name(value: Any) -> bool:
     if not isinstance(value, (str, os.PathLike)) or os.fspath(value).lower() != IMAGENET:
         return False
     if Path(value).exists():
-        raise ConfigError(f"'{os.fspath(value)}' names the published ImageNet weights, but there is also a file or "
-                          f"folder '{os.fspath(value)}' here: give that file's full path, or move it")  # fmt: skip
+        raise ConfigError(
+            f"'{os.fspath(value)}' names the published ImageNet weights, but there is also a file or "
+            f"folder '{os.fspath(value)}' here: give that file's full path, or move it"
+        )
     return True
 
 
@@ -133,8 +151,10 @@ def published_variant(arch: str | None, what: str = "--arch") -> str:
     except ValueError as e:
         raise ConfigError(f"{what}: {e}") from None
     if variant not in PUBLISHED:
-        raise ConfigError(f"{what} {arch} has no published ImageNet weights (published: {choices}); pick one of "
-                          "those, or give a weights file")  # fmt: skip
+        raise ConfigError(
+            f"{what} {arch} has no published ImageNet weights (published: {choices}); pick one of "
+            "those, or give a weights file"
+        )
     return variant
 
 
@@ -208,9 +228,11 @@ def fetch(
 
 
 def _local_copy_hint(dst: Path) -> str:
-    return (f"nothing was cached at {dst}. Without internet access, copy the file there, or pass a local copy: "
-            "pretrained_cfg_overlay=dict(file=PATH) in Python, --pretrained PATH on the command line "
-            f"(a mirror: set {URL_BASE_ENV})")  # fmt: skip
+    return (
+        f"nothing was cached at {dst}. Without internet access, copy the file there, or pass a local copy: "
+        "pretrained_cfg_overlay=dict(file=PATH) in Python, --pretrained PATH on the command line "
+        f"(a mirror: set {URL_BASE_ENV})"
+    )
 
 
 def _download(url: str, dst: Path, timeout: float, progress: bool) -> None:
@@ -223,8 +245,9 @@ def _download(url: str, dst: Path, timeout: float, progress: bool) -> None:
         # os.open with 0o666: the umask decides the mode, as for torch.hub's downloads (mkstemp: 0600)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as e:
-        raise DownloadError(f"cannot write to the cache folder {dst.parent} ({e.strerror or e}); set TORCH_HOME "
-                            "to a writable folder") from None  # fmt: skip
+        raise DownloadError(
+            f"cannot write to the cache folder {dst.parent} ({e.strerror or e}); set TORCH_HOME to a writable folder"
+        ) from None
     try:
         with os.fdopen(fd, "wb") as out:
             digest, size, expected = _stream(url, out, timeout, progress)
@@ -232,8 +255,10 @@ def _download(url: str, dst: Path, timeout: float, progress: bool) -> None:
             raise DownloadError(f"the connection closed after {size} of {expected} bytes (a truncated download)")
         want = _hash_prefix(dst.name)
         if want is not None and not digest.startswith(want):
-            raise DownloadError(f"the file's SHA-256 is {digest[:16]}..., not the {want}... its name promises (a "
-                                "damaged download, or a mirror serving another file)")  # fmt: skip
+            raise DownloadError(
+                f"the file's SHA-256 is {digest[:16]}..., not the {want}... its name promises (a "
+                "damaged download, or a mirror serving another file)"
+            )
         os.replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -328,5 +353,10 @@ def load_published(arch: str | None, what: str = "--arch", **overrides: Any) -> 
 
     variant = published_variant(arch, what)
     model = create_model(variant, pretrained=True, **overrides).eval()
-    return LoadedModel(model=model, arch=variant, class_names=imagenet_class_names(model.num_classes),
-                       preprocess=default_preprocess(model).to_dict(), layout="mmpretrain")  # fmt: skip
+    return LoadedModel(
+        model=model,
+        arch=variant,
+        class_names=imagenet_class_names(model.num_classes),
+        preprocess=default_preprocess(model).to_dict(),
+        layout="mmpretrain",
+    )

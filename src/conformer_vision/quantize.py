@@ -45,8 +45,14 @@ from .data.images import list_images, load_rgb
 from .data.transforms import Preprocess, preprocess_image
 from .errors import ConfigError, ConformerError, DataError, ImageDecodeError
 
-__all__ = ["QUANTIZE_MODES", "DEFAULT_CALIBRATION_SIZE", "quantize_onnx", "calibration_files", "calibration_images",
-           "integer_ops"]  # fmt: skip
+__all__ = [
+    "QUANTIZE_MODES",
+    "DEFAULT_CALIBRATION_SIZE",
+    "quantize_onnx",
+    "calibration_files",
+    "calibration_images",
+    "integer_ops",
+]
 
 log = logging.getLogger("conformer_vision.quantize")
 
@@ -76,20 +82,27 @@ def quantize_onnx(
         raise ConfigError(f"quantize mode must be one of {', '.join(QUANTIZE_MODES[1:])}, got {mode!r}")
     with _quiet():
         if mode == "int8_dynamic":
-            quantize_dynamic(str(source), str(output), op_types_to_quantize=DYNAMIC_OP_TYPES,
-                             weight_type=QuantType.QInt8)  # fmt: skip
+            quantize_dynamic(
+                str(source), str(output), op_types_to_quantize=DYNAMIC_OP_TYPES, weight_type=QuantType.QInt8
+            )
         else:
             if calibration is None or len(calibration) == 0:
                 raise ConfigError("int8_static quantisation needs calibration images")
             model = onnx.load(str(source))
             weight_matmuls = _weight_matmuls(model)
             quantize_static(
-                model, str(output), _CalibrationReader(calibration, model.graph.input[0].name),
-                quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"], nodes_to_quantize=weight_matmuls,
-                per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                model,
+                str(output),
+                _CalibrationReader(calibration, model.graph.input[0].name),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=["MatMul"],
+                nodes_to_quantize=weight_matmuls,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
                 extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"]},
-            )  # fmt: skip
+            )
     _copy_metadata(source, output, mode)
     return output
 
@@ -176,15 +189,19 @@ def calibration_files(folder: str | Path, size: int = DEFAULT_CALIBRATION_SIZE) 
     if size < 1:
         raise ConfigError(f"--calibration_size must be >= 1, got {size}")
     if not folder.is_dir():
-        raise DataError(f"calibration folder {folder} does not exist or is not a folder; "
-                        "pass --calibration DIR with a few dozen images like the ones the model will see")  # fmt: skip
+        raise DataError(
+            f"calibration folder {folder} does not exist or is not a folder; "
+            "pass --calibration DIR with a few dozen images like the ones the model will see"
+        )
     try:
         files = list_images(folder, recursive=True)
     except OSError as e:
         raise DataError(f"cannot list calibration folder {folder}: {e.strerror or e}") from None
     if not files:
-        raise DataError(f"calibration folder {folder} holds no images (.jpg, .png, ...); "
-                        "put a few dozen representative images in it (sub-folders are searched)")  # fmt: skip
+        raise DataError(
+            f"calibration folder {folder} holds no images (.jpg, .png, ...); "
+            "put a few dozen representative images in it (sub-folders are searched)"
+        )
     groups: dict[Path, list[Path]] = {}
     for f in sorted(files):
         groups.setdefault(f.parent, []).append(f)
@@ -206,6 +223,8 @@ def calibration_images(
     for e in bad[:5]:
         log.warning("calibration: skipped %s", e)
     if not images:
-        raise DataError(f"none of the {len(bad)} calibration images in {folder} could be read "
-                        f"(first: {bad[0].reason}); pass a folder of readable images")  # fmt: skip
+        raise DataError(
+            f"none of the {len(bad)} calibration images in {folder} could be read "
+            f"(first: {bad[0].reason}); pass a folder of readable images"
+        )
     return torch.stack(images)

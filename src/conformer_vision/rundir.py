@@ -41,9 +41,7 @@ from typing import Any
 from .errors import ConfigError
 from .serialization import write_text_atomic
 
-__all__ = [
-    "MANIFEST_NAME", "LOCK_NAME", "OwnedFiles", "RunManifest", "run_dir_for", "hold_run_lock",
-]  # fmt: skip
+__all__ = ["MANIFEST_NAME", "LOCK_NAME", "OwnedFiles", "RunManifest", "run_dir_for", "hold_run_lock"]
 
 log = logging.getLogger("conformer_vision.train")
 
@@ -101,8 +99,9 @@ class OwnedFiles:
 class RunManifest(OwnedFiles):
     """The manifest of a run directory (module docstring); every change is written at once."""
 
-    def __init__(self, run_dir: str | Path, arch: str, model_postfix: str, files: Iterable[str | Path] = (), *,
-                 save: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self, run_dir: str | Path, arch: str, model_postfix: str, files: Iterable[str | Path] = (), *, save: bool = True
+    ) -> None:
         super().__init__(files)
         self.run_dir = absolute(run_dir)
         self.arch, self.model_postfix = arch, str(model_postfix)
@@ -125,8 +124,10 @@ class RunManifest(OwnedFiles):
             arch, postfix = str(data["arch"]), str(data["model_postfix"])
             entries, written_in = [str(f) for f in data["files"]], str(data["run_dir"])
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"{path} is not a readable run manifest ({e}); it lists the files a run may remove, so "
-                              "nothing is done without it: restore it, or choose another ckpt_root_dir") from None
+            raise ConfigError(
+                f"{path} is not a readable run manifest ({e}); it lists the files a run may remove, so "
+                "nothing is done without it: restore it, or choose another ckpt_root_dir"
+            ) from None
         moved = absolute(written_in) != run_dir
         files = []
         for entry in entries:
@@ -135,8 +136,12 @@ class RunManifest(OwnedFiles):
             elif not moved:
                 files.append(Path(entry))
             else:  # a copied run directory: absolute paths still name the original run's files
-                log.info("%s was written in %s: %s (outside the run directory) is not taken as this run's", path,
-                         written_in, entry)
+                log.info(
+                    "%s was written in %s: %s (outside the run directory) is not taken as this run's",
+                    path,
+                    written_in,
+                    entry,
+                )
         return cls(run_dir, arch, postfix, files, save=False)
 
     @property
@@ -157,8 +162,15 @@ class RunManifest(OwnedFiles):
     def save(self) -> None:
         """Write the manifest atomically (a crash leaves the previous version)."""
         entries = [str(p.relative_to(self.run_dir)) if p.is_relative_to(self.run_dir) else str(p) for p in self.files()]
-        data: dict[str, Any] = {"format": FORMAT, "version": VERSION, "run_dir": str(self.run_dir), "arch": self.arch,
-                                "model_postfix": self.model_postfix, "prefix": self.prefix, "files": entries}  # fmt: skip
+        data: dict[str, Any] = {
+            "format": FORMAT,
+            "version": VERSION,
+            "run_dir": str(self.run_dir),
+            "arch": self.arch,
+            "model_postfix": self.model_postfix,
+            "prefix": self.prefix,
+            "files": entries,
+        }
         write_text_atomic(self.path, json.dumps(data, indent=1) + "\n")
 
 
@@ -172,8 +184,10 @@ def hold_run_lock(run_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(f"another conformer train process is writing the run in {run_dir} (it holds "
-                              f"{run_dir / LOCK_NAME}); wait for it to end, or choose another ckpt_root_dir") from None
+            raise ConfigError(
+                f"another conformer train process is writing the run in {run_dir} (it holds "
+                f"{run_dir / LOCK_NAME}); wait for it to end, or choose another ckpt_root_dir"
+            ) from None
         yield
     finally:
         os.close(fd)

@@ -121,8 +121,17 @@ class RunLog:
             mean, rate = self._print_acc.take(now)
             self._bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}", refresh=False)
             log.info("epoch %d step %d: loss %.4f lr %.3e %.1f img/s", epoch + 1, step, mean, lr, rate)
-            self.write({"kind": "train", "epoch": epoch + 1, "step": step, "loss": mean, "lr": lr,
-                        "images_per_s": rate, **scalars})
+            self.write(
+                {
+                    "kind": "train",
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "loss": mean,
+                    "lr": lr,
+                    "images_per_s": rate,
+                    **scalars,
+                }
+            )
 
     def val(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
         """Validation results after epoch index ``epoch`` (``ClassificationMeter`` summary keys,
@@ -134,15 +143,22 @@ class RunLog:
                 continue
             self._tb.add_scalar(f"val/{key}", value, step)
         self._tb.flush()
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("Loss", "Top1-Acc", "Top5-Acc", "ema_Top1-Acc"))
+        shown = ", ".join(
+            f"{k} {v:.4f}" for k, v in metrics.items() if k in ("Loss", "Top1-Acc", "Top5-Acc", "ema_Top1-Acc")
+        )
         log.info("epoch %d step %d: eval %s", epoch + 1, step, shown)
         self.write({"kind": "val", "epoch": epoch + 1, "step": step, **metrics})
 
     def write(self, record: dict[str, Any]) -> None:
         if self._jsonl is None:
             return
-        record = {"kind": record["kind"], "epoch": record["epoch"], "step": record["step"], "time": time.time(),
-                  **{k: v for k, v in record.items() if k not in ("kind", "epoch", "step")}}
+        record = {
+            "kind": record["kind"],
+            "epoch": record["epoch"],
+            "step": record["step"],
+            "time": time.time(),
+            **{k: v for k, v in record.items() if k not in ("kind", "epoch", "step")},
+        }
         self._jsonl.write(json.dumps(_jsonable(record)) + "\n")
         self._jsonl.flush()
 

@@ -35,9 +35,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from torch import nn
-
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch import nn
 
 from . import precision
 from .data.transforms import Preprocess
@@ -49,9 +48,20 @@ AMP_LEVELS: dict[str, torch.dtype | None] = {
 """Every ``amp_level`` name (the table in ``precision``) -> its autocast dtype (None = float32, no autocast)."""
 
 __all__ = [
-    "Predictor", "TorchPredictor", "OnnxPredictor", "open_predictor", "with_imagenet_names", "default_preprocess",
-    "resolve_device", "amp_dtype", "AMP_LEVELS", "onnx_providers", "ONNX_INPUT", "ONNX_OUTPUTS", "ONNX_METADATA_KEYS",
-]  # fmt: skip
+    "Predictor",
+    "TorchPredictor",
+    "OnnxPredictor",
+    "open_predictor",
+    "with_imagenet_names",
+    "default_preprocess",
+    "resolve_device",
+    "amp_dtype",
+    "AMP_LEVELS",
+    "onnx_providers",
+    "ONNX_INPUT",
+    "ONNX_OUTPUTS",
+    "ONNX_METADATA_KEYS",
+]
 
 log = logging.getLogger("conformer_vision.runtime")
 
@@ -142,8 +152,9 @@ def resolve_device(
         dev = torch.device("cuda", dev.index if dev.index is not None else index or 0)
         visible = torch.cuda.device_count()
         if dev.index >= visible:
-            raise ConfigError(f"{option} {device}: cuda:{dev.index} requested but only {visible} CUDA device(s) "
-                              "are visible")
+            raise ConfigError(
+                f"{option} {device}: cuda:{dev.index} requested but only {visible} CUDA device(s) are visible"
+            )
     return dev
 
 
@@ -168,8 +179,10 @@ class _Base:
         """ConfigError when the model takes a fixed input size (a foreign ONNX graph) and ``size`` is another."""
         if self.fixed_input_size and tuple(size) != self.fixed_input_size:
             h, w = self.fixed_input_size
-            raise ConfigError(f"{getattr(self, 'path', 'the model')} takes only {h}x{w} images (fixed in the graph), "
-                              f"not {size[0]}x{size[1]}; drop the image size option or give {h} {w}")  # fmt: skip
+            raise ConfigError(
+                f"{getattr(self, 'path', 'the model')} takes only {h}x{w} images (fixed in the graph), "
+                f"not {size[0]}x{size[1]}; drop the image size option or give {h} {w}"
+            )
 
     def describe(self) -> str:
         classes = f"{len(self.class_names)} classes" if self.class_names else "unnamed classes"
@@ -223,8 +236,10 @@ class TorchPredictor(_Base):
         x = torch.as_tensor(batch, dtype=torch.float32).to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(self.device.type, self.amp_dtype or torch.float32,
-                                                    enabled=self.amp_dtype is not None):  # fmt: skip
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None),
+        ):
             conv, trans = self.model.forward_heads(x)  # (B, K) each
         return conv.float().cpu(), trans.float().cpu()
 
@@ -269,12 +284,7 @@ class OnnxPredictor(_Base):
     backend = "onnxruntime"
 
     def __init__(
-        self,
-        path: str | Path,
-        device: str = "CPU",
-        *,
-        preprocess: Preprocess | None = None,
-        threads: int | None = None,
+        self, path: str | Path, device: str = "CPU", *, preprocess: Preprocess | None = None, threads: int | None = None
     ) -> None:
         import onnxruntime as ort
 
@@ -307,11 +317,18 @@ class OnnxPredictor(_Base):
             self.preprocess = _as_preprocess(meta["preprocess"])
         else:
             grey = self.input_channels == 1
-            self.preprocess = grey_preprocess(self.fixed_input_size) if grey else Preprocess(
-                **({"input_size": self.fixed_input_size} if self.fixed_input_size else {}))
-            log.warning("%s has no preprocessing metadata: using %dx%d %s, bicubic, crop 0.875, ImageNet mean/std%s",
-                        self.path, *self.preprocess.input_size, "greyscale" if grey else "RGB",
-                        " (in luma)" if grey else "")  # fmt: skip
+            self.preprocess = (
+                grey_preprocess(self.fixed_input_size)
+                if grey
+                else Preprocess(**({"input_size": self.fixed_input_size} if self.fixed_input_size else {}))
+            )
+            log.warning(
+                "%s has no preprocessing metadata: using %dx%d %s, bicubic, crop 0.875, ImageNet mean/std%s",
+                self.path,
+                *self.preprocess.input_size,
+                "greyscale" if grey else "RGB",
+                " (in luma)" if grey else "",
+            )
         self.check_input_size(self.preprocess.input_size)
 
     @property
@@ -326,15 +343,21 @@ class OnnxPredictor(_Base):
         self.input_name = inp.name
         shape = list(inp.shape)
         if inp.type not in _ONNX_FLOAT_TYPES:
-            raise CheckpointError(f"{self.path} takes {inp.type} input '{inp.name}' {shape}; only float32, float16 "
-                                  "and float64 image inputs (batch, channels, height, width) can be fed images")
+            raise CheckpointError(
+                f"{self.path} takes {inp.type} input '{inp.name}' {shape}; only float32, float16 "
+                "and float64 image inputs (batch, channels, height, width) can be fed images"
+            )
         if len(shape) != 4:
-            raise CheckpointError(f"{self.path} takes input '{inp.name}' of shape {shape}; images need a 4-d input "
-                                  "(batch, channels, height, width)")  # fmt: skip
+            raise CheckpointError(
+                f"{self.path} takes input '{inp.name}' of shape {shape}; images need a 4-d input "
+                "(batch, channels, height, width)"
+            )
         fixed = [d if isinstance(d, int) and d > 0 else None for d in shape]
         if fixed[1] not in (None, 1, 3):
-            raise CheckpointError(f"{self.path} takes {fixed[1]}-channel input '{inp.name}' {shape}; only 1-channel "
-                                  "(greyscale) and 3-channel (RGB) models can be fed images")
+            raise CheckpointError(
+                f"{self.path} takes {fixed[1]}-channel input '{inp.name}' {shape}; only 1-channel "
+                "(greyscale) and 3-channel (RGB) models can be fed images"
+            )
         self._dtype = _ONNX_FLOAT_TYPES[inp.type]
         self.input_channels = fixed[1] or 3
         self.fixed_batch = fixed[0]
@@ -348,8 +371,10 @@ class OnnxPredictor(_Base):
         self._outputs = list(ONNX_OUTPUTS[1:]) if self.has_heads else names[:1]
         first = next(o for o in outputs if o.name == self._outputs[0])
         if first.shape and len(first.shape) != 2:  # an empty shape: not recorded, checked per run
-            raise CheckpointError(f"{self.path}: its output '{first.name}' has shape {list(first.shape)}; "
-                                  "classification logits (batch, classes) are expected")  # fmt: skip
+            raise CheckpointError(
+                f"{self.path}: its output '{first.name}' has shape {list(first.shape)}; "
+                "classification logits (batch, classes) are expected"
+            )
         dims = list(first.shape or [None, None])
         self._num_outputs = dims[1] if isinstance(dims[1], int) and dims[1] > 0 else None
 
@@ -359,14 +384,18 @@ class OnnxPredictor(_Base):
             x = np.tensordot(np.asarray(LUMA, dtype=x.dtype), x, axes=([0], [1]))[:, None]  # (B, 1, H, W)
         x = np.ascontiguousarray(x, dtype=self._dtype)
         if self.fixed_batch:
-            chunks = [self._run(_pad_batch(x[i : i + self.fixed_batch], self.fixed_batch))
-                      for i in range(0, len(x), self.fixed_batch)]  # fmt: skip
+            chunks = [
+                self._run(_pad_batch(x[i : i + self.fixed_batch], self.fixed_batch))
+                for i in range(0, len(x), self.fixed_batch)
+            ]
             out = [np.concatenate([c[k] for c in chunks])[: len(x)] for k in range(len(self._outputs))]
         else:
             out = self._run(x)
         if out[0].ndim != 2:
-            raise CheckpointError(f"{self.path} returned '{self._outputs[0]}' of shape {list(out[0].shape)}; "
-                                  "classification logits (batch, classes) are expected")  # fmt: skip
+            raise CheckpointError(
+                f"{self.path} returned '{self._outputs[0]}' of shape {list(out[0].shape)}; "
+                "classification logits (batch, classes) are expected"
+            )
         conv = torch.from_numpy(np.asarray(out[0], dtype=np.float32))
         trans = torch.from_numpy(np.asarray(out[1], dtype=np.float32)) if self.has_heads else torch.zeros_like(conv)
         return conv, trans
@@ -376,8 +405,9 @@ class OnnxPredictor(_Base):
             return self.session.run(self._outputs, {self.input_name: x})
         except Exception as e:  # onnxruntime's own exception types (InvalidArgument, Fail, ...)
             reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"onnxruntime could not run {self.path} on a batch of shape {list(x.shape)}: "
-                                  f"{reason}") from None
+            raise CheckpointError(
+                f"onnxruntime could not run {self.path} on a batch of shape {list(x.shape)}: {reason}"
+            ) from None
 
 
 def _pad_batch(x: np.ndarray, size: int) -> np.ndarray:
@@ -438,44 +468,59 @@ def open_predictor(
     from .pretrained import is_imagenet_name
 
     if is_imagenet_name(path):
-        predictor = _open_published(arch, device, use_ema, amp_dtype, channels_last, num_classes, contradiction,
-                                    source)  # fmt: skip
+        predictor = _open_published(arch, device, use_ema, amp_dtype, channels_last, num_classes, contradiction, source)
         return _with_image_size(predictor, image_size)
     if is_hub_name(path) or Path(path).is_dir():
-        predictor: TorchPredictor | OnnxPredictor = _open_hub(path, arch, device, use_ema, amp_dtype, channels_last,
-                                                              num_classes, contradiction, source)  # fmt: skip
+        predictor: TorchPredictor | OnnxPredictor = _open_hub(
+            path, arch, device, use_ema, amp_dtype, channels_last, num_classes, contradiction, source
+        )
         return _with_image_size(predictor, image_size)
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
     if path.suffix.lower() == ".onnx":
         if use_ema:
-            raise ConfigError("--use_ema applies to checkpoints; an ONNX file holds one set of weights "
-                              "(export with --use_ema to get the EMA weights into ONNX)")  # fmt: skip
+            raise ConfigError(
+                "--use_ema applies to checkpoints; an ONNX file holds one set of weights "
+                "(export with --use_ema to get the EMA weights into ONNX)"
+            )
         if amp_dtype is not None:
-            raise ConfigError("mixed precision (--amp) applies to checkpoints run by PyTorch; an ONNX file runs "
-                              "in the precision it was exported in (export with --quantize for int8)")  # fmt: skip
+            raise ConfigError(
+                "mixed precision (--amp) applies to checkpoints run by PyTorch; an ONNX file runs "
+                "in the precision it was exported in (export with --quantize for int8)"
+            )
         dev = str(device).lower()
         onnx_dev = "GPU" if dev.startswith(("cuda", "gpu")) else "auto" if dev == "auto" else "CPU"
         onnx = OnnxPredictor(path, onnx_dev, threads=threads)
         if arch is not None and onnx.arch is None and contradiction == "error":
             log.warning("%s does not name its architecture: --arch %s cannot be checked against it", path, arch)
-        check_request(path, {"arch": onnx.arch, "num_classes": onnx.num_classes},
-                      {"arch": arch, "num_classes": num_classes}, contradiction, source)  # fmt: skip
+        check_request(
+            path,
+            {"arch": onnx.arch, "num_classes": onnx.num_classes},
+            {"arch": arch, "num_classes": num_classes},
+            contradiction,
+            source,
+        )
         predictor = onnx
     else:
         from .checkpoint import load_model
 
         try:
-            loaded = load_model(path, arch=arch, num_classes=num_classes, use_ema=use_ema,
-                                contradiction=contradiction, source=source)  # fmt: skip
+            loaded = load_model(
+                path, arch=arch, num_classes=num_classes, use_ema=use_ema, contradiction=contradiction, source=source
+            )
         except ValueError as e:  # an unknown --arch name
             raise ConfigError(str(e)) from None
         pre = _as_preprocess(loaded.preprocess) if loaded.preprocess else None
         predictor = TorchPredictor(
-            loaded.model, device, amp_dtype, class_names=loaded.class_names, preprocess=pre,
-            arch=loaded.arch, channels_last=channels_last,
-        )  # fmt: skip
+            loaded.model,
+            device,
+            amp_dtype,
+            class_names=loaded.class_names,
+            preprocess=pre,
+            arch=loaded.arch,
+            channels_last=channels_last,
+        )
         if pre is None:
             log.info("%s records no preprocessing: using %s", path, predictor.preprocess.to_dict())
     return _with_image_size(predictor, image_size)
@@ -500,9 +545,15 @@ def with_imagenet_names(predictor: TorchPredictor | OnnxPredictor) -> TorchPredi
 
 
 def _open_published(
-    arch: str | None, device: str | torch.device, use_ema: bool, amp_dtype: torch.dtype | None, channels_last: bool,
-    num_classes: int | None, contradiction: str, source: str,
-) -> TorchPredictor:  # fmt: skip
+    arch: str | None,
+    device: str | torch.device,
+    use_ema: bool,
+    amp_dtype: torch.dtype | None,
+    channels_last: bool,
+    num_classes: int | None,
+    contradiction: str,
+    source: str,
+) -> TorchPredictor:
     """The published ImageNet weights of ``arch`` (``pretrained.load_published``: fetched once into
     the torch hub cache) as a ``TorchPredictor`` with their preprocessing (recorded: the variant's
     ``pretrained_cfg``)."""
@@ -512,15 +563,18 @@ def _open_published(
     if use_ema:
         raise ConfigError("--use_ema applies to checkpoints; the published ImageNet weights are one set of weights")
     loaded = load_published(arch)
-    check_request(IMAGENET, {"num_classes": loaded.model.num_classes}, {"num_classes": num_classes}, contradiction,
-                  source)  # fmt: skip
+    check_request(
+        IMAGENET, {"num_classes": loaded.model.num_classes}, {"num_classes": num_classes}, contradiction, source
+    )
     # No class names, as for the authors' files (see with_imagenet_names): eval maps synset folders.
-    return TorchPredictor(loaded.model, device, amp_dtype, preprocess=loaded.preprocess, arch=loaded.arch,
-                          channels_last=channels_last)  # fmt: skip
+    return TorchPredictor(
+        loaded.model, device, amp_dtype, preprocess=loaded.preprocess, arch=loaded.arch, channels_last=channels_last
+    )
 
 
-def _with_image_size(predictor: TorchPredictor | OnnxPredictor,
-                     image_size: int | tuple[int, int] | None) -> TorchPredictor | OnnxPredictor:  # fmt: skip
+def _with_image_size(
+    predictor: TorchPredictor | OnnxPredictor, image_size: int | tuple[int, int] | None
+) -> TorchPredictor | OnnxPredictor:
     """``predictor`` with ``image_size`` as its input size (a fixed-size graph refuses another)."""
     if image_size is not None:
         import dataclasses
@@ -533,18 +587,39 @@ def _with_image_size(predictor: TorchPredictor | OnnxPredictor,
 
 
 def _open_hub(
-    name: str | Path, arch: str | None, device: str | torch.device, use_ema: bool, amp_dtype: torch.dtype | None,
-    channels_last: bool, num_classes: int | None, contradiction: str, source: str,
-) -> TorchPredictor:  # fmt: skip
+    name: str | Path,
+    arch: str | None,
+    device: str | torch.device,
+    use_ema: bool,
+    amp_dtype: torch.dtype | None,
+    channels_last: bool,
+    num_classes: int | None,
+    contradiction: str,
+    source: str,
+) -> TorchPredictor:
     """A hub folder or repository as a ``TorchPredictor`` (``open_predictor``)."""
     from .checkpoint import check_request
     from .hub import load_hub_model
 
     if use_ema:
-        raise ConfigError("--use_ema applies to checkpoints; a hub folder holds one set of weights "
-                          "(export with --use_ema to get the EMA weights into it)")  # fmt: skip
+        raise ConfigError(
+            "--use_ema applies to checkpoints; a hub folder holds one set of weights "
+            "(export with --use_ema to get the EMA weights into it)"
+        )
     hub = load_hub_model(name)
-    check_request(name, {"arch": hub.arch, "num_classes": hub.num_classes},
-                  {"arch": arch, "num_classes": num_classes}, contradiction, source)  # fmt: skip
-    return TorchPredictor(hub.model.eval(), device, amp_dtype, class_names=hub.class_names,
-                          preprocess=hub.preprocess, arch=hub.arch, channels_last=channels_last)  # fmt: skip
+    check_request(
+        name,
+        {"arch": hub.arch, "num_classes": hub.num_classes},
+        {"arch": arch, "num_classes": num_classes},
+        contradiction,
+        source,
+    )
+    return TorchPredictor(
+        hub.model.eval(),
+        device,
+        amp_dtype,
+        class_names=hub.class_names,
+        preprocess=hub.preprocess,
+        arch=hub.arch,
+        channels_last=channels_last,
+    )

@@ -42,11 +42,21 @@ log = logging.getLogger("conformer_vision.checkpoint")
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 # Globals of a plain pickle that only rebuild data (as in torch's own weights-only allow-list).
-_PLAIN_DATA_GLOBALS = {"collections.OrderedDict", "_codecs.encode", "builtins.set", "builtins.frozenset",
-                       "builtins.complex", "builtins.bytearray", "builtins.slice", "builtins.range"}  # fmt: skip
+_PLAIN_DATA_GLOBALS = {
+    "collections.OrderedDict",
+    "_codecs.encode",
+    "builtins.set",
+    "builtins.frozenset",
+    "builtins.complex",
+    "builtins.bytearray",
+    "builtins.slice",
+    "builtins.range",
+}
 _SNIFF_BYTES = 4096
-_TRUSTED_RESAVE = ("if you trust the file, load it with torch.load(weights_only=False) in a trusted environment and "
-                      "re-save its state dict with torch.save(state_dict, path), or convert it to .safetensors")
+_TRUSTED_RESAVE = (
+    "if you trust the file, load it with torch.load(weights_only=False) in a trusted environment and "
+    "re-save its state dict with torch.save(state_dict, path), or convert it to .safetensors"
+)
 
 
 def numpy_data_globals() -> list[Any]:
@@ -102,8 +112,10 @@ def read_checkpoint(path: str | Path) -> Any:
     elif head[:1] == b"\x80" and not _is_legacy_checkpoint(p):
         _refuse_plain_pickle(p)
     elif head[:1] != b"\x80":
-        raise CheckpointError(f"{p} is not a checkpoint: {_describe_foreign(p, head)}; pass a .pt/.pth file written "
-                              "by torch.save (or a .safetensors file)")  # fmt: skip
+        raise CheckpointError(
+            f"{p} is not a checkpoint: {_describe_foreign(p, head)}; pass a .pt/.pth file written "
+            "by torch.save (or a .safetensors file)"
+        )
     try:
         with torch.serialization.safe_globals(numpy_data_globals()), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")  # the error below says it
@@ -118,8 +130,10 @@ def read_checkpoint(path: str | Path) -> Any:
 
 def _corrupt(p: Path, e: BaseException | str) -> str:
     detail = e if isinstance(e, str) else _first_line(e)
-    return (f"{p} is truncated or corrupt: a PyTorch checkpoint whose content is incomplete or damaged ({detail}); "
-            "copy it again from where it came from, or use another checkpoint")  # fmt: skip
+    return (
+        f"{p} is truncated or corrupt: a PyTorch checkpoint whose content is incomplete or damaged ({detail}); "
+        "copy it again from where it came from, or use another checkpoint"
+    )
 
 
 def _refusal(p: Path, names: list[str], reason: str | None) -> str:
@@ -128,14 +142,18 @@ def _refusal(p: Path, names: list[str], reason: str | None) -> str:
     opcode = re.fullmatch(r"Unsupported operand (\d+)", reason or "")
     if not names and opcode and chr(int(opcode.group(1))) in pickletools.code2op:
         name = pickletools.code2op[chr(int(opcode.group(1)))].name
-        return (f"{p} could not be read: its pickle uses the opcode {name} (pickle protocol 4 or higher, e.g. "
-                "torch.save(..., pickle_protocol=4)), which torch's weights-only loader does not support; "
-                "nothing in it was run. If you trust the file, re-save it with torch.save's default protocol, or convert it to .safetensors")
+        return (
+            f"{p} could not be read: its pickle uses the opcode {name} (pickle protocol 4 or higher, e.g. "
+            "torch.save(..., pickle_protocol=4)), which torch's weights-only loader does not support; "
+            "nothing in it was run. If you trust the file, re-save it with torch.save's default protocol, or convert it to .safetensors"
+        )
     what = f" ({', '.join(names[:5])}{' ...' if len(names) > 5 else ''})" if names else ""
     why = f" (torch's weights-only loader: {reason})" if reason and not names else ""
-    return (f"{p} was refused: it contains Python objects other than tensors and plain values{what}{why}, which "
-            "could run code when loaded (it may be malicious); nothing in it was run. Only weights-only checkpoints "
-            f"are loaded: {_TRUSTED_RESAVE}")  # fmt: skip
+    return (
+        f"{p} was refused: it contains Python objects other than tensors and plain values{what}{why}, which "
+        "could run code when loaded (it may be malicious); nothing in it was run. Only weights-only checkpoints "
+        f"are loaded: {_TRUSTED_RESAVE}"
+    )
 
 
 def _check_torch_zip(p: Path) -> None:
@@ -145,17 +163,22 @@ def _check_torch_zip(p: Path) -> None:
         with zipfile.ZipFile(p) as archive:
             names = archive.namelist()
     except zipfile.BadZipFile:
-        raise CheckpointError(_corrupt(p, "its zip directory is missing or damaged: the end of the file was cut off "
-                                          "or overwritten")) from None
+        raise CheckpointError(
+            _corrupt(p, "its zip directory is missing or damaged: the end of the file was cut off or overwritten")
+        ) from None
     except (OSError, ValueError) as e:
         raise CheckpointError(_corrupt(p, e)) from None
     roots = {n.split("/", 1)[0] for n in names if "/" in n}
     if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
-        kind = ("a TorchScript model (torch.jit.save, e.g. conformer export --file_format TORCHSCRIPT): load it "
-                "with torch.jit.load, or pass the checkpoint it was exported from")  # fmt: skip
+        kind = (
+            "a TorchScript model (torch.jit.save, e.g. conformer export --file_format TORCHSCRIPT): load it "
+            "with torch.jit.load, or pass the checkpoint it was exported from"
+        )
     elif any(n.endswith("/archive_format") for n in names):
-        kind = ("a torch.export program (.pt2, e.g. conformer export --file_format EXPORTED_PROGRAM): load it "
-                "with torch.export.load, or pass the checkpoint it was exported from")  # fmt: skip
+        kind = (
+            "a torch.export program (.pt2, e.g. conformer export --file_format EXPORTED_PROGRAM): load it "
+            "with torch.export.load, or pass the checkpoint it was exported from"
+        )
     elif len(roots) == 1 and f"{roots.pop()}/data.pkl" in names:
         return
     else:
@@ -215,8 +238,10 @@ def _refuse_plain_pickle(p: Path) -> None:
     try:
         names = _pickle_globals(p)
     except Exception as e:
-        raise CheckpointError(f"{p} is truncated or corrupt: a pickle that ends or breaks off early ({_first_line(e)}); "
-                              "copy it again from where it came from, or use another checkpoint") from None
+        raise CheckpointError(
+            f"{p} is truncated or corrupt: a pickle that ends or breaks off early ({_first_line(e)}); "
+            "copy it again from where it came from, or use another checkpoint"
+        ) from None
     code = [n for n in names if n not in _PLAIN_DATA_GLOBALS and n not in _numpy_global_names()]
     if code:
         raise CheckpointError(_refusal(p, code, None))
@@ -258,8 +283,10 @@ def _describe_foreign(p: Path, head: bytes) -> str:
     image = _image_format(p)
     if image:
         return f"it is a {image} image"
-    return (f"its bytes (starting {head[:8].hex(' ')}) are neither a PyTorch checkpoint (zip or pickle) nor a "
-            "known kind of file: another kind of file, or damaged beyond recognition")
+    return (
+        f"its bytes (starting {head[:8].hex(' ')}) are neither a PyTorch checkpoint (zip or pickle) nor a "
+        "known kind of file: another kind of file, or damaged beyond recognition"
+    )
 
 
 def _image_format(p: Path) -> str | None:
@@ -344,15 +371,17 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
         return write_atomic(path, save)
     except (OSError, RuntimeError) as e:
         if not started and isinstance(e, OSError):
-            raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}; check that {path.parent} "
-                                  "is a writable folder") from None
+            raise CheckpointError(
+                f"could not write checkpoint {path}: {e.strerror or e}; check that {path.parent} is a writable folder"
+            ) from None
         # torch.save reports a failed write (disk full, quota, file-size limit) as a RuntimeError
         # from its zip writer ("unexpected pos ..."), not as the OSError underneath.
         reason = e.strerror if isinstance(e, OSError) and e.strerror else _first_line(e)
         raise CheckpointError(
             f"could not write checkpoint {path}: {reason}; {_free_space(path.parent)} - is the disk full, "
             "or a quota or file-size limit reached? Nothing was replaced; free space and resume with "
-            "--checkpoint auto") from None
+            "--checkpoint auto"
+        ) from None
 
 
 def _create_temp(path: Path) -> tuple[int, str]:

@@ -89,15 +89,22 @@ from .losses import build_criterion
 from .models import Conformer, create_model
 from .models.convert import load_state_dict_strict
 from .optim import build_optimizer, build_scheduler
-from .pretrained import IMAGENET, PUBLISHED
 from .paths import check_output_dir, free_bytes
+from .pretrained import IMAGENET, PUBLISHED
 from .rundir import MANIFEST_NAME, OwnedFiles, RunManifest, absolute, hold_run_lock, run_dir_for
-from .runtime import AMP_LEVELS, resolve_device
 from .runlog import METRICS_FILE, RunLog
+from .runtime import AMP_LEVELS, resolve_device
 from .serialization import write_text_atomic
 
 __all__ = [
-    "train", "Trainer", "TrainResult", "RunSetup", "build_run", "run_dir_of", "build_model", "capture_rng_state",
+    "train",
+    "Trainer",
+    "TrainResult",
+    "RunSetup",
+    "build_run",
+    "run_dir_of",
+    "build_model",
+    "capture_rng_state",
     "restore_rng_state",
 ]
 
@@ -155,11 +162,16 @@ def capture_rng_state() -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "python": {"version": version, "state": list(state), "gauss_next": gauss},
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }  # fmt: skip
+    }
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
@@ -258,10 +270,19 @@ class RunData:
 def train_transform(cfg: Config) -> Any:
     """The training augmentation ``cfg`` describes (timm's, ``data.build_train_transform``)."""
     return build_train_transform(
-        cfg.image_hw, min_crop=cfg.min_crop, auto_augment=cfg.auto_augment, aa_interpolation=cfg.aa_interpolation,
-        re_prob=cfg.re_prob, re_mode=cfg.re_mode, re_count=cfg.re_count, hflip=cfg.hflip, color_jitter=cfg.color_jitter,
-        interpolation=cfg.interpolation, augment=cfg.augment, crop_pct=cfg.crop_pct,
-    )  # fmt: skip
+        cfg.image_hw,
+        min_crop=cfg.min_crop,
+        auto_augment=cfg.auto_augment,
+        aa_interpolation=cfg.aa_interpolation,
+        re_prob=cfg.re_prob,
+        re_mode=cfg.re_mode,
+        re_count=cfg.re_count,
+        hflip=cfg.hflip,
+        color_jitter=cfg.color_jitter,
+        interpolation=cfg.interpolation,
+        augment=cfg.augment,
+        crop_pct=cfg.crop_pct,
+    )
 
 
 def build_data(cfg: Config, info: D.DistInfo) -> RunData:
@@ -278,31 +299,63 @@ def build_data(cfg: Config, info: D.DistInfo) -> RunData:
     root = Path(cfg.data_url)
     for split in (cfg.train_dir, cfg.val_dir):  # the message names the split (the index says "data folder")
         if not (root / split).is_dir():
-            raise DataError(f"{'training' if split == cfg.train_dir else 'validation'} data folder {root / split} "
-                            "does not exist or is not a directory")
+            raise DataError(
+                f"{'training' if split == cfg.train_dir else 'validation'} data folder {root / split} "
+                "does not exist or is not a directory"
+            )
     train_index, val_index = index_splits(root / cfg.train_dir, [root / cfg.val_dir])
     classes = train_index.classes
     _check_num_classes(cfg, classes, str(root / cfg.train_dir))
     bad = dict(max_bad_fraction=cfg.max_bad_files_fraction)
-    train_set = ImageFolderDataset(root / cfg.train_dir, transform, index=train_index, num_samples=cfg.train_num_samples, **bad)
+    train_set = ImageFolderDataset(
+        root / cfg.train_dir, transform, index=train_index, num_samples=cfg.train_num_samples, **bad
+    )
     # Validation drops an unreadable image (logged) instead of counting a neighbour twice.
-    val_set = ImageFolderDataset(root / cfg.val_dir, pre.eval_transform(), index=val_index, num_samples=cfg.val_num_samples,
-                                 bad_policy="drop", **bad)  # fmt: skip
-    sampler = ResumableSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    val_set = ImageFolderDataset(
+        root / cfg.val_dir,
+        pre.eval_transform(),
+        index=val_index,
+        num_samples=cfg.val_num_samples,
+        bad_policy="drop",
+        **bad,
+    )
+    sampler = ResumableSampler(
+        train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=True
+    )
     common = dict(num_workers=cfg.num_parallel_workers, pin_memory=torch.cuda.is_available())
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                              generator=torch.Generator(), **common)  # fmt: skip
+    train_loader = DataLoader(
+        train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True, generator=torch.Generator(), **common
+    )
     val_share = Subset(val_set, range(info.rank, len(val_set), info.world_size))
     # Its own generator: evaluating never draws from the global RNG the training stream depends on.
-    val_loader = EvalLoader(DataLoader(val_share, batch_size=cfg.batch_size, shuffle=False, collate_fn=drop_failed,
-                                       generator=torch.Generator(), persistent_workers=cfg.num_parallel_workers > 0,
-                                       **common))  # fmt: skip
+    val_loader = EvalLoader(
+        DataLoader(
+            val_share,
+            batch_size=cfg.batch_size,
+            shuffle=False,
+            collate_fn=drop_failed,
+            generator=torch.Generator(),
+            persistent_workers=cfg.num_parallel_workers > 0,
+            **common,
+        )
+    )
     steps = len(train_loader)
     if steps == 0:
-        raise DataError(f"{root / cfg.train_dir} has {len(train_set)} images, fewer than one global batch "
-                        f"({cfg.batch_size} x {info.world_size} processes); lower batch_size")
-    return RunData(classes, train_loader, val_loader, sampler, steps, pre, len(train_set), len(val_set),
-                   len(np.unique(val_set.labels)))
+        raise DataError(
+            f"{root / cfg.train_dir} has {len(train_set)} images, fewer than one global batch "
+            f"({cfg.batch_size} x {info.world_size} processes); lower batch_size"
+        )
+    return RunData(
+        classes,
+        train_loader,
+        val_loader,
+        sampler,
+        steps,
+        pre,
+        len(train_set),
+        len(val_set),
+        len(np.unique(val_set.labels)),
+    )
 
 
 def _build_shard_data(cfg: Config, info: D.DistInfo, pre: Preprocess, transform: Any) -> RunData:
@@ -310,30 +363,62 @@ def _build_shard_data(cfg: Config, info: D.DistInfo, pre: Preprocess, transform:
     from ``train_shards`` / ``val_shards``; every process and loader worker reads its own shards
     (``data.shards``); evaluation sees each val image once over all processes."""
     info_url = shards_info_url(cfg.data_url, cfg.shards_info)
-    train_split, val_split = open_split(info_url, "train", cfg.train_shards), open_split(info_url, "val", cfg.val_shards)
+    train_split, val_split = (
+        open_split(info_url, "train", cfg.train_shards),
+        open_split(info_url, "val", cfg.val_shards),
+    )
     classes = list(train_split.classes)
     _check_num_classes(cfg, classes, str(train_split))
-    common = dict(seed=cfg.seed, rank=info.rank, world_size=info.world_size, num_workers=cfg.num_parallel_workers,
-                  batch_size=cfg.batch_size, max_bad_fraction=cfg.max_bad_files_fraction)  # fmt: skip
+    common = dict(
+        seed=cfg.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+        num_workers=cfg.num_parallel_workers,
+        batch_size=cfg.batch_size,
+        max_bad_fraction=cfg.max_bad_files_fraction,
+    )
     train_set = ShardDataset(train_split, transform, training=True, num_samples=cfg.train_num_samples, **common)
-    val_set = ShardDataset(val_split, pre.eval_transform(), training=False, classes=classes,
-                           num_samples=cfg.val_num_samples, **common)  # fmt: skip
+    val_set = ShardDataset(
+        val_split, pre.eval_transform(), training=False, classes=classes, num_samples=cfg.val_num_samples, **common
+    )
     if train_set.steps_per_epoch == 0:
-        raise DataError(f"the {train_split} hold {train_set.num_images} images, fewer than one global batch "
-                        f"({cfg.batch_size} x {info.world_size} processes); lower batch_size")
-    loading = dict(num_workers=cfg.num_parallel_workers, pin_memory=torch.cuda.is_available(), generator=torch.Generator())
+        raise DataError(
+            f"the {train_split} hold {train_set.num_images} images, fewer than one global batch "
+            f"({cfg.batch_size} x {info.world_size} processes); lower batch_size"
+        )
+    loading = dict(
+        num_workers=cfg.num_parallel_workers, pin_memory=torch.cuda.is_available(), generator=torch.Generator()
+    )
     # Training workers start afresh every epoch: each takes the epoch and resume position set just before.
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, drop_last=True, **loading)
-    val_loader = EvalLoader(DataLoader(val_set, batch_size=cfg.batch_size, collate_fn=drop_failed,
-                                       persistent_workers=cfg.num_parallel_workers > 0, **loading))  # fmt: skip
-    return RunData(classes, train_loader, val_loader, train_set, train_set.steps_per_epoch, pre, train_set.num_images,
-                   val_set.num_images, sum(1 for count in val_split.class_counts if count))  # fmt: skip
+    val_loader = EvalLoader(
+        DataLoader(
+            val_set,
+            batch_size=cfg.batch_size,
+            collate_fn=drop_failed,
+            persistent_workers=cfg.num_parallel_workers > 0,
+            **loading,
+        )
+    )
+    return RunData(
+        classes,
+        train_loader,
+        val_loader,
+        train_set,
+        train_set.steps_per_epoch,
+        pre,
+        train_set.num_images,
+        val_set.num_images,
+        sum(1 for count in val_split.class_counts if count),
+    )
 
 
 def _check_num_classes(cfg: Config, classes: list[str], where: str) -> None:
     if len(classes) != cfg.num_classes:
-        raise ConfigError(f"num_classes is {cfg.num_classes} but {where} has {len(classes)} class "
-                          f"folders ({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''}); set --num_classes {len(classes)}")
+        raise ConfigError(
+            f"num_classes is {cfg.num_classes} but {where} has {len(classes)} class "
+            f"folders ({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''}); set --num_classes {len(classes)}"
+        )
 
 
 def build_model(cfg: Config, num_classes: int) -> Conformer:
@@ -343,9 +428,13 @@ def build_model(cfg: Config, num_classes: int) -> Conformer:
     ``local-dir:FOLDER`` / ``hf-hub:user/repo``, rebuilt by timm from its config.json
     (``hub.load_hub_model``)."""
     options = dict(
-        num_classes=num_classes, drop_rate=cfg.drop, attn_drop_rate=cfg.drop_block, drop_path_rate=cfg.drop_path,
-        approximate_gelu=not cfg.disable_approximate_gelu, same_pad_maxpool=not cfg.use_pytorch_maxpool,
-    )  # fmt: skip
+        num_classes=num_classes,
+        drop_rate=cfg.drop,
+        attn_drop_rate=cfg.drop_block,
+        drop_path_rate=cfg.drop_path,
+        approximate_gelu=not cfg.disable_approximate_gelu,
+        same_pad_maxpool=not cfg.use_pytorch_maxpool,
+    )
     try:
         if cfg.pretrained and is_hub_name(cfg.pretrained):
             return load_hub_model(cfg.pretrained, options, variant=cfg.arch).model.train()  # type: ignore[return-value]
@@ -362,8 +451,15 @@ def _build_mixup(cfg: Config, num_classes: int, steps_per_epoch: int) -> tuple[A
         return None, None
     from timm.data import Mixup
 
-    mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob, switch_prob=cfg.switch_prob,
-                  mode=cfg.mixup_mode, label_smoothing=cfg.label_smoothing, num_classes=num_classes)  # fmt: skip
+    mixup = Mixup(
+        mixup_alpha=cfg.mixup,
+        cutmix_alpha=cfg.cutmix,
+        prob=cfg.mixup_prob,
+        switch_prob=cfg.switch_prob,
+        mode=cfg.mixup_mode,
+        label_smoothing=cfg.label_smoothing,
+        num_classes=num_classes,
+    )
     off = round(cfg.mixup_off_epoch * steps_per_epoch) if cfg.mixup_off_epoch > 0 else None
     return mixup, off
 
@@ -377,8 +473,11 @@ RUN_FILE_NAMES = ("config.yaml", "class_names.json", METRICS_FILE, "model.txt")
 
 def output_folders(cfg: Config) -> list[tuple[str, Path]]:
     """(option name, folder) of every folder a run writes in."""
-    folders = [("ckpt_root_dir", Path(cfg.ckpt_root_dir)), ("best_ckpt_root_dir", Path(cfg.best_ckpt_root_dir)),
-               ("summary_root_dir", Path(cfg.summary_root_dir))]  # fmt: skip
+    folders = [
+        ("ckpt_root_dir", Path(cfg.ckpt_root_dir)),
+        ("best_ckpt_root_dir", Path(cfg.best_ckpt_root_dir)),
+        ("summary_root_dir", Path(cfg.summary_root_dir)),
+    ]
     if absolute(run_dir_of(cfg)) != absolute(cfg.ckpt_root_dir):
         folders.append(("the run directory (the parent of ckpt_root_dir)", run_dir_of(cfg)))
     return folders
@@ -425,8 +524,10 @@ def plan_start(cfg: Config, manager: CheckpointManager) -> StartPlan:
             candidates = [p for p in candidates if previous.owns(p)]
         found = find_resumable(candidates)
         if found is None and candidates:
-            raise CheckpointError(f"checkpoint: auto found {len(candidates)} checkpoint(s) in {cfg.ckpt_root_dir} "
-                                  "but none is readable and resumable (see the warnings above); pass one with --checkpoint PATH")
+            raise CheckpointError(
+                f"checkpoint: auto found {len(candidates)} checkpoint(s) in {cfg.ckpt_root_dir} "
+                "but none is readable and resumable (see the warnings above); pass one with --checkpoint PATH"
+            )
         if found is None:
             log.info("checkpoint: auto: no checkpoint of %s in %s yet, starting a new run", prefix, cfg.ckpt_root_dir)
         else:
@@ -434,8 +535,10 @@ def plan_start(cfg: Config, manager: CheckpointManager) -> StartPlan:
     elif cfg.checkpoint:
         obj = read_checkpoint(cfg.checkpoint)
         if not (isinstance(obj, dict) and obj.get("format") == FORMAT and obj.get("train_state")):
-            raise CheckpointError(f"{cfg.checkpoint} cannot be resumed: it holds no training state (optimizer, epoch, "
-                                  "RNG); to start from its weights use --pretrained instead")
+            raise CheckpointError(
+                f"{cfg.checkpoint} cannot be resumed: it holds no training state (optimizer, epoch, "
+                "RNG); to start from its weights use --pretrained instead"
+            )
         plan.resume, plan.resume_path = obj, Path(cfg.checkpoint)
     _decide(cfg, manager, plan, same_run)
     _check_collisions(cfg, manager, plan)
@@ -452,7 +555,9 @@ def _decide(cfg: Config, manager: CheckpointManager, plan: StartPlan, same_run: 
         in_run = {absolute(p) for p in manager.checkpoint_files()}
         if previous is None and absolute(plan.resume_path) in in_run:  # type: ignore[arg-type]
             plan.adopt = _files_before_manifests(cfg, manager, plan.run_dir)
-            plan.how += f" (written before run manifests: its {len(plan.adopt)} files are listed in {MANIFEST_NAME} now)"
+            plan.how += (
+                f" (written before run manifests: its {len(plan.adopt)} files are listed in {MANIFEST_NAME} now)"
+            )
         return
     if previous is None:
         return
@@ -464,17 +569,23 @@ def _decide(cfg: Config, manager: CheckpointManager, plan: StartPlan, same_run: 
         raise ConfigError(_holds_a_run(cfg, previous, plan.run_dir, same_run))
     plan.replace = previous.existing()
     if plan.resume_path is not None and absolute(plan.resume_path) in plan.replace:
-        raise ConfigError(f"--checkpoint {plan.resume_path} is a file of the run in {plan.run_dir} that --overwrite true "
-                          "would remove; copy it elsewhere first, or choose another ckpt_root_dir")
-    plan.how = (f"replacing the run {previous.prefix} (--overwrite true: its {len(plan.replace)} files are removed "
-                f"once every check has passed){resumed and ', then resuming' + resumed}")
+        raise ConfigError(
+            f"--checkpoint {plan.resume_path} is a file of the run in {plan.run_dir} that --overwrite true "
+            "would remove; copy it elsewhere first, or choose another ckpt_root_dir"
+        )
+    plan.how = (
+        f"replacing the run {previous.prefix} (--overwrite true: its {len(plan.replace)} files are removed "
+        f"once every check has passed){resumed and ', then resuming' + resumed}"
+    )
 
 
 def _holds_another_run(cfg: Config, previous: RunManifest, run_dir: Path, prefix: str) -> str:
-    return (f"{run_dir} holds the run {previous.prefix} ({_describe_files(previous)}), not a run of {prefix}: "
-            f"--checkpoint auto resumes only a run of the same arch and model_postfix and never deletes anything "
-            f"(nothing was changed). Continue that run with --arch {previous.arch} --model_postfix "
-            f"{previous.model_postfix}, start this one in another ckpt_root_dir, or replace that run with --overwrite true")
+    return (
+        f"{run_dir} holds the run {previous.prefix} ({_describe_files(previous)}), not a run of {prefix}: "
+        f"--checkpoint auto resumes only a run of the same arch and model_postfix and never deletes anything "
+        f"(nothing was changed). Continue that run with --arch {previous.arch} --model_postfix "
+        f"{previous.model_postfix}, start this one in another ckpt_root_dir, or replace that run with --overwrite true"
+    )
 
 
 def _holds_a_run(cfg: Config, previous: RunManifest, run_dir: Path, same_run: bool) -> str:
@@ -484,8 +595,10 @@ def _holds_a_run(cfg: Config, previous: RunManifest, run_dir: Path, same_run: bo
         how = "it has no checkpoint to resume from; resume it from a checkpoint with --checkpoint PATH"
     else:
         how = "resume it with --checkpoint auto"
-    return (f"{run_dir} already holds a run: {previous.prefix} ({_describe_files(previous)}); {how}, replace it "
-            "with --overwrite true, or choose another ckpt_root_dir")
+    return (
+        f"{run_dir} already holds a run: {previous.prefix} ({_describe_files(previous)}); {how}, replace it "
+        "with --overwrite true, or choose another ckpt_root_dir"
+    )
 
 
 def _describe_files(manifest: RunManifest) -> str:
@@ -507,7 +620,11 @@ def _files_before_manifests(cfg: Config, manager: CheckpointManager, run_dir: Pa
         saved = yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else None
     except (OSError, UnicodeDecodeError, ValueError):
         saved = None
-    if isinstance(saved, dict) and saved.get("arch") == cfg.arch and str(saved.get("model_postfix")) == str(cfg.model_postfix):
+    if (
+        isinstance(saved, dict)
+        and saved.get("arch") == cfg.arch
+        and str(saved.get("model_postfix")) == str(cfg.model_postfix)
+    ):
         files += [run_dir / name for name in RUN_FILE_NAMES if (run_dir / name).is_file()]
     return files
 
@@ -520,16 +637,20 @@ def _check_collisions(cfg: Config, manager: CheckpointManager, plan: StartPlan) 
     clashes = [plan.run_dir / n for n in names if (plan.run_dir / n).exists() and not mine.owns(plan.run_dir / n)]
     if clashes:
         shown = ", ".join(str(p) for p in clashes)
-        raise ConfigError(f"{shown} {'was' if len(clashes) == 1 else 'were'} not written by this run (not listed in "
-                          f"{plan.run_dir / MANIFEST_NAME}), and the run would write its own files there under those "
-                          "names; nothing a run did not write is overwritten or removed: give the run a folder of "
-                          "its own (e.g. --ckpt_root_dir runs/NAME/checkpoints) or move those files away")
+        raise ConfigError(
+            f"{shown} {'was' if len(clashes) == 1 else 'were'} not written by this run (not listed in "
+            f"{plan.run_dir / MANIFEST_NAME}), and the run would write its own files there under those "
+            "names; nothing a run did not write is overwritten or removed: give the run a folder of "
+            "its own (e.g. --ckpt_root_dir runs/NAME/checkpoints) or move those files away"
+        )
     foreign = [p for p in manager.checkpoint_files() + manager.best_checkpoint_files() if not mine.owns(p)]
     if foreign:
-        raise ConfigError(f"{foreign[0]}{f' (and {len(foreign) - 1} more)' if len(foreign) > 1 else ''} is named like "
-                          f"a checkpoint of {manager.prefix} but was not written by this run (e.g. another run's, in a "
-                          "shared folder); it would be overwritten or mixed into this run's: resume it with "
-                          "--checkpoint auto, or choose another ckpt_root_dir / best_ckpt_root_dir")
+        raise ConfigError(
+            f"{foreign[0]}{f' (and {len(foreign) - 1} more)' if len(foreign) > 1 else ''} is named like "
+            f"a checkpoint of {manager.prefix} but was not written by this run (e.g. another run's, in a "
+            "shared folder); it would be overwritten or mixed into this run's: resume it with "
+            "--checkpoint auto, or choose another ckpt_root_dir / best_ckpt_root_dir"
+        )
 
 
 def commit(cfg: Config, plan: StartPlan, manager: CheckpointManager) -> RunManifest:
@@ -540,10 +661,16 @@ def commit(cfg: Config, plan: StartPlan, manager: CheckpointManager) -> RunManif
             try:
                 path.unlink(missing_ok=True)
             except OSError as e:
-                raise ConfigError(f"--overwrite true: could not remove {path} ({e.strerror}); nothing else was "
-                                  "removed after it: fix its permissions and run again") from None
-        log.warning("--overwrite true: removed the %d files of the run %s (listed in %s)", len(plan.replace),
-                    plan.previous.prefix if plan.previous else "?", plan.run_dir / MANIFEST_NAME)  # fmt: skip
+                raise ConfigError(
+                    f"--overwrite true: could not remove {path} ({e.strerror}); nothing else was "
+                    "removed after it: fix its permissions and run again"
+                ) from None
+        log.warning(
+            "--overwrite true: removed the %d files of the run %s (listed in %s)",
+            len(plan.replace),
+            plan.previous.prefix if plan.previous else "?",
+            plan.run_dir / MANIFEST_NAME,
+        )
     manifest = plan.keep
     if manifest is None:
         manifest = RunManifest(plan.run_dir, cfg.arch, str(cfg.model_postfix), plan.adopt)
@@ -571,8 +698,10 @@ def _check_free_space(cfg: Config, setup: RunSetup, plan: StartPlan) -> None:
             continue
         freed = sum(p.stat().st_size for p in plan.replace if p.is_file() and p.parent == absolute(folder))
         if free + freed < need:
-            raise ConfigError(f"{what} {folder}: {free / 2**20:.1f} MiB free, but one checkpoint of this run needs about "
-                              f"{need / 2**20:.1f} MiB; free some space or choose another {what}")
+            raise ConfigError(
+                f"{what} {folder}: {free / 2**20:.1f} MiB free, but one checkpoint of this run needs about "
+                f"{need / 2**20:.1f} MiB; free some space or choose another {what}"
+            )
 
 
 def checkpoint_bytes(cfg: Config, setup: RunSetup) -> int:
@@ -625,8 +754,10 @@ def build_run(cfg: Config, info: D.DistInfo, device: torch.device, resume: dict[
     seed_everything(cfg.seed + info.rank)
     data = build_data(cfg, info)
     if resume is not None and resume.get("class_names") not in (None, data.class_names):
-        raise CheckpointError(f"the checkpoint's classes {resume['class_names'][:5]}... differ from the data's "
-                              f"{data.class_names[:5]}...: the data folder changed since the checkpoint")
+        raise CheckpointError(
+            f"the checkpoint's classes {resume['class_names'][:5]}... differ from the data's "
+            f"{data.class_names[:5]}...: the data folder changed since the checkpoint"
+        )
     model = build_model(cfg, len(data.class_names)).to(device)
     if resume is not None:
         source = f"the checkpoint (arch {resume.get('arch')})"
@@ -643,21 +774,47 @@ def build_run(cfg: Config, info: D.DistInfo, device: torch.device, resume: dict[
     spe = data.steps_per_epoch
     if cfg.warmup_length >= cfg.epochs and info.is_main:
         _warn_warmup_only(cfg, spe)
-    optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.base_lr, weight_decay=cfg.weight_decay,
-                                betas=tuple(cfg.beta), eps=cfg.eps, momentum=cfg.momentum,  # type: ignore[arg-type]
-                                layer_decay=cfg.layer_decay)  # fmt: skip
-    scheduler = build_scheduler(optimizer, cfg.lr_scheduler, epochs=cfg.epochs, steps_per_epoch=spe,
-                                warmup_epochs=cfg.warmup_length, warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr,
-                                lr_adjust=cfg.lr_adjust, lr_gamma=cfg.lr_gamma)  # fmt: skip
+    optimizer = build_optimizer(
+        model,
+        cfg.optimizer,
+        lr=cfg.base_lr,
+        weight_decay=cfg.weight_decay,
+        betas=tuple(cfg.beta),
+        eps=cfg.eps,
+        momentum=cfg.momentum,  # type: ignore[arg-type]
+        layer_decay=cfg.layer_decay,
+    )
+    scheduler = build_scheduler(
+        optimizer,
+        cfg.lr_scheduler,
+        epochs=cfg.epochs,
+        steps_per_epoch=spe,
+        warmup_epochs=cfg.warmup_length,
+        warmup_lr=cfg.warmup_lr,
+        min_lr=cfg.min_lr,
+        lr_adjust=cfg.lr_adjust,
+        lr_gamma=cfg.lr_gamma,
+    )
     scaler = torch.amp.GradScaler(device.type, init_scale=cfg.loss_scale) if cfg.use_grad_scaler else None
     mixup, mixup_off = _build_mixup(cfg, len(data.class_names), spe)
-    criterion = build_criterion(soft_targets=mixup is not None, label_smoothing=cfg.label_smoothing if cfg.augment else 0.0)
+    criterion = build_criterion(
+        soft_targets=mixup is not None, label_smoothing=cfg.label_smoothing if cfg.augment else 0.0
+    )
     parts = TrainParts(
-        model=module, criterion=criterion, optimizer=optimizer, scheduler=scheduler, device=device,
-        amp_dtype=AMP_LEVELS[cfg.amp_level], scaler=scaler, static_loss_scale=None if cfg.is_dynamic_loss_scale else cfg.loss_scale,
-        ema=ema, mixup=mixup, mixup_off_step=mixup_off, channels_last=cfg.channels_last,
+        model=module,
+        criterion=criterion,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        device=device,
+        amp_dtype=AMP_LEVELS[cfg.amp_level],
+        scaler=scaler,
+        static_loss_scale=None if cfg.is_dynamic_loss_scale else cfg.loss_scale,
+        ema=ema,
+        mixup=mixup,
+        mixup_off_step=mixup_off,
+        channels_last=cfg.channels_last,
         clip_grad_norm=cfg.clip_grad_norm if cfg.use_clip_grad_norm else None,
-    )  # fmt: skip
+    )
     if resume is None:
         start = Position(epoch=cfg.start_epoch, step=cfg.start_epoch * spe)
     else:
@@ -694,24 +851,39 @@ def _restore(cfg: Config, info: D.DistInfo, data: RunData, parts: TrainParts, ck
         if batch:
             raise CheckpointError(
                 f"the checkpoint was written mid-epoch with {ts.get('steps_per_epoch')} steps per epoch, this run has "
-                f"{spe} (batch_size, device_num or the data changed): resume from an end-of-epoch checkpoint instead")
-        log.warning("steps per epoch changed (%s -> %d): the schedule continues from epoch %d", ts.get("steps_per_epoch"), spe, epoch)
+                f"{spe} (batch_size, device_num or the data changed): resume from an end-of-epoch checkpoint instead"
+            )
+        log.warning(
+            "steps per epoch changed (%s -> %d): the schedule continues from epoch %d",
+            ts.get("steps_per_epoch"),
+            spe,
+            epoch,
+        )
     rng = ts.get("rng") or []
     start = Position(
-        epoch=epoch, step=epoch * spe + batch, batch=batch, best_top1=ts.get("best_top1"),
-        nonfinite_streak=int(ts.get("nonfinite_streak", 0)), skipped_steps=int(ts.get("skipped_steps", 0)),
+        epoch=epoch,
+        step=epoch * spe + batch,
+        batch=batch,
+        best_top1=ts.get("best_top1"),
+        nonfinite_streak=int(ts.get("nonfinite_streak", 0)),
+        skipped_steps=int(ts.get("skipped_steps", 0)),
         rng=rng[info.rank] if len(rng) == info.world_size else None,
     )
     if start.rng is None and rng:
-        log.warning("the checkpoint holds RNG states of %d process(es), this run has %d: random streams restart",
-                    len(rng), info.world_size)
+        log.warning(
+            "the checkpoint holds RNG states of %d process(es), this run has %d: random streams restart",
+            len(rng),
+            info.world_size,
+        )
     log.info("resuming at epoch %d, step %d (batch %d of %d)", epoch + 1, start.step, batch, spe)
     if info.is_main:
         _note_new_length(cfg, parts, start.step, ckpt)
     return start
 
 
-def _restore_optimizer(cfg: Config, optimizer: torch.optim.Optimizer, state: dict[str, Any], saved: dict[str, Any]) -> None:
+def _restore_optimizer(
+    cfg: Config, optimizer: torch.optim.Optimizer, state: dict[str, Any], saved: dict[str, Any]
+) -> None:
     """The optimizer's state from a checkpoint. Its parameter groups must be this run's (the same
     ``freeze_stages``, and ``layer_decay`` on or off alike); the groups' ``lr_scale`` are this
     run's (a changed ``layer_decay`` value applies from the resumed step, as a changed base_lr)."""
@@ -724,7 +896,8 @@ def _restore_optimizer(cfg: Config, optimizer: torch.optim.Optimizer, state: dic
         raise CheckpointError(
             f"the checkpoint's optimizer does not fit this run's parameter groups ({e}): it was written with "
             f"{before}, this run has {now}; resume with the checkpoint's values, or start a new run from its "
-            "weights with --pretrained") from None  # fmt: skip
+            "weights with --pretrained"
+        ) from None
     for group, scale in zip(optimizer.param_groups, scales):
         if scale is None:
             group.pop("lr_scale", None)
@@ -741,10 +914,17 @@ def _note_new_length(cfg: Config, parts: TrainParts, step: int, ckpt: dict[str, 
     optimizer = parts.optimizer
     last_lr = float(optimizer.param_groups[0]["lr"])
     parts.scheduler.step_update(step)  # the rate of the next step (set again before it)
-    log.warning("epochs changed from %d to %d: the run %s to %d epochs and its %s schedule is recomputed for "
-                "that length (learning rate of the last step %.3e, of the next step %.3e)", int(before), cfg.epochs,
-                "is extended" if cfg.epochs > int(before) else "is shortened", cfg.epochs, cfg.lr_scheduler,
-                last_lr, float(optimizer.param_groups[0]["lr"]))  # fmt: skip
+    log.warning(
+        "epochs changed from %d to %d: the run %s to %d epochs and its %s schedule is recomputed for "
+        "that length (learning rate of the last step %.3e, of the next step %.3e)",
+        int(before),
+        cfg.epochs,
+        "is extended" if cfg.epochs > int(before) else "is shortened",
+        cfg.epochs,
+        cfg.lr_scheduler,
+        last_lr,
+        float(optimizer.param_groups[0]["lr"]),
+    )
 
 
 class Trainer:
@@ -752,8 +932,15 @@ class Trainer:
     callbacks the loop calls after every step (stop on a signal, count non-finite steps, log to
     ``run_log``, checkpoint through ``manager``)."""
 
-    def __init__(self, cfg: Config, info: D.DistInfo, device: torch.device, setup: RunSetup,
-                 manager: CheckpointManager, run_log: RunLog) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: Config,
+        info: D.DistInfo,
+        device: torch.device,
+        setup: RunSetup,
+        manager: CheckpointManager,
+        run_log: RunLog,
+    ) -> None:
         self.cfg, self.info, self.device = cfg, info, device
         self.data, self.model, self.ema, self.parts = setup.data, setup.model, setup.ema, setup.parts
         self.manager, self.log = manager, run_log
@@ -778,17 +965,33 @@ class Trainer:
         _check_finite(self.model, self.ema, self.step)
         parts = self.parts
         train_state = {
-            "epoch": epoch, "batch_in_epoch": batch, "step": self.step, "steps_per_epoch": self.data.steps_per_epoch,
-            "world_size": self.info.world_size, "batch_size": self.cfg.batch_size, "sampler_seed": self.cfg.seed,
-            "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
-            "scaler": parts.scaler.state_dict() if parts.scaler is not None else None, "rng": rng,
-            "best_top1": self.best_top1, "nonfinite_streak": self.nonfinite_streak, "skipped_steps": self.skipped_steps,
-        }  # fmt: skip
-        ema_state = {k: v.detach().cpu() for k, v in self.ema.module.state_dict().items()} if self.ema is not None else None
+            "epoch": epoch,
+            "batch_in_epoch": batch,
+            "step": self.step,
+            "steps_per_epoch": self.data.steps_per_epoch,
+            "world_size": self.info.world_size,
+            "batch_size": self.cfg.batch_size,
+            "sampler_seed": self.cfg.seed,
+            "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(),
+            "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
+            "rng": rng,
+            "best_top1": self.best_top1,
+            "nonfinite_streak": self.nonfinite_streak,
+            "skipped_steps": self.skipped_steps,
+        }
+        ema_state = (
+            {k: v.detach().cpu() for k, v in self.ema.module.state_dict().items()} if self.ema is not None else None
+        )
         return build_checkpoint(
-            self.model, class_names=self.data.class_names, preprocess=self.data.preprocess.to_dict(),
-            config=self.cfg.to_dict(), ema_state=ema_state, train_state=train_state, metrics=self.metrics,
-        )  # fmt: skip
+            self.model,
+            class_names=self.data.class_names,
+            preprocess=self.data.preprocess.to_dict(),
+            config=self.cfg.to_dict(),
+            ema_state=ema_state,
+            train_state=train_state,
+            metrics=self.metrics,
+        )
 
     def save(self, epoch: int, batch: int, best: bool = False) -> None:
         ckpt = self._checkpoint(epoch, batch)
@@ -810,11 +1013,22 @@ class Trainer:
         if previous_best is None or round(top1, 4) > previous_best:
             log.info("new best checkpoint (epoch %d, top-1 %.4f): %s", epoch, top1, path)
         elif round(top1, 4) == previous_best:
-            log.info("best checkpoint (epoch %d, top-1 %.4f, as good as the best so far; the newer ranks first): %s",
-                     epoch, top1, path)  # fmt: skip
+            log.info(
+                "best checkpoint (epoch %d, top-1 %.4f, as good as the best so far; the newer ranks first): %s",
+                epoch,
+                top1,
+                path,
+            )
         else:
-            log.info("epoch %d (top-1 %.4f) kept as number %s of the %d best checkpoints (best top-1 %.4f): %s", epoch,
-                     top1, self.manager.rank_of(path), self.manager.best_keep, previous_best, path)  # fmt: skip
+            log.info(
+                "epoch %d (top-1 %.4f) kept as number %s of the %d best checkpoints (best top-1 %.4f): %s",
+                epoch,
+                top1,
+                self.manager.rank_of(path),
+                self.manager.best_keep,
+                previous_best,
+                path,
+            )
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -826,8 +1040,15 @@ class Trainer:
         finite = loss == loss and abs(loss) != float("inf")
         due = self.info.is_main and rec.batch < self.data.steps_per_epoch and self.manager.due(rec.step)
         sigterm, sigint, bad, loss_sum, save = D.all_reduce_sum(
-            [self.signals.signum == signal.SIGTERM, self.signals.signum == signal.SIGINT, not finite,
-             loss if finite else 0.0, due], self.device)  # fmt: skip
+            [
+                self.signals.signum == signal.SIGTERM,
+                self.signals.signum == signal.SIGINT,
+                not finite,
+                loss if finite else 0.0,
+                due,
+            ],
+            self.device,
+        )
         self._track_nonfinite(rec, bad > 0)
         world = self.info.world_size
         mean_loss = loss_sum / (world - bad) if bad < world else float("nan")
@@ -847,27 +1068,43 @@ class Trainer:
             return
         self.skipped_steps += 1
         if not any_nonfinite_loss and self.parts.scaler is not None and self.parts.static_loss_scale is None:
-            log.debug("step %d: fp16 gradient overflow, loss scale lowered to %g", rec.step, self.parts.scaler.get_scale())
+            log.debug(
+                "step %d: fp16 gradient overflow, loss scale lowered to %g", rec.step, self.parts.scaler.get_scale()
+            )
             return  # dynamic loss scaling at work, not divergence
         self.nonfinite_streak += 1
-        log.warning("step %d: non-finite %s, update skipped (%d in a row, limit %d)", rec.step,
-                    "loss" if any_nonfinite_loss else "gradients", self.nonfinite_streak, self.cfg.max_nonfinite_steps)
+        log.warning(
+            "step %d: non-finite %s, update skipped (%d in a row, limit %d)",
+            rec.step,
+            "loss" if any_nonfinite_loss else "gradients",
+            self.nonfinite_streak,
+            self.cfg.max_nonfinite_steps,
+        )
         if self.nonfinite_streak >= self.cfg.max_nonfinite_steps:
             raise TrainingError(
                 f"training diverged: {self.nonfinite_streak} consecutive steps with a non-finite loss or gradients "
                 f"(up to step {rec.step}); lower base_lr, enable use_clip_grad_norm, or use amp_level O0/bf16, then "
-                f"resume from the last good checkpoint ({self.last_checkpoint or 'none written yet'})")
+                f"resume from the last good checkpoint ({self.last_checkpoint or 'none written yet'})"
+            )
 
     def _epoch_end(self, epoch: int) -> None:
         cfg = self.cfg
         last = epoch + 1 == cfg.epochs
         dataset = self.data.train_loader.dataset
         if dataset.bad_files:  # each was logged when met; this is the running count
-            log.warning("epoch %d: %d unreadable training image(s) skipped so far (budget %d)", epoch + 1,
-                        len(dataset.bad_files), dataset.bad_budget)  # fmt: skip
+            log.warning(
+                "epoch %d: %d unreadable training image(s) skipped so far (budget %d)",
+                epoch + 1,
+                len(dataset.bad_files),
+                dataset.bad_budget,
+            )
         if (epoch + 1) % cfg.eval_every == 0 or last:
-            kw = dict(device=self.device, num_classes=len(self.data.class_names), amp_dtype=AMP_LEVELS[cfg.amp_level],
-                      channels_last=cfg.channels_last)  # fmt: skip
+            kw = dict(
+                device=self.device,
+                num_classes=len(self.data.class_names),
+                amp_dtype=AMP_LEVELS[cfg.amp_level],
+                channels_last=cfg.channels_last,
+            )
             self.metrics = evaluate(self.model, self.data.val_loader, **kw)
             if self.ema is not None:
                 ema = evaluate(self.ema.module, self.data.val_loader, **kw)
@@ -887,13 +1124,20 @@ class Trainer:
             data.sampler.skip = self.start_batch * cfg.batch_size
             self.log.start_epoch(epoch)
             self.step, stopped = train_one_epoch(
-                self.parts, data.train_loader, epoch=epoch, step=self.step, start_batch=self.start_batch, on_step=self.on_step
+                self.parts,
+                data.train_loader,
+                epoch=epoch,
+                step=self.step,
+                start_batch=self.start_batch,
+                on_step=self.on_step,
             )
             self.start_batch = 0
             if stopped:
                 return
             self._epoch_end(epoch)
-            sigterm, sigint = D.all_reduce_sum([self.signals.signum == signal.SIGTERM, self.signals.signum == signal.SIGINT], self.device)
+            sigterm, sigint = D.all_reduce_sum(
+                [self.signals.signum == signal.SIGTERM, self.signals.signum == signal.SIGINT], self.device
+            )
             if sigterm or sigint:  # a signal during evaluation: the epoch-end checkpoint is the last one
                 self.stop_signal = signal.SIGTERM if sigterm else signal.SIGINT
                 return
@@ -904,9 +1148,16 @@ def _warn_warmup_only(cfg: Config, steps_per_epoch: int) -> None:
     do the same); say where the learning rate ends."""
     total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_length * steps_per_epoch
     end = cfg.warmup_lr + (cfg.base_lr - cfg.warmup_lr) * (total - 1) / warmup
-    log.warning("warmup_length %d is not shorter than epochs %d: the whole run is warm-up, the learning rate rises "
-                "linearly from %.3g towards base_lr %.3g and ends at %.3g (%s never starts)", cfg.warmup_length,
-                cfg.epochs, cfg.warmup_lr, cfg.base_lr, end, cfg.lr_scheduler)  # fmt: skip
+    log.warning(
+        "warmup_length %d is not shorter than epochs %d: the whole run is warm-up, the learning rate rises "
+        "linearly from %.3g towards base_lr %.3g and ends at %.3g (%s never starts)",
+        cfg.warmup_length,
+        cfg.epochs,
+        cfg.warmup_lr,
+        cfg.base_lr,
+        end,
+        cfg.lr_scheduler,
+    )
 
 
 def _check_finite(model: nn.Module, ema: Any, step: int) -> None:
@@ -915,8 +1166,10 @@ def _check_finite(model: nn.Module, ema: Any, step: int) -> None:
     for label, module in modules:
         for name, t in module.state_dict().items():
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise TrainingError(f"{label} hold non-finite values ({name}) at step {step}: not writing a checkpoint; "
-                                    "resume from the last good one with a lower base_lr or amp_level O0")
+                raise TrainingError(
+                    f"{label} hold non-finite values ({name}) at step {step}: not writing a checkpoint; "
+                    "resume from the last good one with a lower base_lr or amp_level O0"
+                )
 
 
 def _write_run_files(cfg: Config, setup: RunSetup, manifest: OwnedFiles) -> None:
@@ -952,21 +1205,53 @@ def _log_start(cfg: Config, info: D.DistInfo, device: torch.device, setup: RunSe
         if cfg.pretrained == IMAGENET:
             source = f"the published ImageNet-1k weights ({PUBLISHED[cfg.arch].file_name})"
     log.info("run directory %s: %s", plan.run_dir, plan.how)
-    log.info("data %s: train %d images in %d classes (%s), val %d images in %d of them; %d steps per epoch of %d images "
-             "(%d per process x %d)", cfg.data_url, data.num_train, len(classes), shown, data.num_val,
-             data.val_classes, data.steps_per_epoch, cfg.batch_size * info.world_size, cfg.batch_size,
-             info.world_size)  # fmt: skip
-    log.info("model %s: %s parameters, %s; %d epochs, %s with %s, amp_level %s", cfg.arch, f"{params:,}", source,
-             cfg.epochs, cfg.optimizer, cfg.lr_scheduler, cfg.amp_level)  # fmt: skip
+    log.info(
+        "data %s: train %d images in %d classes (%s), val %d images in %d of them; %d steps per epoch of %d images "
+        "(%d per process x %d)",
+        cfg.data_url,
+        data.num_train,
+        len(classes),
+        shown,
+        data.num_val,
+        data.val_classes,
+        data.steps_per_epoch,
+        cfg.batch_size * info.world_size,
+        cfg.batch_size,
+        info.world_size,
+    )
+    log.info(
+        "model %s: %s parameters, %s; %d epochs, %s with %s, amp_level %s",
+        cfg.arch,
+        f"{params:,}",
+        source,
+        cfg.epochs,
+        cfg.optimizer,
+        cfg.lr_scheduler,
+        cfg.amp_level,
+    )
     if cfg.freeze_stages or cfg.layer_decay is not None:
         trainable = sum(p.numel() for p in setup.model.parameters() if p.requires_grad)
         lowest = min(g.get("lr_scale", 1.0) for g in setup.parts.optimizer.param_groups)
-        decay = ("no layer decay" if cfg.layer_decay is None else f"layer_decay {cfg.layer_decay:g}: the heads at the "
-                 f"scheduled lr, the lowest trainable layer at {lowest:.3g} x that")  # fmt: skip
-        log.info("fine-tuning: %s, %s of %s parameters train; %s", describe_frozen(cfg.freeze_stages),
-                 f"{trainable:,}", f"{params:,}", decay)  # fmt: skip
-    log.info("device %s: %d process(es), %d compute thread(s) and %d loader worker(s) per process", device,
-             info.world_size, torch.get_num_threads(), cfg.num_parallel_workers)  # fmt: skip
+        decay = (
+            "no layer decay"
+            if cfg.layer_decay is None
+            else f"layer_decay {cfg.layer_decay:g}: the heads at the "
+            f"scheduled lr, the lowest trainable layer at {lowest:.3g} x that"
+        )
+        log.info(
+            "fine-tuning: %s, %s of %s parameters train; %s",
+            describe_frozen(cfg.freeze_stages),
+            f"{trainable:,}",
+            f"{params:,}",
+            decay,
+        )
+    log.info(
+        "device %s: %d process(es), %d compute thread(s) and %d loader worker(s) per process",
+        device,
+        info.world_size,
+        torch.get_num_threads(),
+        cfg.num_parallel_workers,
+    )
 
 
 def train(cfg: Config) -> TrainResult:
@@ -999,9 +1284,16 @@ def _quiet_unless_main(is_main: bool) -> Any:
 
 
 def _train(cfg: Config, info: D.DistInfo, device: torch.device) -> TrainResult:
-    manager = CheckpointManager(cfg.ckpt_root_dir, cfg.best_ckpt_root_dir, prefix=checkpoint_prefix(cfg),
-                                keep=cfg.ckpt_keep_num, best_keep=cfg.best_ckpt_num, every_steps=cfg.ckpt_save_every_step,
-                                every_seconds=cfg.ckpt_save_every_seconds, enabled=info.is_main)  # fmt: skip
+    manager = CheckpointManager(
+        cfg.ckpt_root_dir,
+        cfg.best_ckpt_root_dir,
+        prefix=checkpoint_prefix(cfg),
+        keep=cfg.ckpt_keep_num,
+        best_keep=cfg.best_ckpt_num,
+        every_steps=cfg.ckpt_save_every_step,
+        every_seconds=cfg.ckpt_save_every_seconds,
+        enabled=info.is_main,
+    )
     plan = plan_start(cfg, manager)
     if plan.resume is not None and _finished(cfg, plan.resume):
         return _finished_result(cfg, plan, info)
@@ -1025,10 +1317,19 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device) -> TrainResult:
         if info.is_main:
             _write_run_files(cfg, setup, manifest)
             _log_start(cfg, info, device, setup, plan)  # before the progress bar appears
-        run_log = RunLog(plan.run_dir, Path(cfg.summary_root_dir), enabled=info.is_main, registry=manifest,
-                         total_steps=cfg.epochs * setup.data.steps_per_epoch, start_step=setup.start.step,
-                         print_every=cfg.print_loss_every, tb_every=cfg.summary_loss_collect_freq, epochs=cfg.epochs,
-                         restart=plan.keep is not None, legacy_metrics=bool(plan.adopt))  # fmt: skip
+        run_log = RunLog(
+            plan.run_dir,
+            Path(cfg.summary_root_dir),
+            enabled=info.is_main,
+            registry=manifest,
+            total_steps=cfg.epochs * setup.data.steps_per_epoch,
+            start_step=setup.start.step,
+            print_every=cfg.print_loss_every,
+            tb_every=cfg.summary_loss_collect_freq,
+            epochs=cfg.epochs,
+            restart=plan.keep is not None,
+            legacy_metrics=bool(plan.adopt),
+        )
         try:
             run = Trainer(cfg, info, device, setup, manager, run_log)
             if info.is_main and cfg.collect_input_data and resume is None:
@@ -1041,8 +1342,18 @@ def _train(cfg: Config, info: D.DistInfo, device: torch.device) -> TrainResult:
     status = "interrupted" if run.stop_signal is not None else "completed"
     code = EXIT_CODES.get(run.stop_signal, 0) if run.stop_signal is not None else 0
     done = run.epoch + 1 if status == "completed" else run.epoch
-    return TrainResult(status, code, plan.run_dir, run.epoch, run.step, run.metrics, run.best_top1, run.last_checkpoint,
-                       is_main=info.is_main, epochs_done=done)  # fmt: skip
+    return TrainResult(
+        status,
+        code,
+        plan.run_dir,
+        run.epoch,
+        run.step,
+        run.metrics,
+        run.best_top1,
+        run.last_checkpoint,
+        is_main=info.is_main,
+        epochs_done=done,
+    )
 
 
 def _finished_result(cfg: Config, plan: StartPlan, info: D.DistInfo) -> TrainResult:
@@ -1051,8 +1362,18 @@ def _finished_result(cfg: Config, plan: StartPlan, info: D.DistInfo) -> TrainRes
     ts = plan.resume["train_state"]
     metrics = dict(plan.resume.get("metrics") or {})
     done = int(ts["epoch"])
-    return TrainResult("finished", 0, plan.run_dir, done - 1, int(ts["step"]), metrics, ts.get("best_top1"),
-                       plan.resume_path, is_main=info.is_main, epochs_done=done)  # fmt: skip
+    return TrainResult(
+        "finished",
+        0,
+        plan.run_dir,
+        done - 1,
+        int(ts["step"]),
+        metrics,
+        ts.get("best_top1"),
+        plan.resume_path,
+        is_main=info.is_main,
+        epochs_done=done,
+    )
 
 
 def _redirect_logging(enabled: bool) -> Any:
@@ -1075,7 +1396,9 @@ def _pretrained_state(cfg: Config) -> dict[str, Any] | None:
         log.info("exclude_epoch_state: false, but %s holds no training state: weights only", cfg.pretrained)
         return None
     if len(obj.get("class_names") or []) != cfg.num_classes:
-        raise ConfigError("exclude_epoch_state: false needs the same classes as the pretrained checkpoint "
-                          f"({len(obj.get('class_names') or [])}); set exclude_epoch_state: true for transfer learning")
+        raise ConfigError(
+            "exclude_epoch_state: false needs the same classes as the pretrained checkpoint "
+            f"({len(obj.get('class_names') or [])}); set exclude_epoch_state: true for transfer learning"
+        )
     obj = dict(obj, train_state={**obj["train_state"], "rng": []})
     return obj

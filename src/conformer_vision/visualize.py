@@ -54,9 +54,16 @@ from .models import Conformer
 from .models.layers import padding_to_multiple
 
 __all__ = [
-    "attention_rollout", "grad_cam", "tokens_to_grid", "tokens_to_map", "token_grid", "Explanation", "explain",
-    "render_explanation", "visualize_image",
-]  # fmt: skip
+    "attention_rollout",
+    "grad_cam",
+    "tokens_to_grid",
+    "tokens_to_map",
+    "token_grid",
+    "Explanation",
+    "explain",
+    "render_explanation",
+    "visualize_image",
+]
 
 log = logging.getLogger("conformer_vision.visualize")
 
@@ -261,7 +268,7 @@ def explain(model: Conformer, image: torch.Tensor, target: int | None = None, to
         cam_trans=_cpu(grad_cam(tokens_to_grid(rec["cam_trans"].detach(), grid), tokens_to_grid(g_trans, grid))[0]),
         num_blocks=len(rec["attentions"]),
         token_reduce=token_reduce,
-    )  # fmt: skip
+    )
 
 
 def _cpu(t: torch.Tensor) -> torch.Tensor:
@@ -272,8 +279,9 @@ def _cpu(t: torch.Tensor) -> torch.Tensor:
 # The figure
 
 
-def to_image_space(grid_map: torch.Tensor, padding: tuple[int, int, int, int], image_hw: tuple[int, int],
-                   smooth: bool) -> np.ndarray:  # fmt: skip
+def to_image_space(
+    grid_map: torch.Tensor, padding: tuple[int, int, int, int], image_hw: tuple[int, int], smooth: bool
+) -> np.ndarray:
     """A map over the padded input (h, w) -> (H, W) over the unpadded image (numpy)."""
     top, bottom, left, right = padding
     padded = (image_hw[0] + top + bottom, image_hw[1] + left + right)
@@ -293,8 +301,14 @@ def _top_k(exp: Explanation, class_names: list[str], k: int = 5) -> list[tuple[i
     return [(int(i), class_names[int(i)], float(v)) for v, i in zip(values, index)]
 
 
-def render_explanation(exp: Explanation, class_names: list[str], path: str | Path,
-                       mean: tuple[float, ...], std: tuple[float, ...], title: str = "") -> Path:  # fmt: skip
+def render_explanation(
+    exp: Explanation,
+    class_names: list[str],
+    path: str | Path,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    title: str = "",
+) -> Path:
     """Draw ``exp`` as one figure (3 rows x 5 columns) and write it to ``path``."""
     from .plots import new_figure, save_figure
 
@@ -351,8 +365,11 @@ def _bars(ax: Any, exp: Explanation, class_names: list[str]) -> None:
     """Horizontal bars: the fused top-5 probabilities, with each head's probability of the same class."""
     top = _top_k(exp, class_names)
     y = np.arange(len(top))
-    for offset, probs, label in ((-0.27, exp.probs, "fused"), (0.0, exp.conv_probs, "CNN head"),
-                                 (0.27, exp.trans_probs, "transformer head")):  # fmt: skip
+    for offset, probs, label in (
+        (-0.27, exp.probs, "fused"),
+        (0.0, exp.conv_probs, "CNN head"),
+        (0.27, exp.trans_probs, "transformer head"),
+    ):
         ax.barh(y + offset, [float(probs[i]) for i, _, _ in top], height=0.26, label=label)
     ax.set_yticks(y, [name for _, name, _ in top], fontsize=9)
     ax.invert_yaxis()

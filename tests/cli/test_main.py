@@ -11,11 +11,11 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 
+import inference_testlib as T  # tests/inference_testlib.py (pytest pythonpath: tests)
 import pytest
 import torch
 
 import conformer_vision
-import inference_testlib as T  # tests/inference_testlib.py (pytest pythonpath: tests)
 from conformer_vision.cli import COMMANDS
 from conformer_vision.errors import ConfigError, DataError
 
@@ -107,7 +107,7 @@ def test_an_error_raised_in_a_loader_worker_is_shown_without_the_workers_traceba
             # Without the frames of the loader's traceback the loader is freed now and its worker
             # stops at once, instead of in a later garbage collection that waits 5 s for it.
             del batches
-            raise error.with_traceback(None)
+            raise error.with_traceback(None) from None
 
     monkeypatch.setattr(info, "run", load_in_a_worker)
     line = assert_user_error(T.cli("info"), one_line=True)
@@ -134,24 +134,31 @@ def test_ctrl_c_in_a_command_is_interrupted_and_130_and_a_bug_keeps_its_tracebac
 # ---- options: never abbreviated, "did you mean" in every command ------------------------------- #
 
 
-@pytest.mark.parametrize("command, typo, meant", [
-    (["train"], "--bsae_lr", "base_lr"),
-    (["eval", "--checkpoint", "m.pt"], "--outptu", "output"),
-    (["predict", "photos"], "--chekpoint", "checkpoint"),  # argparse would report --checkpoint missing
-    (["predict", "photos", "--checkpoint", "m.pt"], "--topK", "topk"),
-    (["export", "--checkpoint", "m.pt"], "--file-format", "file_format"),
-    (["eval-onnx", "val"], "--onnx_pth", "onnx_path"),
-    (["plot", "run"], "--ouput", "output"),
-    (["visualize", "a.jpg", "--checkpoint", "m.pt"], "--input-size", "input_size"),
-    (["benchmark", "--arch", "conformer_mini_test"], "--thread", "threads"),
-    (["info"], "--image-size", "image_size"),
-    (["prepare", "fashion-mnist", "out"], "--limit", "limit_per_class"),
-], ids=lambda v: v[0] if isinstance(v, list) else None)  # fmt: skip
+@pytest.mark.parametrize(
+    "command, typo, meant",
+    [
+        (["train"], "--bsae_lr", "base_lr"),
+        (["eval", "--checkpoint", "m.pt"], "--outptu", "output"),
+        (["predict", "photos"], "--chekpoint", "checkpoint"),  # argparse would report --checkpoint missing
+        (["predict", "photos", "--checkpoint", "m.pt"], "--topK", "topk"),
+        (["export", "--checkpoint", "m.pt"], "--file-format", "file_format"),
+        (["eval-onnx", "val"], "--onnx_pth", "onnx_path"),
+        (["plot", "run"], "--ouput", "output"),
+        (["visualize", "a.jpg", "--checkpoint", "m.pt"], "--input-size", "input_size"),
+        (["benchmark", "--arch", "conformer_mini_test"], "--thread", "threads"),
+        (["info"], "--image-size", "image_size"),
+        (["prepare", "fashion-mnist", "out"], "--limit", "limit_per_class"),
+    ],
+    ids=lambda v: v[0] if isinstance(v, list) else None,
+)
 def test_27_every_subcommand_says_which_option_was_meant(tmp_path, command, typo, meant):
     """Scenario 27 of docs/reliability.md, every command: exit 2, no usage dump, nothing written."""
     result = T.cli(*command, typo, "1", cwd=tmp_path)
-    assert_user_error(result, f"unknown option '{typo[2:]}' [command line]: did you mean '{meant}'",
-                          f"see 'conformer {command[0]} --help'")  # fmt: skip
+    assert_user_error(
+        result,
+        f"unknown option '{typo[2:]}' [command line]: did you mean '{meant}'",
+        f"see 'conformer {command[0]} --help'",
+    )
     assert not list(tmp_path.iterdir())
 
 
@@ -179,8 +186,10 @@ def test_33_conformer_alone_is_a_usage_error_and_help_names_version():
 
 
 def _version_line() -> str:
-    return (f"conformer-vision {importlib.metadata.version('conformer-vision')} "
-            f"(torch {importlib.metadata.version('torch')})")  # fmt: skip
+    return (
+        f"conformer-vision {importlib.metadata.version('conformer-vision')} "
+        f"(torch {importlib.metadata.version('torch')})"
+    )
 
 
 def test_33_version_is_the_installed_distributions():

@@ -1,4 +1,5 @@
 """Builders of real image files (Pillow's own encoders) and ImageFolder trees for the data tests."""
+
 from __future__ import annotations
 
 import struct
@@ -37,9 +38,9 @@ def _strip_adobe_marker(jpeg: bytes) -> bytes:
     """Remove the APP14 'Adobe' segment from JPEG bytes."""
     pos = 2  # after SOI
     while pos < len(jpeg) and jpeg[pos] == 0xFF and jpeg[pos + 1] != 0xDA:
-        length = struct.unpack(">H", jpeg[pos + 2: pos + 4])[0]
-        if jpeg[pos + 1] == 0xEE and jpeg[pos + 4: pos + 9] == b"Adobe":
-            return jpeg[:pos] + jpeg[pos + 2 + length:]
+        length = struct.unpack(">H", jpeg[pos + 2 : pos + 4])[0]
+        if jpeg[pos + 1] == 0xEE and jpeg[pos + 4 : pos + 9] == b"Adobe":
+            return jpeg[:pos] + jpeg[pos + 2 + length :]
         pos += 2 + length
     raise AssertionError("no Adobe APP14 segment found")
 

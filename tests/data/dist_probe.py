@@ -10,6 +10,7 @@ process of a job does with the data layer, written to OUT/rank<r>.json.
   one epoch of the training stream and one pass over the val stream, each image recorded by a digest
   of its pixels (the transform), so the test can tell which process read which image.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,11 +58,24 @@ def main(folders: Path, broken: Path, shards: Path, out: Path) -> None:
             record["broken"] = str(err)
     finally:
         os.scandir = scandir  # type: ignore[assignment]
-    record.update(listed=len(listed), train=[train.path(i) for i in range(len(train))], train_labels=train.labels.tolist(),
-                  val=[val.path(i) for i in range(len(val))], classes=train.classes)  # fmt: skip
+    record.update(
+        listed=len(listed),
+        train=[train.path(i) for i in range(len(train))],
+        train_labels=train.labels.tolist(),
+        val=[val.path(i) for i in range(len(val))],
+        classes=train.classes,
+    )
 
-    cfg = Config(data_format="webdataset", data_url=str(shards), num_classes=len(train.classes), image_size=32,
-                 batch_size=8, num_parallel_workers=2, device_target="cpu", seed=3)  # fmt: skip
+    cfg = Config(
+        data_format="webdataset",
+        data_url=str(shards),
+        num_classes=len(train.classes),
+        image_size=32,
+        batch_size=8,
+        num_parallel_workers=2,
+        device_target="cpu",
+        seed=3,
+    )
     data = build_data(cfg, info)
     for loader in (data.train_loader, data.val_loader.loader):
         loader.dataset.transform = digest

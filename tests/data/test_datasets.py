@@ -1,4 +1,5 @@
 """ImageFolderDataset: layout rules, class list, subsets, bad-file policy; loaders over it."""
+
 from __future__ import annotations
 
 import logging
@@ -9,8 +10,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
 
 from conformer_vision.data.datasets import (
-    ImageFolderDataset, build_class_list, eval_loader, sample_seed, seeded_rngs, set_loader_epoch,
-)  # fmt: skip
+    ImageFolderDataset,
+    build_class_list,
+    eval_loader,
+    sample_seed,
+    seeded_rngs,
+    set_loader_epoch,
+)
 from conformer_vision.errors import ConfigError, DataError
 
 LOGGER = "conformer_vision.data"
@@ -24,6 +30,7 @@ def origin(image: Image.Image) -> tuple[int, int]:
 
 # ---- layout and classes ---------------------------------------------------------------------- #
 
+
 def test_hidden_entries_are_not_classes_or_images(make_tree, write_image):
     root = make_tree("train", {"cat": 2, "dog": 3})
     write_image("train/.ipynb_checkpoints/x.png")
@@ -33,7 +40,12 @@ def test_hidden_entries_are_not_classes_or_images(make_tree, write_image):
     ds = ImageFolderDataset(root)
     assert ds.classes == build_class_list(root) == ["cat", "dog"]
     assert [(p.parent.name, p.name) for p, _ in ds.samples] == [
-        ("cat", "000.png"), ("cat", "001.png"), ("dog", "000.png"), ("dog", "001.png"), ("dog", "002.png")]
+        ("cat", "000.png"),
+        ("cat", "001.png"),
+        ("dog", "000.png"),
+        ("dog", "001.png"),
+        ("dog", "002.png"),
+    ]
     assert ds.targets == [0, 0, 1, 1, 1]
     image, target = ds[3]
     assert target == 1 and origin(image) == (1, 1)
@@ -73,6 +85,7 @@ def test_unknown_val_class_is_an_error_listing_known_ones(make_tree):
 
 # ---- subsets --------------------------------------------------------------------------------- #
 
+
 def test_subset_is_fixed_sorted_and_a_subset(make_tree):
     root = make_tree("train", {"a": 10, "b": 10})
     full = ImageFolderDataset(root).samples
@@ -86,6 +99,7 @@ def test_subset_is_fixed_sorted_and_a_subset(make_tree):
 
 
 # ---- bad files ------------------------------------------------------------------------------- #
+
 
 @pytest.mark.parametrize("kind", ["truncated", "empty", "text"])
 def test_bad_file_is_logged_counted_and_substituted(make_tree, make_bad, caplog, kind):
@@ -149,7 +163,9 @@ def train_loader(ds, batch_size: int, *, shuffle: bool, seed: int, drop_last: bo
     """A loader as training builds one (``train.build_data``): a DistributedSampler, its own generator."""
     sampler = DistributedSampler(ds, num_replicas=1, rank=0, shuffle=shuffle, seed=seed, drop_last=drop_last)
     generator = torch.Generator()
-    loader = DataLoader(ds, batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last, generator=generator)
+    loader = DataLoader(
+        ds, batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last, generator=generator
+    )
     set_loader_epoch(loader, 0)
     return loader
 
@@ -207,6 +223,7 @@ def test_bad_file_budget_error_names_the_option(make_tree, make_bad):
 
 # ---- loader ---------------------------------------------------------------------------------- #
 
+
 def order(loader) -> list[tuple[int, int]]:
     return [tuple(x.tolist()) for images, _ in loader for x in images]
 
@@ -249,4 +266,3 @@ def test_an_index_seed_pair_augments_the_same_way_anywhere_and_leaves_global_rng
         a = torch.rand(3)
     with seeded_rngs(5):
         assert torch.equal(torch.rand(3), a)
-

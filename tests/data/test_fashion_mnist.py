@@ -1,4 +1,5 @@
 """prepare_fashion_mnist on small synthetic IDX files, and once on the Debian package's files."""
+
 from __future__ import annotations
 
 import gzip
@@ -85,9 +86,11 @@ def test_bad_parameters(tmp_path, source, bad):
         prepare_fashion_mnist(tmp_path / "fm", source_dir=source, **bad)
 
 
-@pytest.mark.skipif(not (DEFAULT_SOURCE_DIR / "train-images-idx3-ubyte.gz").is_file(),
-                    reason=f"Debian package dataset-fashion-mnist not installed (no {DEFAULT_SOURCE_DIR}); "
-                           "apt-get install -y dataset-fashion-mnist")
+@pytest.mark.skipif(
+    not (DEFAULT_SOURCE_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason=f"Debian package dataset-fashion-mnist not installed (no {DEFAULT_SOURCE_DIR}); "
+    "apt-get install -y dataset-fashion-mnist",
+)
 def test_real_package_files(tmp_path):
     info = prepare_fashion_mnist(tmp_path / "fm", image_size=32, limit_per_class=2)
     assert (info["num_train"], info["num_val"]) == (20, 20)

@@ -1,4 +1,5 @@
 """load_rgb: every supported mode decodes to correct RGB; every bad file is an ImageDecodeError."""
+
 from __future__ import annotations
 
 import pickle
@@ -21,8 +22,19 @@ def pixels(path: Path) -> np.ndarray:
 
 # ---- colour modes ---------------------------------------------------------------------------- #
 
-@pytest.mark.parametrize("name,fmt", [("a.jpg", "JPEG"), ("a.png", "PNG"), ("a.bmp", "BMP"), ("a.webp", "WEBP"),
-                                      ("a.ppm", "PPM"), ("a.tif", "TIFF"), ("a.gif", "GIF")])
+
+@pytest.mark.parametrize(
+    "name,fmt",
+    [
+        ("a.jpg", "JPEG"),
+        ("a.png", "PNG"),
+        ("a.bmp", "BMP"),
+        ("a.webp", "WEBP"),
+        ("a.ppm", "PPM"),
+        ("a.tif", "TIFF"),
+        ("a.gif", "GIF"),
+    ],
+)
 def test_common_formats_decode_to_rgb(write_image, name, fmt):
     image = load_rgb(write_image(name, format=fmt))
     assert image.mode == "RGB" and image.size == (16, 12)
@@ -124,13 +136,17 @@ def test_exif_orientation_is_applied(write_image):
 
 # ---- bad files ------------------------------------------------------------------------------- #
 
-@pytest.mark.parametrize("kind,name,reason", [
-    ("truncated", "t.jpg", "truncated"),
-    ("truncated", "t.png", "truncated"),
-    ("empty", "e.jpg", "empty"),
-    ("text", "x.jpg", "not a recognised image"),
-    ("dir", "d.jpg", "directory"),
-])
+
+@pytest.mark.parametrize(
+    "kind,name,reason",
+    [
+        ("truncated", "t.jpg", "truncated"),
+        ("truncated", "t.png", "truncated"),
+        ("empty", "e.jpg", "empty"),
+        ("text", "x.jpg", "not a recognised image"),
+        ("dir", "d.jpg", "directory"),
+    ],
+)
 def test_bad_files_raise_decode_error(tmp_path, make_bad, kind, name, reason):
     path = make_bad(tmp_path / name, kind)
     with pytest.raises(ImageDecodeError, match=reason) as info:
@@ -184,6 +200,7 @@ def test_decode_error_is_a_data_error_and_pickles(tmp_path):
 
 # ---- names and listing ----------------------------------------------------------------------- #
 
+
 def test_image_extensions_are_case_insensitive():
     assert {".jpg", ".jpeg", ".png", ".webp", ".pbm"} <= IMAGE_EXTENSIONS
     assert is_image_file("a/B.JPG") and is_image_file("x.TiFf") and not is_image_file("notes.txt")
@@ -197,6 +214,7 @@ def test_list_images_sorted_skips_hidden_and_non_files(tmp_path, write_image, ma
     write_image("folder.jpg/inner.png")
     assert list_images(tmp_path) == [tmp_path / "a.JPG", tmp_path / "b.png"]
     assert list_images(tmp_path, recursive=True) == sorted(
-        [tmp_path / "a.JPG", tmp_path / "b.png", tmp_path / "folder.jpg/inner.png", tmp_path / "sub/c.png"])
+        [tmp_path / "a.JPG", tmp_path / "b.png", tmp_path / "folder.jpg/inner.png", tmp_path / "sub/c.png"]
+    )
     with pytest.raises(DataError, match="does not exist"):
         list_images(tmp_path / "missing")

@@ -1,6 +1,7 @@
 """The class-folder index (`data.index`): the same samples and labels as the data layer's previous
 `Path`-based scan and as torchvision's ImageFolder, the same rules for odd entries, flat arrays
 instead of per-sample objects. A tree of 3,000 empty files; the speed is printed, not asserted."""
+
 from __future__ import annotations
 
 import os
@@ -100,7 +101,15 @@ def test_odd_entries_follow_the_folder_rules(tree: Path, tmp_path: Path) -> None
     (root / "dog" / "dangling.png").symlink_to(root / "dog" / "missing.png")
     index = scan_split(root)
     assert listed(index) == path_scan(root)
-    assert [Path(p).name for p, _ in listed(index)] == ["0.jpg", "1.jpg", "2.jpg", "0.jpg", "1.jpg", "2.jpg", "link.png"]
+    assert [Path(p).name for p, _ in listed(index)] == [
+        "0.jpg",
+        "1.jpg",
+        "2.jpg",
+        "0.jpg",
+        "1.jpg",
+        "2.jpg",
+        "link.png",
+    ]
     assert index.classes == ["cat", "dog"]
     assert index.rejected == sorted([str(root / "cat" / "folder.jpg"), str(root / "dog" / "dangling.png")])
     with pytest.raises(DataError, match="too many unreadable"):

@@ -2,6 +2,7 @@
 ``conformer eval``, in one process and under ``torchrun --nproc_per_node 2`` (gloo, CPU), and what
 each process of a 2-process job reads (tests/data/dist_probe.py): one process indexes class folders,
 the processes' training images never overlap, every val image is read once."""
+
 from __future__ import annotations
 
 import hashlib
@@ -25,9 +26,19 @@ from conformer_vision.train import train
 pytestmark = pytest.mark.slow  # real trainings, two of them under torchrun
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-RUN = dict(arch="conformer_mini_test", num_classes=10, image_size=32, batch_size=8, epochs=1, warmup_length=0,
-           device_target="cpu", num_parallel_workers=2, print_loss_every=5, ckpt_save_every_seconds=0,
-           data_format="webdataset")  # fmt: skip
+RUN = dict(
+    arch="conformer_mini_test",
+    num_classes=10,
+    image_size=32,
+    batch_size=8,
+    epochs=1,
+    warmup_length=0,
+    device_target="cpu",
+    num_parallel_workers=2,
+    print_loss_every=5,
+    ckpt_save_every_seconds=0,
+    data_format="webdataset",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -45,15 +56,33 @@ def fashion(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def run_config(data: Path, out: Path, **overrides: object):
-    options = {**RUN, "data_url": str(data), "ckpt_root_dir": str(out / "checkpoints"),
-               "best_ckpt_root_dir": str(out / "best"), "summary_root_dir": str(out / "summary"), **overrides}  # fmt: skip
+    options = {
+        **RUN,
+        "data_url": str(data),
+        "ckpt_root_dir": str(out / "checkpoints"),
+        "best_ckpt_root_dir": str(out / "best"),
+        "summary_root_dir": str(out / "summary"),
+        **overrides,
+    }
     return load_config(None, options)
 
 
 def evaluate(checkpoint: Path, out: Path, *options: str) -> dict:
     """``conformer eval`` (in this process) -> its --output JSON."""
-    args = ["eval", "--checkpoint", str(checkpoint), "--device_target", "cpu", "--batch_size", "16",
-            "--num_parallel_workers", "2", "--output", str(out), *options]  # fmt: skip
+    args = [
+        "eval",
+        "--checkpoint",
+        str(checkpoint),
+        "--device_target",
+        "cpu",
+        "--batch_size",
+        "16",
+        "--num_parallel_workers",
+        "2",
+        "--output",
+        str(out),
+        *options,
+    ]
     assert main(args) == 0
     return json.loads(out.read_text())
 
@@ -66,10 +95,12 @@ def test_prepare_train_and_evaluate_from_shards(fashion: tuple[Path, Path], tmp_
     result = train(run_config(shards, tmp_path / "run"))
     assert result.status == "completed" and result.step == 15  # 120 images / batch 8
     assert result.metrics["num_samples"] == 120
-    on_shards = evaluate(result.last_checkpoint, tmp_path / "shards.json", "--data_format", "webdataset",
-                         "--data_url", str(shards))  # fmt: skip
-    on_folders = evaluate(result.last_checkpoint, tmp_path / "folders.json", "--data_url", str(folders),
-                          "--val_dir", "val")  # fmt: skip
+    on_shards = evaluate(
+        result.last_checkpoint, tmp_path / "shards.json", "--data_format", "webdataset", "--data_url", str(shards)
+    )
+    on_folders = evaluate(
+        result.last_checkpoint, tmp_path / "folders.json", "--data_url", str(folders), "--val_dir", "val"
+    )
     assert on_shards["num_samples"] == on_folders["num_samples"] == 120
     for key in ("Loss", "Top1-Acc", "Top5-Acc", "conv_top1", "trans_loss"):
         assert on_shards[key] == pytest.approx(on_folders[key], abs=1e-6), key
@@ -79,8 +110,13 @@ def test_prepare_train_and_evaluate_from_shards(fashion: tuple[Path, Path], tmp_
 
 def torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args],
-                          env=env, capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def pixel_digest(path: str) -> int:
@@ -114,7 +150,9 @@ def test_two_processes_index_once_and_read_disjoint_shards(fashion: tuple[Path, 
     assert seen[0] <= set(digests) and seen[1] <= set(digests) and not seen[0] & seen[1]
     assert len(seen[0] | seen[1]) >= 100
     val = scan_split(folders / "val", ranks[0]["classes"])
-    assert sorted(ranks[0]["val_digests"] + ranks[1]["val_digests"]) == sorted(pixel_digest(val.path(i)) for i in range(120))
+    assert sorted(ranks[0]["val_digests"] + ranks[1]["val_digests"]) == sorted(
+        pixel_digest(val.path(i)) for i in range(120)
+    )
 
 
 def test_torchrun_trains_from_shards(fashion: tuple[Path, Path], tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """WebDataset shards (`data.shards`): what `write_shards` writes, the training and evaluation streams
 (which process and worker reads what, resume positions, the bad-sample policies), shard URLs
 (local, `pipe:`, `http://`, brace patterns) and the errors a user can meet."""
+
 from __future__ import annotations
 
 import functools
@@ -73,7 +74,8 @@ def test_written_shards_hold_every_image_once_under_its_index(source: Path, shar
     seen = items(ShardDataset(split(shards), origin, training=False))
     assert sorted(seen) == sorted((c, k, c) for c, n in enumerate((13, 11, 8)) for k in range(n))
     assert sorted(items(ShardDataset(split(shards, "val"), origin, training=False))) == [
-        (0, k, 0) for k in range(3)] + [(1, k, 2) for k in range(4)]  # fmt: skip  # val folder 1 is class c
+        (0, k, 0) for k in range(3)
+    ] + [(1, k, 2) for k in range(4)]  # val folder 1 is class c
     before = {p.name: p.read_bytes() for p in shards.iterdir()}
     with pytest.raises(DataError, match="already holds shards .*nothing was written"):
         write_shards(source, shards)
@@ -87,8 +89,9 @@ def test_training_streams_split_the_shards_between_processes_and_workers(shards:
     train = split(shards)
     per_rank = []
     for rank in (0, 1):
-        dataset = ShardDataset(train, origin, training=True, batch_size=4, seed=5, rank=rank, world_size=2,
-                               num_workers=2)  # fmt: skip
+        dataset = ShardDataset(
+            train, origin, training=True, batch_size=4, seed=5, rank=rank, world_size=2, num_workers=2
+        )
         dataset.set_epoch(1)
         first = items(dataset, workers=2)
         assert dataset.steps_per_epoch == 4 and len(first) == len(dataset) == 16
@@ -118,12 +121,13 @@ def test_a_resumed_epoch_continues_with_the_same_items(shards: Path) -> None:
         set_loader_epoch(loader, 4)
         dataset.skip = done * 2
         rest = [x for images, _ in loader for x in images]
-        assert len(rest) == len(full) - done * 2 and all(torch.equal(a, b) for a, b in zip(rest, full[done * 2:]))
+        assert len(rest) == len(full) - done * 2 and all(torch.equal(a, b) for a, b in zip(rest, full[done * 2 :]))
 
 
 @pytest.mark.parametrize("kind", ["truncated", "empty", "text"])
-def test_unreadable_images_are_replaced_in_training_and_dropped_in_evaluation(source: Path, tmp_path: Path,
-                                                                              make_bad, caplog, kind) -> None:  # fmt: skip
+def test_unreadable_images_are_replaced_in_training_and_dropped_in_evaluation(
+    source: Path, tmp_path: Path, make_bad, caplog, kind
+) -> None:
     make_bad(source / "train" / "b" / "003.png", kind)
     make_bad(source / "train" / "a" / "010.png", kind)
     write_shards(source, tmp_path / "wds", shard_size=4)
@@ -136,7 +140,9 @@ def test_unreadable_images_are_replaced_in_training_and_dropped_in_evaluation(so
     assert "skipping unreadable image train-" in caplog.text and "(source b/003.png)" in caplog.text
     assert "dropping unreadable image" in caplog.text and "(not counted)" in caplog.text
     dataset = ShardDataset(train, origin, training=False, max_bad_fraction=0.05)  # budget 1 of 32
-    with pytest.raises(DataError, match=r"2 of 32 \(budget 1: max_bad_files_fraction 0.05.*--max_bad_files_fraction 0.063"):
+    with pytest.raises(
+        DataError, match=r"2 of 32 \(budget 1: max_bad_files_fraction 0.05.*--max_bad_files_fraction 0.063"
+    ):
         items(dataset)
     assert len(dataset.bad_files) == 2 and all(name.startswith("train-0000") for name in dataset.bad_files)
 

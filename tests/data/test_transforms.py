@@ -1,4 +1,5 @@
 """Preprocess (eval preset, serialisation) and the timm-based training transform."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,7 @@ def photo(width: int = 40, height: int = 30) -> Image.Image:
 
 
 def train_kwargs(**overrides):
-    kwargs = dict(min_crop=0.5, auto_augment=AA, aa_interpolation="bilinear", re_prob=0.25, re_mode="pixel",
-                  re_count=1)
+    kwargs = dict(min_crop=0.5, auto_augment=AA, aa_interpolation="bilinear", re_prob=0.25, re_mode="pixel", re_count=1)
     return {**kwargs, **overrides}
 
 
@@ -35,6 +35,7 @@ def kinds(transform) -> list[type]:
 
 # ---- Preprocess ------------------------------------------------------------------------------ #
 
+
 def test_preprocess_round_trips_through_json():
     pre = Preprocess(input_size=(96, 64), interpolation="bilinear", crop_pct=0.9, mean=(0.5,) * 3, std=(0.25,) * 3)
     data = json.loads(json.dumps(pre.to_dict()))
@@ -42,9 +43,19 @@ def test_preprocess_round_trips_through_json():
     assert data["input_size"] == [96, 64] and isinstance(hash(Preprocess.from_dict(data)), int)
 
 
-@pytest.mark.parametrize("bad", [{"crop_pct": 0.0}, {"crop_pct": 1.5}, {"interpolation": "cubic"},
-                                 {"input_size": (0, 4)}, {"mean": (0.5, 0.5)}, {"std": (1, 0, 1)},
-                                 {"crop_pct": "big"}, {"input_szie": (8, 8)}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"crop_pct": 0.0},
+        {"crop_pct": 1.5},
+        {"interpolation": "cubic"},
+        {"input_size": (0, 4)},
+        {"mean": (0.5, 0.5)},
+        {"std": (1, 0, 1)},
+        {"crop_pct": "big"},
+        {"input_szie": (8, 8)},
+    ],
+)
 def test_preprocess_rejects_bad_values(bad):
     with pytest.raises(ConfigError):
         Preprocess.from_dict(bad)
@@ -71,6 +82,7 @@ def test_preprocess_image_needs_rgb():
 
 
 # ---- training transform ---------------------------------------------------------------------- #
+
 
 def test_train_transform_output_and_stages():
     transform = build_train_transform(32, **train_kwargs())
@@ -117,8 +129,17 @@ def test_no_augment_is_the_deterministic_eval_transform():
     assert torch.equal(transform(image), Preprocess(input_size=(16, 16)).eval_transform()(image))
 
 
-@pytest.mark.parametrize("bad", [dict(auto_augment="rand-x9"), dict(auto_augment="nonsense"), dict(re_mode="zero"),
-                                 dict(min_crop=0.0), dict(re_prob=2.0), dict(aa_interpolation="cubic")])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(auto_augment="rand-x9"),
+        dict(auto_augment="nonsense"),
+        dict(re_mode="zero"),
+        dict(min_crop=0.0),
+        dict(re_prob=2.0),
+        dict(aa_interpolation="cubic"),
+    ],
+)
 def test_train_transform_rejects_bad_options(bad):
     with pytest.raises(ConfigError):
         build_train_transform(16, **train_kwargs(**bad))

@@ -15,7 +15,12 @@ from conformer_vision.models.convert import load_state_dict_strict
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 
-FULL_VARIANTS = ["conformer_tiny_patch16", "conformer_small_patch16", "conformer_small_patch32", "conformer_base_patch16"]
+FULL_VARIANTS = [
+    "conformer_tiny_patch16",
+    "conformer_small_patch16",
+    "conformer_small_patch32",
+    "conformer_base_patch16",
+]
 
 
 def _mini_from_vector(vector: dict, **kw) -> torch.nn.Module:
@@ -66,8 +71,12 @@ def test_state_dict_layout_and_param_counts():
 
 @pytest.mark.slow
 def test_public_counts_match_reference_md():
-    counts = {"conformer_tiny_patch16": 23_524_704, "conformer_small_patch16": 37_673_424,
-              "conformer_small_patch32": 38_853_072, "conformer_base_patch16": 83_289_136}  # fmt: skip
+    counts = {
+        "conformer_tiny_patch16": 23_524_704,
+        "conformer_small_patch16": 37_673_424,
+        "conformer_small_patch32": 38_853_072,
+        "conformer_base_patch16": 83_289_136,
+    }
     for name, n in counts.items():
         with torch.device("meta"):
             assert sum(p.numel() for p in create_model(name).parameters()) == n

@@ -112,15 +112,21 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path):
     sd["extra.weight"] = torch.zeros(1)
     path = tmp_path / "odd.pth"
     torch.save(sd, path)
-    with pytest.raises(CheckpointError, match=r"(?s)1 missing keys: trans_norm.weight.*1 unexpected keys: extra.weight"):
+    with pytest.raises(
+        CheckpointError, match=r"(?s)1 missing keys: trans_norm.weight.*1 unexpected keys: extra.weight"
+    ):
         create_model("conformer_mini_test", 10, pretrained=str(path))
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "is empty (0 bytes)"),
-    (b"hello, I am not a checkpoint\n", "is not a checkpoint: it is a text file (first line 'hello, I am not"),
-    (None, "is truncated or corrupt: a PyTorch checkpoint whose content is incomplete or damaged"),
-], ids=["empty", "text", "truncated"])  # fmt: skip
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "is empty (0 bytes)"),
+        (b"hello, I am not a checkpoint\n", "is not a checkpoint: it is a text file (first line 'hello, I am not"),
+        (None, "is truncated or corrupt: a PyTorch checkpoint whose content is incomplete or damaged"),
+    ],
+    ids=["empty", "text", "truncated"],
+)
 def test_unreadable_files_give_clear_errors(tmp_path, content, message):
     path = tmp_path / "model.pth"
     if content is None:

@@ -40,7 +40,10 @@ def test_default_features_are_the_authors_fpn_maps():
 
 @pytest.mark.slow
 def test_full_size_variants_describe_their_pyramids():
-    for name, chans in [("conformer_tiny_patch16", [64, 128, 256, 256]), ("conformer_base_patch16", [384, 768, 1536, 1536])]:
+    for name, chans in [
+        ("conformer_tiny_patch16", [64, 128, 256, 256]),
+        ("conformer_base_patch16", [384, 768, 1536, 1536]),
+    ]:
         model = timm.create_model(name, features_only=True, device="meta")
         assert model.feature_info.channels() == chans and model.feature_info.reduction() == [4, 8, 16, 32]
         assert all(p.device.type == "meta" for p in model.parameters())
@@ -133,7 +136,9 @@ def test_prune_and_stop_early_keep_the_taps():
         pruned = copy.deepcopy(model)
         take = pruned.prune_intermediate_layers([i])
         with torch.no_grad():
-            torch.testing.assert_close(pruned.forward_intermediates(x, indices=take, intermediates_only=True)[0], taps[i])
+            torch.testing.assert_close(
+                pruned.forward_intermediates(x, indices=take, intermediates_only=True)[0], taps[i]
+            )
         pruned.train()
         out = pruned.forward_intermediates(x, indices=take, intermediates_only=True)
         sum(f.sum() for f in out + [pruned.forward_features(x)]).backward()
@@ -187,8 +192,11 @@ def test_classification_weights_load_into_the_feature_model(tmp_path, layout, ro
         save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
     else:
         torch.save(build_checkpoint(classifier), path)
-    source = dict(pretrained=str(path)) if route == "pretrained=PATH" else dict(
-        pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    source = (
+        dict(pretrained=str(path))
+        if route == "pretrained=PATH"
+        else dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    )
     features = timm.create_model(MINI, features_only=True, **source).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():

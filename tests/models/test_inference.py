@@ -64,7 +64,9 @@ def test_what_the_copy_is_made_of():
     # the input model is untouched: training mode, BatchNorms, weights, layout, explicit attention
     assert model.training and sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 85
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    assert model.conv1.weight.is_contiguous() and not any(m.fused_attn for m in model.modules() if isinstance(m, Attention))
+    assert model.conv1.weight.is_contiguous() and not any(
+        m.fused_attn for m in model.modules() if isinstance(m, Attention)
+    )
     # the copy: eval, no BatchNorm, pool-then-conv FCUDowns, fused attention, channels_last, frozen
     assert not fast.training and not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
     assert isinstance(fast.conv_trans_2.squeeze_block.sample_pooling, nn.Sequential)
@@ -121,5 +123,7 @@ def test_no_private_pytorch_api_in_the_model_and_inference_code():
     ``torch._*`` modules, ``torch.ops.mkldnn``, private dispatch modes or module-hook globals)."""
     private = re.compile(r"torch\._[a-z]|torch\.ops\.mkldnn|_python_dispatch|_global_forward_hooks")
     files = [*sorted((SRC / "models").glob("*.py")), SRC / "runtime.py", SRC / "benchmark.py"]
-    hits = [f"{f.name}:{n}" for f in files for n, line in enumerate(f.read_text().splitlines(), 1) if private.search(line)]
+    hits = [
+        f"{f.name}:{n}" for f in files for n, line in enumerate(f.read_text().splitlines(), 1) if private.search(line)
+    ]
     assert not hits

@@ -35,9 +35,15 @@ from conformer_vision import create_model
 from conformer_vision.config import Config
 from conformer_vision.errors import ConfigError
 from conformer_vision.pretrained import (
-    PUBLISHED, TIMEOUT_ENV, URL_BASE_ENV, DownloadError, cache_path, imagenet_class_names, is_imagenet_name,
+    PUBLISHED,
+    TIMEOUT_ENV,
+    URL_BASE_ENV,
+    DownloadError,
+    cache_path,
+    imagenet_class_names,
+    is_imagenet_name,
     weights_url,
-)  # fmt: skip
+)
 
 MINI = "conformer_mini_test"
 TINY = "conformer_tiny_patch16"
@@ -74,7 +80,12 @@ def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def _to_mmpretrain(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Our key names -> mmpretrain's (``backbone.``/``head.`` prefixes, ln1/ln2, ffn.layers)."""
-    renames = ((".norm1.", ".ln1."), (".norm2.", ".ln2."), (".mlp.fc1.", ".ffn.layers.0.0."), (".mlp.fc2.", ".ffn.layers.1."))
+    renames = (
+        (".norm1.", ".ln1."),
+        (".norm2.", ".ln2."),
+        (".mlp.fc1.", ".ffn.layers.0.0."),
+        (".mlp.fc2.", ".ffn.layers.1."),
+    )
     out = {}
     for key, value in sd.items():
         if key.startswith(("conv_cls_head.", "trans_cls_head.")):
@@ -143,8 +154,14 @@ def _assert_weights(model: torch.nn.Module, sd: dict[str, torch.Tensor], skip: t
 def _assert_one_line_download_error(error: pytest.ExceptionInfo[DownloadError], url: str, *fragments: str) -> None:
     message = str(error.value)
     assert "\n" not in message
-    for fragment in (url, str(cache_path(url)), "pretrained_cfg_overlay=dict(file=PATH)", "--pretrained PATH",
-                     "nothing was cached", *fragments):  # fmt: skip
+    for fragment in (
+        url,
+        str(cache_path(url)),
+        "pretrained_cfg_overlay=dict(file=PATH)",
+        "--pretrained PATH",
+        "nothing was cached",
+        *fragments,
+    ):
         assert fragment in message, f"{fragment!r} not in {message!r}"
 
 
@@ -164,8 +181,11 @@ def test_each_published_variant_has_a_url_with_a_hash_in_its_cfg():
 
 def test_mini_test_has_no_published_weights_and_says_so():
     for build in (create_model, timm.create_model):
-        with pytest.raises(ValueError, match="no weights are downloaded for conformer_mini_test: it has no published "
-                                             "weights .*pass pretrained=PATH"):  # fmt: skip
+        with pytest.raises(
+            ValueError,
+            match="no weights are downloaded for conformer_mini_test: it has no published "
+            "weights .*pass pretrained=PATH",
+        ):
             build(MINI, pretrained=True)
 
 
@@ -203,8 +223,9 @@ def test_a_wrong_hash_is_refused_and_nothing_is_cached(mini):
                 create_model(MINI, pretrained=True, pretrained_cfg_overlay=dict(url=url))
             assert server.requests[path] == attempt
             assert _cache_entries() == []
-    _assert_one_line_download_error(error, url, f"SHA-256 is {hashlib.sha256(data).hexdigest()[:16]}",
-                                    "not the 00000000")  # fmt: skip
+    _assert_one_line_download_error(
+        error, url, f"SHA-256 is {hashlib.sha256(data).hexdigest()[:16]}", "not the 00000000"
+    )
 
 
 def test_a_truncated_download_is_refused_and_nothing_is_cached(mini):
@@ -273,7 +294,9 @@ def test_temporary_files_of_a_killed_download_are_removed(mini):
     os.utime(dead, (time.time() - 7200, time.time() - 7200))
     os.utime(other, (time.time() - 7200, time.time() - 7200))
     with WeightsServer({"/" + name: data}) as server:
-        _assert_weights(create_model(MINI, pretrained=True, pretrained_cfg_overlay=dict(url=server.url("/" + name))), sd)
+        _assert_weights(
+            create_model(MINI, pretrained=True, pretrained_cfg_overlay=dict(url=server.url("/" + name))), sd
+        )
     assert sorted(p.name for p in folder.iterdir()) == sorted([live.name, other.name, name])
 
 
@@ -294,7 +317,9 @@ def test_a_local_copy_loads_without_the_network(tiny):
 
 def test_the_imagenet_name_in_the_config(tmp_path, monkeypatch):
     assert Config(arch="conformer_tiny", pretrained="ImageNet").pretrained == "imagenet"
-    with pytest.raises(ConfigError, match="pretrained: imagenet: conformer_mini_test has no published ImageNet weights"):
+    with pytest.raises(
+        ConfigError, match="pretrained: imagenet: conformer_mini_test has no published ImageNet weights"
+    ):
         Config(arch=MINI, pretrained="imagenet")
     assert not is_imagenet_name("imagenet.pth") and not is_imagenet_name(None)
     monkeypatch.chdir(tmp_path)
@@ -344,7 +369,9 @@ def test_serve_and_visualize_name_1000_unnamed_classes(mini, tiny, tmp_path, mon
     assert published.describe()["arch"] == TINY and published.class_names[0] == FIRST_IMAGENET_CLASS
 
     drawn: list[tuple[list[str], str]] = []  # the names and title the figure gets (drawing it takes seconds)
-    monkeypatch.setattr(V, "render_explanation", lambda exp, names, path, *a, title="", **k: drawn.append((names, title)))
+    monkeypatch.setattr(
+        V, "render_explanation", lambda exp, names, path, *a, title="", **k: drawn.append((names, title))
+    )
     photo = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(photo)
     V.visualize_image(photo, plain, output=tmp_path / "mini.png", arch=MINI, input_size=(32, 32))
@@ -372,9 +399,27 @@ def test_predict_with_the_published_weights_prints_imagenet_names(tiny, tmp_path
     src = Path(conformer_vision.__file__).resolve().parents[1]
     with refused_port() as port:
         env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1", URL_BASE_ENV: f"http://127.0.0.1:{port}/"}
-        proc = subprocess.run([sys.executable, "-m", "conformer_vision", "predict", str(photo), "--arch", "conformer_tiny",
-                               "--pretrained", "imagenet", "--topk", "5", "--output", str(tmp_path / "p.json")],
-                              env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "conformer_vision",
+                "predict",
+                str(photo),
+                "--arch",
+                "conformer_tiny",
+                "--pretrained",
+                "imagenet",
+                "--topk",
+                "5",
+                "--output",
+                str(tmp_path / "p.json"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert cached.is_symlink() and _cache_entries() == [cached.name]
     names = imagenet_class_names()
@@ -404,9 +449,27 @@ def test_eval_with_the_published_weights_maps_imagenet_synset_folders(tiny, tmp_
     for i, synset in enumerate(synsets):
         (tmp_path / "data" / "val" / synset).mkdir(parents=True)
         Image.new("RGB", (8, 8), (i % 256, i // 256, 0)).save(tmp_path / "data" / "val" / synset / "a.png")
-    rc, out, err = T.cli("eval", "--pretrained", "imagenet", "--arch", TINY, "--data_url", str(tmp_path / "data"),
-                         "--val_dir", "val", "--num_parallel_workers", "0", "--device_target", "cpu",
-                         "--val_num_samples", "4", "--image_size", "64", "--output", str(tmp_path / "m.json"))  # fmt: skip
+    rc, out, err = T.cli(
+        "eval",
+        "--pretrained",
+        "imagenet",
+        "--arch",
+        TINY,
+        "--data_url",
+        str(tmp_path / "data"),
+        "--val_dir",
+        "val",
+        "--num_parallel_workers",
+        "0",
+        "--device_target",
+        "cpu",
+        "--val_num_samples",
+        "4",
+        "--image_size",
+        "64",
+        "--output",
+        str(tmp_path / "m.json"),
+    )
     assert rc == 0, err
     assert "evaluating imagenet at 64x64" in out
     assert [row["name"] for row in json.loads((tmp_path / "m.json").read_text())["per_class"]] == synsets
@@ -426,8 +489,12 @@ def test_predict_pretrained_errors_are_one_line(tmp_path, monkeypatch):
     assert rc == 2 and "not allowed with argument" in err
     with refused_port() as port:  # offline: nothing in the cache, the (mirror) server unreachable
         monkeypatch.setenv(URL_BASE_ENV, f"http://127.0.0.1:{port}")
-        rc, _, err = T.cli("predict", str(photo), "--pretrained", "imagenet", "--arch", "conformer_small_patch32",
-                           "--output", out)  # fmt: skip
+        rc, _, err = T.cli(
+            "predict", str(photo), "--pretrained", "imagenet", "--arch", "conformer_small_patch32", "--output", out
+        )
     lines = err.strip().splitlines()
     assert rc == 2 and "Traceback" not in err and _cache_entries() == []
-    assert "could not download conformer_small_patch32's pretrained weights" in lines[-1] and "--pretrained PATH" in lines[-1]
+    assert (
+        "could not download conformer_small_patch32's pretrained weights" in lines[-1]
+        and "--pretrained PATH" in lines[-1]
+    )

@@ -24,8 +24,13 @@ from conformer_vision.models import create_model
 
 MINI = "conformer_mini_test"  # CNN 64 channels at the end, embed 32, depth 12
 ROOT = Path(__file__).parents[2]
-WIDTHS = {"conformer_tiny_patch16": (256, 384), "conformer_small_patch16": (1024, 384),
-          "conformer_small_patch32": (1024, 384), "conformer_base_patch16": (1536, 576), MINI: (64, 32)}  # fmt: skip
+WIDTHS = {
+    "conformer_tiny_patch16": (256, 384),
+    "conformer_small_patch16": (1024, 384),
+    "conformer_small_patch32": (1024, 384),
+    "conformer_base_patch16": (1536, 576),
+    MINI: (64, 32),
+}
 
 
 def _mini(**kwargs) -> torch.nn.Module:
@@ -113,8 +118,9 @@ def test_group_matcher_feeds_timms_layer_decay():
     assert layer["trans_norm.weight"] == 12 and layer["conv_cls_head.weight"] == layer["trans_cls_head.bias"] == 13
     names = [n for n, _ in model.named_parameters()]
     assert all(any(fnmatch.fnmatch(n, p) for n in names) for p in model.no_weight_decay())
-    groups = param_groups_layer_decay(model, weight_decay=0.05, no_weight_decay_list=model.no_weight_decay(),
-                                      layer_decay=0.5)  # fmt: skip
+    groups = param_groups_layer_decay(
+        model, weight_decay=0.05, no_weight_decay_list=model.no_weight_decay(), layer_decay=0.5
+    )
     scales = {g["lr_scale"] for g in groups}
     assert max(scales) == 1.0 and min(scales) == 0.5**13
     cls = next(g for g in groups if any(p is model.cls_token for p in g["params"]))
@@ -142,8 +148,12 @@ def test_torchscript_and_fx_give_the_eager_outputs():
     model = _mini(num_classes=4)
     scripted = torch.jit.script(model)
     tracer = torch.fx.Tracer(autowrap_functions=tuple(get_notrace_functions()))
-    tracer.is_leaf_module = lambda m, name: isinstance(m, tuple(get_notrace_modules())) or (  # type: ignore[method-assign]
-        torch.fx.Tracer.is_leaf_module(tracer, m, name))
+    tracer.is_leaf_module = lambda m, name: (
+        isinstance(m, tuple(get_notrace_modules()))
+        or (  # type: ignore[method-assign]
+            torch.fx.Tracer.is_leaf_module(tracer, m, name)
+        )
+    )
     traced = torch.fx.GraphModule(model, tracer.trace(model))
     fx_scripted = torch.jit.script(traced)
     with torch.no_grad():
@@ -162,7 +172,8 @@ def test_timm_model_tests_script_runs_timms_tests_against_the_installed_timm(tmp
     version = timm.__version__
     tests = tmp_path / f"timm-{version}" / "tests"
     tests.mkdir(parents=True)
-    (tests / "test_models.py").write_text(textwrap.dedent("""
+    (tests / "test_models.py").write_text(
+        textwrap.dedent("""
         import os
         import pytest
         import timm
@@ -173,11 +184,17 @@ def test_timm_model_tests_script_runs_timms_tests_against_the_installed_timm(tmp
             assert "site-packages" in timm.__file__ or "dist-packages" in timm.__file__
             assert os.environ["OMP_NUM_THREADS"] == "1" and "GITHUB_ACTIONS" not in os.environ
             assert timm.create_model(name, num_classes=3, device="meta").num_classes == 3
-    """))
+    """)
+    )
     env = {**os.environ, "TIMM_TESTS_CACHE": str(tmp_path), "PYTHON": sys.executable, "GITHUB_ACTIONS": "true"}
     env.pop("OMP_NUM_THREADS", None)
-    run = subprocess.run(["bash", str(ROOT / "scripts" / "timm_model_tests.sh"), "-k", "not base", "-rA"], env=env,
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    run = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "timm_model_tests.sh"), "-k", "not base", "-rA"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     passed = sorted(line.split("[")[1].rstrip("]") for line in run.stdout.splitlines() if line.startswith("PASSED"))
     assert passed == sorted(n for n in conformer_vision.list_models() if "base" not in n)

@@ -32,11 +32,22 @@ SRC = REPO / "src"
 # Augmentation stays on (RandAugment, mixup/cutmix, random erasing, drop path) and an EMA is kept:
 # exact resume must restore all of their random streams and state.
 TRAIN_OPTIONS: dict[str, Any] = {
-    "arch": "conformer_mini_test", "num_classes": 2, "image_size": 32, "batch_size": 8, "epochs": 2,
-    "num_parallel_workers": 0, "device_target": "cpu", "warmup_length": 0, "print_loss_every": 1,
-    "ckpt_save_every_step": 1, "ckpt_save_every_seconds": 0, "train_dir": "train", "val_dir": "val",
-    "with_ema": "true", "ema_decay": 0.9,
-}  # fmt: skip
+    "arch": "conformer_mini_test",
+    "num_classes": 2,
+    "image_size": 32,
+    "batch_size": 8,
+    "epochs": 2,
+    "num_parallel_workers": 0,
+    "device_target": "cpu",
+    "warmup_length": 0,
+    "print_loss_every": 1,
+    "ckpt_save_every_step": 1,
+    "ckpt_save_every_seconds": 0,
+    "train_dir": "train",
+    "val_dir": "val",
+    "with_ema": "true",
+    "ema_decay": 0.9,
+}
 STEPS_PER_EPOCH = 3
 TOTAL_STEPS = 6
 
@@ -69,16 +80,29 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_python(args: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 180,
-               preexec_fn: Callable[[], None] | None = None) -> Result:  # fmt: skip
+def run_python(
+    args: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 180,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Result:
     """``python ARGS`` in the repository root; returns its exit code and output."""
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=env or child_env(), capture_output=True,
-                          text=True, timeout=timeout, preexec_fn=preexec_fn)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=REPO,
+        env=env or child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=preexec_fn,
+    )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-def conformer(*args: Any, env: dict[str, str] | None = None, timeout: float = 180,
-              preexec_fn: Callable[[], None] | None = None) -> Result:  # fmt: skip
+def conformer(
+    *args: Any, env: dict[str, str] | None = None, timeout: float = 180, preexec_fn: Callable[[], None] | None = None
+) -> Result:
     """``python -m conformer_vision ARGS`` as a subprocess."""
     return run_python(["-m", "conformer_vision", *args], env=env, timeout=timeout, preexec_fn=preexec_fn)
 
@@ -107,8 +131,14 @@ def conformer_inprocess(*args: Any) -> Result:
 def train_args(data: Path, run: Path, **overrides: Any) -> list[str]:
     """``train`` plus every option of TRAIN_OPTIONS (overridden) for data ``data`` and run directory
     ``run`` (checkpoints in run/checkpoints, best in run/best, TensorBoard in run/summary)."""
-    options = {**TRAIN_OPTIONS, "data_url": data, "ckpt_root_dir": run / "checkpoints",
-               "best_ckpt_root_dir": run / "best", "summary_root_dir": run / "summary", **overrides}  # fmt: skip
+    options = {
+        **TRAIN_OPTIONS,
+        "data_url": data,
+        "ckpt_root_dir": run / "checkpoints",
+        "best_ckpt_root_dir": run / "best",
+        "summary_root_dir": run / "summary",
+        **overrides,
+    }
     return ["train", *[str(t) for k, v in options.items() for t in (f"--{k}", v)]]
 
 
@@ -217,8 +247,16 @@ def write_bad_files(folder: Path, seed: int = 0) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     noise_image(seed, 64).save(buffer, "JPEG", quality=95)
-    out = {kind: folder / name for kind, name in (("truncated", "truncated.jpg"), ("empty", "empty.jpg"),
-           ("text", "notes.jpg"), ("directory", "x.jpg"), ("bomb", "bomb.png"))}  # fmt: skip
+    out = {
+        kind: folder / name
+        for kind, name in (
+            ("truncated", "truncated.jpg"),
+            ("empty", "empty.jpg"),
+            ("text", "notes.jpg"),
+            ("directory", "x.jpg"),
+            ("bomb", "bomb.png"),
+        )
+    }
     out["truncated"].write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     out["empty"].write_bytes(b"")
     out["text"].write_text("not an image, just a file with a .jpg name\n")
@@ -233,7 +271,8 @@ def onnx_model(reference_run: Path, tmp_path_factory: pytest.TempPathFactory) ->
     exporter: seconds instead of the torch.export-based one's minute on a busy CPU; tests/test_export.py
     covers that one). The command checks the file against PyTorch itself before keeping it."""
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    result = conformer_inprocess("export", "--checkpoint", checkpoints(reference_run)[-1], "--output", path,
-                                 "--exporter", "torchscript")  # fmt: skip
+    result = conformer_inprocess(
+        "export", "--checkpoint", checkpoints(reference_run)[-1], "--output", path, "--exporter", "torchscript"
+    )
     assert result.rc == 0 and path.exists(), result.output[-3000:]
     return path

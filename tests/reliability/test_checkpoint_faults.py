@@ -18,9 +18,19 @@ from conformer_vision.checkpoint import build_checkpoint
 from conformer_vision.models import create_model
 
 from .conftest import (
-    assert_same_weights, assert_user_error, checkpoints, child_env, conformer, conformer_inprocess,
-    copy_run, load, noise_image, run_python, step_of, train_args,
-)  # fmt: skip
+    assert_same_weights,
+    assert_user_error,
+    checkpoints,
+    child_env,
+    conformer,
+    conformer_inprocess,
+    copy_run,
+    load,
+    noise_image,
+    run_python,
+    step_of,
+    train_args,
+)
 
 pytestmark = pytest.mark.slow  # subprocess trainings (docs/architecture.md: test tiers)
 
@@ -86,8 +96,9 @@ def test_4_disk_full_during_a_checkpoint_write_is_a_clear_error_and_keeps_older_
     """The resumed run may write small files (logs, metrics) but no checkpoint (~3.7 MB) fits."""
     run = copy_run(reference_run, tmp_path / "run", only=lambda p: "best" not in str(p) and step_of(p) in (2, 3))
     before = {p.name: p.read_bytes() for p in checkpoints(run)}
-    result = conformer(*train_args(dataset, run, checkpoint="auto", ckpt_keep_num=1),
-                       preexec_fn=_no_bigger_files_than(1_000_000))  # fmt: skip
+    result = conformer(
+        *train_args(dataset, run, checkpoint="auto", ckpt_keep_num=1), preexec_fn=_no_bigger_files_than(1_000_000)
+    )
     target = run / "checkpoints" / "conformer_mini_test_0_e0001_s00000004.pt"
     assert_user_error(result, f"could not write checkpoint {target}", "Nothing was replaced")
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == sorted(before)  # no temp file, none deleted
@@ -113,8 +124,12 @@ def bad_checkpoints(reference_run: Path, tmp_path: Path) -> dict[str, Path]:
 
 
 def test_5_resume_from_a_truncated_empty_or_foreign_file_is_a_clear_error(dataset, bad_checkpoints, tmp_path):
-    for name, message in (("truncated", "is truncated or corrupt"), ("empty", "is empty (0 bytes)"),
-                          ("text", "is not a checkpoint: it is a text file"), ("weights_only", "holds no training state")):
+    for name, message in (
+        ("truncated", "is truncated or corrupt"),
+        ("empty", "is empty (0 bytes)"),
+        ("text", "is not a checkpoint: it is a text file"),
+        ("weights_only", "holds no training state"),
+    ):
         result = conformer_inprocess(*train_args(dataset, tmp_path / name, checkpoint=bad_checkpoints[name]))
         assert_user_error(result, str(bad_checkpoints[name]), message)
         assert not (tmp_path / name).exists()  # nothing written
@@ -164,12 +179,31 @@ def test_6_a_malicious_pickle_is_refused_by_every_command_and_its_payload_never_
     commands = {
         "train --checkpoint": train_args(dataset, tmp_path / "r1", checkpoint=evil),
         "train --pretrained": train_args(dataset, tmp_path / "r2", pretrained=evil),
-        "eval": ["eval", "--checkpoint", evil, "--data_url", dataset, "--val_dir", "val",
-                 "--arch", "conformer_mini_test", "--device_target", "cpu"],
-        "predict": ["predict", image, "--checkpoint", evil, "--arch", "conformer_mini_test",
-                    "--output", tmp_path / "p.json"],
+        "eval": [
+            "eval",
+            "--checkpoint",
+            evil,
+            "--data_url",
+            dataset,
+            "--val_dir",
+            "val",
+            "--arch",
+            "conformer_mini_test",
+            "--device_target",
+            "cpu",
+        ],
+        "predict": [
+            "predict",
+            image,
+            "--checkpoint",
+            evil,
+            "--arch",
+            "conformer_mini_test",
+            "--output",
+            tmp_path / "p.json",
+        ],
         "export": ["export", "--checkpoint", evil, "--arch", "conformer_mini_test", "--output", tmp_path / "m.onnx"],
-    }  # fmt: skip
+    }
     for name, args in commands.items():
         result = conformer_inprocess(*args)
         assert_user_error(result, refusal)
@@ -207,10 +241,15 @@ def test_7_weights_of_another_architecture_are_a_strict_error_naming_keys_and_fi
     noise_image(0).save(image)
     mini = tmp_path / "mini_state_dict.pt"
     torch.save(load(checkpoints(reference_run)[-1])["model"], mini)
-    result = conformer_inprocess("predict", image, "--checkpoint", mini, "--arch", "conformer_tiny_patch16",
-                                 "--output", tmp_path / "p.json")  # fmt: skip
-    assert_user_error(result, f"{mini} does not fit conformer_tiny_patch16", "626 mis-shaped keys",
-                      "the file seems to hold conformer_mini_test")  # fmt: skip
+    result = conformer_inprocess(
+        "predict", image, "--checkpoint", mini, "--arch", "conformer_tiny_patch16", "--output", tmp_path / "p.json"
+    )
+    assert_user_error(
+        result,
+        f"{mini} does not fit conformer_tiny_patch16",
+        "626 mis-shaped keys",
+        "the file seems to hold conformer_mini_test",
+    )
     assert not (tmp_path / "p.json").exists()
 
 
@@ -226,5 +265,8 @@ def test_7_resuming_with_another_class_list_is_refused(dataset, reference_run, t
     run = copy_run(reference_run, tmp_path / "run")
     # epochs 3: the run is extended (resuming its 2 finished epochs alone would only say it is finished)
     result = conformer_inprocess(*train_args(data, run, num_classes=3, checkpoint="auto", epochs=3))
-    assert_user_error(result, f"cannot resume from {checkpoints(run)[-1]}: the checkpoint's classes ['cat', 'dog']... "
-                      "differ from the data's ['ant', 'bee', 'cow']")  # fmt: skip
+    assert_user_error(
+        result,
+        f"cannot resume from {checkpoints(run)[-1]}: the checkpoint's classes ['cat', 'dog']... "
+        "differ from the data's ['ant', 'bee', 'cow']",
+    )

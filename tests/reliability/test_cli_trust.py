@@ -15,9 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import (
-    REPO, assert_user_error, checkpoints, child_env, conformer_inprocess, load, train_args, wait_for,
-)  # fmt: skip
+from .conftest import REPO, assert_user_error, checkpoints, child_env, conformer_inprocess, load, train_args, wait_for
 
 
 def _without(args: list[str], option: str) -> list[str]:
@@ -63,8 +61,14 @@ def test_29_ctrl_c_during_start_up_prints_interrupted_and_exits_130(dataset, tmp
     else:
         launch = [sys.executable, "-m", "conformer_vision"]
     run = tmp_path / "run"
-    proc = subprocess.Popen([*launch, *map(str, train_args(dataset, run))], cwd=REPO, env=child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [*launch, *map(str, train_args(dataset, run))],
+        cwd=REPO,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         maps = Path(f"/proc/{proc.pid}/maps")
         wait_for(lambda: proc.poll() is not None or "libtorch" in maps.read_text(), 120, "torch to start loading")
@@ -85,6 +89,9 @@ def test_33_a_policy_string_timm_would_ignore_is_refused_before_any_work(tmp_pat
     the data (which does not exist) or any output folder is touched."""
     run = tmp_path / "run"
     result = conformer_inprocess(*train_args(tmp_path / "no_such_data", run), "--auto_augment", "rand-bogus")
-    assert_user_error(result, "auto_augment: 'rand-bogus' is not a timm auto-augment policy: section 'bogus' holds "
-                              "no value, so timm would ignore it; e.g. rand-m9-mstd0.5-inc1")  # fmt: skip
+    assert_user_error(
+        result,
+        "auto_augment: 'rand-bogus' is not a timm auto-augment policy: section 'bogus' holds "
+        "no value, so timm would ignore it; e.g. rand-m9-mstd0.5-inc1",
+    )
     assert "no_such_data" not in result.stderr and not run.exists()

@@ -23,9 +23,17 @@ from conformer_vision.data import ImageFolderDataset, Preprocess
 from conformer_vision.data.images import load_rgb
 
 from .conftest import (
-    assert_user_error, checkpoints, conformer, conformer_inprocess, load, make_image_folder, run_python, train_args,
-    write_bad_files, write_odd_images,
-)  # fmt: skip
+    assert_user_error,
+    checkpoints,
+    conformer,
+    conformer_inprocess,
+    load,
+    make_image_folder,
+    run_python,
+    train_args,
+    write_bad_files,
+    write_odd_images,
+)
 
 # `conformer ARGS`, then print Pillow's pixel limit as the process leaves it.
 REPORT_PIXEL_LIMIT = (
@@ -63,14 +71,25 @@ def dirty_data(tmp_path_factory: pytest.TempPathFactory) -> DirtyData:
 def test_8_to_12_training_on_dirty_data_skips_and_counts_bad_files(dirty_data, reference_run, tmp_path):
     run = tmp_path / "run"
     pretrained = checkpoints(reference_run)[-1]  # 2 classes: transfer learning to 3 (scenario 7)
-    args = train_args(dirty_data.root, run, num_classes=3, epochs=1, ckpt_save_every_step=0,
-                      max_bad_files_fraction=0.2, pretrained=pretrained)  # fmt: skip
+    args = train_args(
+        dirty_data.root,
+        run,
+        num_classes=3,
+        epochs=1,
+        ckpt_save_every_step=0,
+        max_bad_files_fraction=0.2,
+        pretrained=pretrained,
+    )
     result = run_python(["-c", REPORT_PIXEL_LIMIT, *args])
     assert result.rc == 0, result.output[-4000:]
     log = result.stderr
     # 8, 9: every bad file skipped and logged with its reason; the run went on; one count per epoch.
-    reasons = {"truncated": "corrupt image data", "empty": "file is empty (0 bytes)",
-               "text": "not a recognised image format", "bomb": "decompression bomb refused"}  # fmt: skip
+    reasons = {
+        "truncated": "corrupt image data",
+        "empty": "file is empty (0 bytes)",
+        "text": "not a recognised image format",
+        "bomb": "decompression bomb refused",
+    }
     for kind, reason in reasons.items():
         assert f"skipping unreadable image {dirty_data.bad[kind]}: {reason}" in log, kind
     assert f"skipping {dirty_data.bad['directory']}: has an image name but is not a file" in log
@@ -94,16 +113,27 @@ def test_8_to_12_training_on_dirty_data_skips_and_counts_bad_files(dirty_data, r
 def test_8_bad_files_over_the_budget_stop_the_run_with_a_clear_error(dirty_data, tmp_path):
     # The default budget (1% of 33 entries = 0) is exceeded while indexing (the directory x.jpg).
     result = conformer_inprocess(*train_args(dirty_data.root, tmp_path / "r1", num_classes=3))
-    assert_user_error(result, f"too many unreadable images under {dirty_data.root / 'train'}: 1 of 33 (budget 0",
-                      "max_bad_files_fraction 0.01", "raise --max_bad_files_fraction")  # fmt: skip
+    assert_user_error(
+        result,
+        f"too many unreadable images under {dirty_data.root / 'train'}: 1 of 33 (budget 0",
+        "max_bad_files_fraction 0.01",
+        "raise --max_bad_files_fraction",
+    )
     assert "max_bad_fraction" not in result.stderr  # the option's name, not the library's argument
     # A budget of 1 is exceeded by the first file that fails to decode, in the middle of an epoch,
     # inside a DataLoader worker process: the message, not the worker's traceback, is printed. With
     # two workers, the other one may have marked a bad file of its own by then: 2 or 3 of 33.
-    result = conformer(*train_args(dirty_data.root, tmp_path / "r2", num_classes=3, max_bad_files_fraction=0.05,
-                                   num_parallel_workers=2))  # fmt: skip
-    assert_user_error(result, "error: too many unreadable images", "(budget 1: max_bad_files_fraction 0.05",
-                      "raise --max_bad_files_fraction")  # fmt: skip
+    result = conformer(
+        *train_args(
+            dirty_data.root, tmp_path / "r2", num_classes=3, max_bad_files_fraction=0.05, num_parallel_workers=2
+        )
+    )
+    assert_user_error(
+        result,
+        "error: too many unreadable images",
+        "(budget 1: max_bad_files_fraction 0.05",
+        "raise --max_bad_files_fraction",
+    )
     assert re.search(r"too many unreadable images under \S+: [23] of 33 \(budget 1", result.stderr), result.stderr
 
 
@@ -153,8 +183,19 @@ def test_12_a_val_class_unknown_to_train_is_a_clear_error_in_train_and_eval(data
     result = conformer_inprocess(*train_args(data, tmp_path / "run"))
     assert_user_error(result, f"{data / 'val'} has class folder(s) ['fox'] that are not in the class list")
     ckpt = checkpoints(reference_run)[-1]
-    result = conformer_inprocess("eval", "--checkpoint", ckpt, "--data_url", data, "--val_dir", "val",
-                                 "--device_target", "cpu", "--batch_size", "8")  # fmt: skip
+    result = conformer_inprocess(
+        "eval",
+        "--checkpoint",
+        ckpt,
+        "--data_url",
+        data,
+        "--val_dir",
+        "val",
+        "--device_target",
+        "cpu",
+        "--batch_size",
+        "8",
+    )
     assert_user_error(result, "has class folder(s) ['fox'] that are not in the class list")
 
 
@@ -165,8 +206,21 @@ def test_12_eval_labels_val_images_by_class_name_not_folder_position(dataset, re
     make_image_folder(data / "val", {"dog": 4}, seed=1)
     ckpt = checkpoints(reference_run)[-1]
     out = tmp_path / "metrics.json"
-    result = conformer_inprocess("eval", "--checkpoint", ckpt, "--data_url", data, "--val_dir", "val",
-                                 "--device_target", "cpu", "--num_parallel_workers", "0", "--output", out)  # fmt: skip
+    result = conformer_inprocess(
+        "eval",
+        "--checkpoint",
+        ckpt,
+        "--data_url",
+        data,
+        "--val_dir",
+        "val",
+        "--device_target",
+        "cpu",
+        "--num_parallel_workers",
+        "0",
+        "--output",
+        out,
+    )
     assert result.rc == 0, result.output
     per_class = {row["name"]: row["samples"] for row in json.loads(out.read_text())["per_class"]}
     assert per_class == {"cat": 0, "dog": 4}

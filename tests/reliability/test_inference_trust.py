@@ -21,14 +21,26 @@ from torch import nn
 from conformer_vision.data.images import load_rgb
 from conformer_vision.runtime import grey_preprocess
 
-from .conftest import (
-    assert_user_error, checkpoints, conformer, conformer_inprocess, noise_image, write_bad_files,
-)  # fmt: skip
+from .conftest import assert_user_error, checkpoints, conformer, conformer_inprocess, noise_image, write_bad_files
 
 
 def _eval(data: Path, model: Path, *extra: object) -> tuple:
-    return ("eval", "--checkpoint", model, "--data_url", data, "--val_dir", "val", "--device_target", "cpu",
-            "--num_parallel_workers", "0", "--batch_size", "3", *extra)  # fmt: skip
+    return (
+        "eval",
+        "--checkpoint",
+        model,
+        "--data_url",
+        data,
+        "--val_dir",
+        "val",
+        "--device_target",
+        "cpu",
+        "--num_parallel_workers",
+        "0",
+        "--batch_size",
+        "3",
+        *extra,
+    )
 
 
 def _one_error_line(stderr: str) -> str:
@@ -49,8 +61,9 @@ def test_21_eval_drops_unreadable_images_and_counts_only_good_ones(dataset, refe
     data = tmp_path / "data"
     shutil.copytree(dataset / "val", data / "val")
     bad = write_bad_files(tmp_path / "junk")
-    junk = sorted(str(shutil.copy(bad[kind], data / "val" / "cat" / f"zz_{kind}.jpg"))
-                  for kind in ("truncated", "text", "empty"))  # fmt: skip
+    junk = sorted(
+        str(shutil.copy(bad[kind], data / "val" / "cat" / f"zz_{kind}.jpg")) for kind in ("truncated", "text", "empty")
+    )
     ckpt = checkpoints(reference_run)[-1]
     clean = tmp_path / "clean.json"
     assert conformer_inprocess(*_eval(dataset, ckpt, "--output", clean)).rc == 0
@@ -73,8 +86,9 @@ def test_21_eval_drops_unreadable_images_and_counts_only_good_ones(dataset, refe
     assert onnx["num_samples"] == 8 and onnx["bad_files"] == junk
     assert onnx["Top1-Acc"] == expected["Top1-Acc"] and abs(onnx["Loss"] - expected["Loss"]) < 1e-4
     result = conformer_inprocess("eval-onnx", data / "val", "--onnx_path", onnx_model, "--workers", "0")
-    assert_user_error(result, "too many unreadable images", "(budget 0: max_bad_files_fraction 0.01",
-                      "raise --max_bad_files_fraction")  # fmt: skip
+    assert_user_error(
+        result, "too many unreadable images", "(budget 0: max_bad_files_fraction 0.01", "raise --max_bad_files_fraction"
+    )
 
 
 # ---- 23: the model file against --arch / --num_classes / --image_size ------------------------- #
@@ -90,8 +104,9 @@ def test_23_a_contradicting_arch_or_num_classes_is_an_error_in_predict_export_an
     noise_image(3).save(image)
     holds = "which holds arch conformer_mini_test, num_classes 2"
     for model in (ckpt, onnx_model):
-        result = conformer_inprocess("predict", image, "--checkpoint", model, "--arch", "conformer_tiny",
-                                     "--output", tmp_path / "p.json")  # fmt: skip
+        result = conformer_inprocess(
+            "predict", image, "--checkpoint", model, "--arch", "conformer_tiny", "--output", tmp_path / "p.json"
+        )
         assert_user_error(result, "arch conformer_tiny (command line) contradicts", holds, "drop --arch")
         assert not (tmp_path / "p.json").exists()
     result = conformer_inprocess("export", "--checkpoint", ckpt, "--arch", "conformer_tiny", "--file_format", "ONNX")
@@ -118,8 +133,9 @@ def test_23_eval_honours_image_size_and_prints_it(dataset, reference_run, tmp_pa
     metrics = {}
     for size in ("32", "48"):
         out = tmp_path / f"{size}.json"
-        result = conformer_inprocess(*_eval(dataset, ckpt, "--output", out, *(("--image_size", size) if size == "48"
-                                                                               else ())))  # fmt: skip
+        result = conformer_inprocess(
+            *_eval(dataset, ckpt, "--output", out, *(("--image_size", size) if size == "48" else ()))
+        )
         assert result.rc == 0, result.output[-3000:]
         metrics[size] = json.loads(out.read_text())
     assert "at 48x48 (--image_size; the model file records 32x32)" in result.stdout
@@ -199,8 +215,9 @@ def _export_foreign(model: nn.Module, shape: tuple[int, ...], path: Path) -> Pat
     """``model`` as a foreign ONNX file (no metadata) whose input shape is fixed to ``shape``."""
     with warnings.catch_warnings():  # the legacy exporter is deprecated, and fast
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model.eval(), torch.zeros(shape), str(path), input_names=["pixels"],
-                          output_names=["scores"], dynamo=False)  # fmt: skip
+        torch.onnx.export(
+            model.eval(), torch.zeros(shape), str(path), input_names=["pixels"], output_names=["scores"], dynamo=False
+        )
     return path
 
 
@@ -211,8 +228,9 @@ def test_29_foreign_onnx_with_one_channel_and_fixed_size_is_read_from_the_graph(
     model = _export_foreign(net, (1, 1, 28, 28), tmp_path / "grey.onnx")
     folder = dataset / "val" / "cat"
     out = tmp_path / "p.json"
-    result = conformer_inprocess("predict", folder, "--checkpoint", model, "--topk", "2", "--output", out,
-                                 "--batch_size", "3")  # fmt: skip
+    result = conformer_inprocess(
+        "predict", folder, "--checkpoint", model, "--topk", "2", "--output", out, "--batch_size", "3"
+    )
     assert result.rc == 0, result.output[-3000:]
     doc = json.loads(out.read_text())
     transform = grey_preprocess((28, 28)).eval_transform()  # equal mean/std on the 3 channels
@@ -233,8 +251,9 @@ def test_29_foreign_onnx_that_images_cannot_feed_is_refused_in_one_line(dataset,
     image = tmp_path / "a.png"
     noise_image(6).save(image)
     result = conformer_inprocess("predict", image, "--checkpoint", model, "--output", tmp_path / "p.json")
-    assert_user_error(result, "takes 4-channel input 'pixels' [2, 4, 28, 28]; only 1-channel (greyscale) and "
-                      "3-channel (RGB) models")  # fmt: skip
+    assert_user_error(
+        result, "takes 4-channel input 'pixels' [2, 4, 28, 28]; only 1-channel (greyscale) and 3-channel (RGB) models"
+    )
     _one_error_line(result.stderr)
 
 

@@ -13,17 +13,17 @@ from conformer_vision.checkpoint import load_model
 from conformer_vision.data import Preprocess
 from conformer_vision.data.images import load_rgb
 
-from .conftest import (
-    assert_user_error, checkpoints, conformer_inprocess, load, noise_image, write_odd_images,
-)  # fmt: skip
+from .conftest import assert_user_error, checkpoints, conformer_inprocess, load, noise_image, write_odd_images
 
 
 def test_14_unknown_yaml_key_is_reported_before_any_data_or_model_work(tmp_path):
     """The data folder does not exist either: the config is checked first, so that is not the error."""
     config = tmp_path / "run.yaml"
     run = tmp_path / "run"
-    config.write_text(f"arch: conformer_mini_test\nbatch_szie: 8\ndata_url: {tmp_path / 'no_such_data'}\n"
-                      f"ckpt_root_dir: {run / 'checkpoints'}\nsummary_root_dir: {run / 'summary'}\n")  # fmt: skip
+    config.write_text(
+        f"arch: conformer_mini_test\nbatch_szie: 8\ndata_url: {tmp_path / 'no_such_data'}\n"
+        f"ckpt_root_dir: {run / 'checkpoints'}\nsummary_root_dir: {run / 'summary'}\n"
+    )
     result = conformer_inprocess("train", "--config", config, "--device_target", "cpu")
     suggestion = f"unknown option 'batch_szie' [{config}:2]: did you mean 'batch_size'?"
     assert_user_error(result, suggestion, "valid options: ")
@@ -88,9 +88,21 @@ def test_16_eval_of_the_onnx_export_reports_the_checkpoint_metrics(dataset, refe
     metrics = {}
     for name, model in (("ckpt", checkpoints(reference_run)[-1]), ("onnx", onnx_model)):
         out = tmp_path / f"{name}.json"
-        result = conformer_inprocess("eval", "--checkpoint", model, "--data_url", dataset, "--val_dir", "val",
-                                     "--device_target", "cpu", "--num_parallel_workers", "0",
-                                     "--output", out)  # fmt: skip
+        result = conformer_inprocess(
+            "eval",
+            "--checkpoint",
+            model,
+            "--data_url",
+            dataset,
+            "--val_dir",
+            "val",
+            "--device_target",
+            "cpu",
+            "--num_parallel_workers",
+            "0",
+            "--output",
+            out,
+        )
         assert result.rc == 0, result.output[-3000:]
         metrics[name] = json.loads(out.read_text())
     assert metrics["onnx"]["Top1-Acc"] == metrics["ckpt"]["Top1-Acc"]
@@ -109,8 +121,18 @@ def test_17_predict_reports_unreadable_and_missing_inputs_and_predicts_the_rest(
     readme.write_text("not an image at all\n")
     missing = tmp_path / "gone.jpg"
     out = tmp_path / "predictions.json"
-    result = conformer_inprocess("predict", good[0], notes, missing, readme, good[1], "--checkpoint",
-                                 checkpoints(reference_run)[-1], "--output", out)  # fmt: skip
+    result = conformer_inprocess(
+        "predict",
+        good[0],
+        notes,
+        missing,
+        readme,
+        good[1],
+        "--checkpoint",
+        checkpoints(reference_run)[-1],
+        "--output",
+        out,
+    )
     assert result.rc == 1, result.output[-3000:]
     assert "Traceback" not in result.output
     doc, errors = json.loads(out.read_text()), json.loads((tmp_path / "predictions.errors.json").read_text())

@@ -39,8 +39,16 @@ def mindspore_checkpoint(dataset: Path, tmp_path_factory: pytest.TempPathFactory
     tanh GELU (``disable_approximate_gelu: False``) and TF "same" max-pool padding
     (``use_pytorch_maxpool: False``)."""
     run = tmp_path_factory.mktemp("mindspore_numerics")
-    result = conformer(*train_args(dataset, run, epochs=1, ckpt_save_every_step=0,
-                                   disable_approximate_gelu="false", use_pytorch_maxpool="false"))  # fmt: skip
+    result = conformer(
+        *train_args(
+            dataset,
+            run,
+            epochs=1,
+            ckpt_save_every_step=0,
+            disable_approximate_gelu="false",
+            use_pytorch_maxpool="false",
+        )
+    )
     assert result.rc == 0, result.output[-3000:]
     return checkpoints(run)[-1]
 
@@ -78,8 +86,13 @@ def test_22_create_model_rebuilds_the_model_a_checkpoint_describes(mindspore_che
         transfer = create_model("conformer_mini_test", num_classes=5, pretrained=ckpt, drop_path_rate=0.2)
     assert "its heads have 2 classes, the model has 5" in caplog.text and "re-initialised both heads" in caplog.text
     assert transfer.args.same_pad_maxpool and transfer.args.drop_path_rate == 0.2  # training-time options: free
-    with pytest.raises(CheckpointError, match=re.escape(f"{ckpt} holds conformer_mini_test (channel_ratio 0.25, "
-                                                        "embed_dim 32, num_heads 2), not conformer_tiny_patch16")):
+    with pytest.raises(
+        CheckpointError,
+        match=re.escape(
+            f"{ckpt} holds conformer_mini_test (channel_ratio 0.25, "
+            "embed_dim 32, num_heads 2), not conformer_tiny_patch16"
+        ),
+    ):
         create_model("conformer_tiny", pretrained=ckpt)
     with pytest.raises(CheckpointError, match=re.escape("num_heads=4 (the file has 2) contradicts it")):
         create_model("conformer_mini_test", pretrained=ckpt, num_heads=4)  # would load and compute another net
@@ -89,11 +102,13 @@ def test_24_traced_exports_of_a_same_pad_maxpool_model_match_pytorch_at_every_si
     """``--file_format TORCHSCRIPT`` and ONNX ``--exporter torchscript`` trace at 224x192: the stem's
     "same" padding must stay shape arithmetic in the graph (it was frozen, and gave NaN elsewhere)."""
     torchscript, onnx = tmp_path / "mini.torchscript.pt", tmp_path / "mini.onnx"
-    result = conformer("export", "--checkpoint", mindspore_checkpoint, "--file_format", "TORCHSCRIPT",
-                       "--output", torchscript)  # fmt: skip
+    result = conformer(
+        "export", "--checkpoint", mindspore_checkpoint, "--file_format", "TORCHSCRIPT", "--output", torchscript
+    )
     assert result.rc == 0 and "checked against PyTorch" in result.stdout, result.output[-3000:]
-    result = conformer_inprocess("export", "--checkpoint", mindspore_checkpoint, "--exporter", "torchscript",
-                                 "--output", onnx)  # fmt: skip
+    result = conformer_inprocess(
+        "export", "--checkpoint", mindspore_checkpoint, "--exporter", "torchscript", "--output", onnx
+    )
     assert result.rc == 0, result.output[-3000:]
     model = load_model(mindspore_checkpoint).model
     with warnings.catch_warnings():
@@ -135,10 +150,18 @@ def _mmpretrain_layout(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _mmengine_meta() -> dict:
     """A ``meta`` as mmengine's CheckpointHook writes it: numpy scalars, a dtype and an array among plain values."""
-    return {"epoch": np.int64(300), "iter": np.int64(375300), "seed": np.int32(1234), "best_top1": np.float64(81.3),
-            "lr": np.float32(1e-5), "ema": np.bool_(True), "dtype": np.dtype("float32"),
-            "last_losses": np.array([2.1, 2.05, 2.0]), "dataset_meta": {"classes": ("cat", "dog")},
-            "mmengine_version": "0.10.7"}  # fmt: skip
+    return {
+        "epoch": np.int64(300),
+        "iter": np.int64(375300),
+        "seed": np.int32(1234),
+        "best_top1": np.float64(81.3),
+        "lr": np.float32(1e-5),
+        "ema": np.bool_(True),
+        "dtype": np.dtype("float32"),
+        "last_losses": np.array([2.1, 2.05, 2.0]),
+        "dataset_meta": {"classes": ("cat", "dog")},
+        "mmengine_version": "0.10.7",
+    }
 
 
 def test_30_damaged_foreign_and_code_files_are_told_apart_and_mmpretrain_files_load(reference_run, tmp_path):
@@ -151,18 +174,28 @@ def test_30_damaged_foreign_and_code_files_are_told_apart_and_mmpretrain_files_l
     legacy = tmp_path / "legacy.pt"
     torch.save(sd, legacy, _use_new_zipfile_serialization=False)
     files = {
-        "truncated zip": (real.read_bytes()[: real.stat().st_size // 2], "is truncated or corrupt: a PyTorch "
-                          "checkpoint whose content is incomplete or damaged (its zip directory is missing"),
+        "truncated zip": (
+            real.read_bytes()[: real.stat().st_size // 2],
+            "is truncated or corrupt: a PyTorch "
+            "checkpoint whose content is incomplete or damaged (its zip directory is missing",
+        ),
         "truncated old format": (legacy.read_bytes()[:50_000], "is truncated or corrupt: a PyTorch checkpoint"),
-        "random bytes": (noise, f"is not a checkpoint: its bytes (starting {noise[:8].hex(' ')}) are neither a "
-                         "PyTorch checkpoint (zip or pickle) nor a known kind of file"),
+        "random bytes": (
+            noise,
+            f"is not a checkpoint: its bytes (starting {noise[:8].hex(' ')}) are neither a "
+            "PyTorch checkpoint (zip or pickle) nor a known kind of file",
+        ),
         "text": (b"my notes about the run\n", "is not a checkpoint: it is a text file (first line 'my notes"),
         "yaml": (yaml_text.encode(), "is not a checkpoint: it is a YAML file (first line 'arch: conformer_mini_test')"),
-        "plain pickle": (pickle.dumps({"lr": 0.1, "epochs": [1, 2]}, protocol=4),
-                         "is not a checkpoint: it is a Python pickle of plain data (written by pickle.dump"),
-        "pickle with code": (pickle.dumps({"model": Payload(marker)}, protocol=4),
-                             "was refused: it contains Python objects other than tensors and plain values (io.open)"),
-    }  # fmt: skip
+        "plain pickle": (
+            pickle.dumps({"lr": 0.1, "epochs": [1, 2]}, protocol=4),
+            "is not a checkpoint: it is a Python pickle of plain data (written by pickle.dump",
+        ),
+        "pickle with code": (
+            pickle.dumps({"model": Payload(marker)}, protocol=4),
+            "was refused: it contains Python objects other than tensors and plain values (io.open)",
+        ),
+    }
     image = tmp_path / "image.pt"
     noise_image(0).save(image, format="PNG")
     checks = {"image": (image, "is not a checkpoint: it is a PNG image")}
@@ -172,8 +205,10 @@ def test_30_damaged_foreign_and_code_files_are_told_apart_and_mmpretrain_files_l
         checks[name] = (path, message)
     code = tmp_path / "code.pt"
     torch.save({"model": sd, "meta": {"epoch": Payload(marker)}}, code)
-    checks["torch.save with code"] = (code, "was refused: it contains Python objects other than tensors and plain "
-                                            "values (io.open), which could run code")  # fmt: skip
+    checks["torch.save with code"] = (
+        code,
+        "was refused: it contains Python objects other than tensors and plain values (io.open), which could run code",
+    )
     for name, (path, message) in checks.items():
         with pytest.raises(CheckpointError) as error:
             read_checkpoint(path)
@@ -183,14 +218,20 @@ def test_30_damaged_foreign_and_code_files_are_told_apart_and_mmpretrain_files_l
     # mmpretrain / mmengine files: numpy values in meta are data. Zip and old (non-zip) format.
     for zip_format in (True, False):
         mm = tmp_path / f"conformer-mini_8xb128_in1k_{zip_format}.pth"
-        torch.save({"state_dict": _mmpretrain_layout(sd), "meta": _mmengine_meta()}, mm,
-                   _use_new_zipfile_serialization=zip_format)  # fmt: skip
+        torch.save(
+            {"state_dict": _mmpretrain_layout(sd), "meta": _mmengine_meta()},
+            mm,
+            _use_new_zipfile_serialization=zip_format,
+        )
         assert read_checkpoint(mm)["meta"]["best_top1"] == np.float64(81.3)
         model = create_model("conformer_mini_test", num_classes=2, pretrained=str(mm))
         assert all(torch.equal(v, sd[k]) for k, v in model.state_dict().items())
         # The same file with a payload among the numpy values is still refused, and nothing runs.
-        torch.save({"state_dict": _mmpretrain_layout(sd), "meta": {**_mmengine_meta(), "hook": Payload(marker)}},
-                   mm, _use_new_zipfile_serialization=zip_format)  # fmt: skip
+        torch.save(
+            {"state_dict": _mmpretrain_layout(sd), "meta": {**_mmengine_meta(), "hook": Payload(marker)}},
+            mm,
+            _use_new_zipfile_serialization=zip_format,
+        )
         with pytest.raises(CheckpointError, match=re.escape(f"{mm} was refused") + ".*io.open"):
             create_model("conformer_mini_test", num_classes=2, pretrained=str(mm))
     assert not marker.exists()

@@ -30,12 +30,22 @@ from conformer_vision.optim import build_scheduler
 from conformer_vision.rundir import LOCK_NAME, MANIFEST_NAME, RunManifest
 
 from .conftest import (
-    REPO, TRAIN_OPTIONS, Result, assert_user_error, checkpoints, child_env, conformer, conformer_inprocess, copy_run,
-    load, step_of, train_args,
-)  # fmt: skip
-
+    REPO,
+    TRAIN_OPTIONS,
+    Result,
+    assert_user_error,
+    checkpoints,
+    child_env,
+    conformer,
+    conformer_inprocess,
+    copy_run,
+    load,
+    step_of,
+    train_args,
+)
 
 pytestmark = pytest.mark.slow  # subprocess trainings (docs/architecture.md: test tiers)
+
 
 def snapshot(folder: Path) -> dict[Path, tuple[int, int]]:
     """(size, mtime) of every file under ``folder``: equal snapshots = nothing written or removed."""
@@ -48,8 +58,14 @@ def metrics(run: Path) -> list[dict]:
 
 def conformer_in(cwd: Path, *args: object) -> Result:
     """``python -m conformer_vision ARGS`` as a subprocess in working directory ``cwd``."""
-    proc = subprocess.run([sys.executable, "-m", "conformer_vision", *map(str, args)], cwd=cwd, env=child_env(),
-                          capture_output=True, text=True, timeout=180)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "conformer_vision", *map(str, args)],
+        cwd=cwd,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -64,8 +80,13 @@ def test_18_auto_never_deletes_another_runs_checkpoints(dataset, reference_run, 
     before = snapshot(run)
     holds = f"{run} holds the run conformer_mini_test_0 ("
     result = conformer(*train_args(dataset, run, model_postfix=1, checkpoint="auto"))
-    assert_user_error(result, holds, "not a run of conformer_mini_test_1", "never deletes anything",
-                      "--arch conformer_mini_test --model_postfix 0")  # fmt: skip
+    assert_user_error(
+        result,
+        holds,
+        "not a run of conformer_mini_test_1",
+        "never deletes anything",
+        "--arch conformer_mini_test --model_postfix 0",
+    )
     assert len(result.stderr.strip().splitlines()) == 1
     result = conformer_inprocess(*train_args(dataset, run, arch="conformer_tiny_patch16", checkpoint="auto"))
     assert_user_error(result, holds, "not a run of conformer_tiny_patch16_0")
@@ -80,7 +101,9 @@ def test_18_a_new_run_beside_checkpoints_it_did_not_write_leaves_them_alone(data
     for folder in ("checkpoints", "best"):
         shutil.copytree(reference_run / folder, run / folder)
     before = snapshot(run)
-    result = conformer_inprocess(*train_args(dataset, run, model_postfix=1, checkpoint="auto", ckpt_keep_num=1, epochs=1))
+    result = conformer_inprocess(
+        *train_args(dataset, run, model_postfix=1, checkpoint="auto", ckpt_keep_num=1, epochs=1)
+    )
     assert result.rc == 0, result.output[-3000:]
     assert {p: snapshot(run)[p] for p in before} == before  # every file of the other postfix, untouched
     assert [p.name for p in checkpoints(run) if "_1_" in p.name] == ["conformer_mini_test_1_e0001_s00000003.pt"]
@@ -112,11 +135,15 @@ def test_19_overwrite_checks_everything_before_removing_the_previous_run(
     blocker.write_text("a file, not a folder\n")
     cases = {
         "val class unknown to train": (train_args(extra_class, run, overwrite="true"), "['cow']"),
-        "pretrained of another arch": (train_args(dataset, run, overwrite="true", pretrained=tiny_state_dict),
-                                       "the file seems to hold conformer_tiny_patch16"),
-        "summary folder below a file": (train_args(dataset, run, overwrite="true", summary_root_dir=blocker / "tb"),
-                                        f"summary_root_dir {blocker / 'tb'} cannot be created: {blocker} is a file"),
-    }  # fmt: skip
+        "pretrained of another arch": (
+            train_args(dataset, run, overwrite="true", pretrained=tiny_state_dict),
+            "the file seems to hold conformer_tiny_patch16",
+        ),
+        "summary folder below a file": (
+            train_args(dataset, run, overwrite="true", summary_root_dir=blocker / "tb"),
+            f"summary_root_dir {blocker / 'tb'} cannot be created: {blocker} is a file",
+        ),
+    }
     for name, (args, message) in cases.items():
         assert_user_error(conformer_inprocess(*args), message)
         assert snapshot(run) == before, name
@@ -124,8 +151,9 @@ def test_19_overwrite_checks_everything_before_removing_the_previous_run(
     # (they are removed first), so the new best folder is the one without room.
     monkeypatch.setattr("conformer_vision.train.free_bytes", lambda path: 100_000)
     result = conformer_inprocess(*train_args(dataset, run, overwrite="true", best_ckpt_root_dir=run / "best2"))
-    assert_user_error(result, f"best_ckpt_root_dir {run / 'best2'}: 0.1 MiB free, but one checkpoint of this run "
-                      "needs about")  # fmt: skip
+    assert_user_error(
+        result, f"best_ckpt_root_dir {run / 'best2'}: 0.1 MiB free, but one checkpoint of this run needs about"
+    )
     assert snapshot(run) == before
 
 
@@ -137,8 +165,15 @@ def test_20_a_run_removes_only_files_it_wrote_never_the_users(dataset, tmp_path,
     user's config.yaml is refused rather than written over."""
     work = tmp_path / "work"
     work.mkdir()
-    options = {**TRAIN_OPTIONS, "data_url": str(dataset), "epochs": 1, "ckpt_root_dir": "ckpt",
-               "best_ckpt_root_dir": "best", "summary_root_dir": "tb", "ckpt_save_every_step": 0}  # fmt: skip
+    options = {
+        **TRAIN_OPTIONS,
+        "data_url": str(dataset),
+        "epochs": 1,
+        "ckpt_root_dir": "ckpt",
+        "best_ckpt_root_dir": "best",
+        "summary_root_dir": "tb",
+        "ckpt_save_every_step": 0,
+    }
     (work / "config.yaml").write_text(yaml.safe_dump(options))
     (work / "metrics.jsonl").write_text('{"my": "own measurements"}\n')
     (work / "notes.txt").write_text("my notes\n")
@@ -214,7 +249,9 @@ def test_33_startup_summary_and_one_epoch_numbering(dataset, warmup_run):
     err = result.stderr
     assert f"run directory {run}: a new run" in err and f"data {dataset}: " in err
     assert "train 24 images in 2 classes (cat, dog), val 8 images in 2 of them; 3 steps per epoch of 8 images" in err
-    assert "model conformer_mini_test: 259,016 parameters, random initial weights; 1 epochs, adamw with cosine_lr" in err
+    assert (
+        "model conformer_mini_test: 259,016 parameters, random initial weights; 1 epochs, adamw with cosine_lr" in err
+    )
     assert "device cpu: 1 process(es), 1 compute thread(s) and 0 loader worker(s) per process" in err
     assert err.index("run directory") < err.index("epoch 1 step 1:")
     assert {r["epoch"] for r in metrics(run)} == {1} and "epoch 1 step 3: eval" in err
@@ -225,8 +262,11 @@ def test_33_startup_summary_and_one_epoch_numbering(dataset, warmup_run):
 def test_33_a_best_checkpoint_that_is_not_the_best_is_not_called_the_best(dataset, reference_run, tmp_path, caplog):
     """The run resumed after epoch 1 already holds a better best checkpoint (top-1 0.9): epoch 2's
     checkpoint is kept among the 5 best and said to be number 2, not "the best"."""
-    run = copy_run(reference_run, tmp_path / "run", only=lambda p: "best" in p.name and "_e0001_" in p.name
-                   or "best" not in p.name and step_of(p) <= 3)  # fmt: skip
+    run = copy_run(
+        reference_run,
+        tmp_path / "run",
+        only=lambda p: "best" in p.name and "_e0001_" in p.name or "best" not in p.name and step_of(p) <= 3,
+    )
     (epoch1,) = (run / "best").glob("*.pt")
     better = epoch1.with_name("conformer_mini_test_0_best_e0001_top1_0.9000.pt")
     epoch1.rename(better)
@@ -237,7 +277,10 @@ def test_33_a_best_checkpoint_that_is_not_the_best_is_not_called_the_best(datase
         result = conformer_inprocess(*train_args(dataset, run, checkpoint="auto"))
     assert result.rc == 0, result.output[-3000:]
     assert "new best checkpoint" not in caplog.text
-    assert "epoch 2 (top-1 " in caplog.text and "kept as number 2 of the 5 best checkpoints (best top-1 0.9000)" in caplog.text
+    assert (
+        "epoch 2 (top-1 " in caplog.text
+        and "kept as number 2 of the 5 best checkpoints (best top-1 0.9000)" in caplog.text
+    )
     assert [r["epoch"] for r in metrics(run) if r["kind"] == "val"] == [1, 2]
 
 
@@ -283,7 +326,9 @@ def test_28_an_impossible_output_folder_is_one_line_before_any_work(tmp_path):
 # 32: finished runs and longer runs
 
 
-def test_32_resuming_a_finished_run_says_so_and_a_larger_epochs_stretches_the_schedule(dataset, reference_run, tmp_path):
+def test_32_resuming_a_finished_run_says_so_and_a_larger_epochs_stretches_the_schedule(
+    dataset, reference_run, tmp_path
+):
     run = copy_run(reference_run, tmp_path / "run")
     before = snapshot(run)
     result = conformer_inprocess(*train_args(dataset, run, checkpoint="auto"))
@@ -294,8 +339,13 @@ def test_32_resuming_a_finished_run_says_so_and_a_larger_epochs_stretches_the_sc
 
     extended = conformer(*train_args(dataset, run, checkpoint="auto", epochs=3))
     assert extended.rc == 0, extended.output[-3000:]
-    assert "epochs changed from 2 to 3: the run is extended to 3 epochs and its cosine_lr schedule is recomputed" in extended.stderr
-    assert "resuming at epoch 3, step 6" in extended.stderr and "training finished: 3 epochs, 9 steps" in extended.stdout
+    assert (
+        "epochs changed from 2 to 3: the run is extended to 3 epochs and its cosine_lr schedule is recomputed"
+        in extended.stderr
+    )
+    assert (
+        "resuming at epoch 3, step 6" in extended.stderr and "training finished: 3 epochs, 9 steps" in extended.stdout
+    )
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)  # the reference's base_lr, min_lr
     schedule = build_scheduler(optimizer, "cosine_lr", epochs=3, steps_per_epoch=3, min_lr=1e-5)
     expected = []

@@ -18,12 +18,24 @@ import torch
 from conformer_vision.serialization import read_checkpoint
 
 from .conftest import (
-    REPO, TOTAL_STEPS, assert_same_weights, assert_user_error, checkpoints, child_env, conformer, conformer_inprocess,
-    conformer_with_faults, copy_run, load, step_of, train_args, wait_for,
-)  # fmt: skip
-
+    REPO,
+    TOTAL_STEPS,
+    assert_same_weights,
+    assert_user_error,
+    checkpoints,
+    child_env,
+    conformer,
+    conformer_inprocess,
+    conformer_with_faults,
+    copy_run,
+    load,
+    step_of,
+    train_args,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow  # subprocess trainings (docs/architecture.md: test tiers)
+
 
 def history(run: Path) -> list[tuple]:
     """metrics.jsonl without the wall-clock fields: (kind, epoch, step, loss or top-1)."""
@@ -78,8 +90,13 @@ def test_2_sigint_also_finishes_the_step_checkpoints_and_exits_130(dataset, tmp_
     """Ctrl-C from outside, at whatever step the run has reached (it logs every step)."""
     run = tmp_path / "run"
     log = (tmp_path / "train.log").open("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "conformer_vision", *train_args(dataset, run, epochs=4)], cwd=REPO,
-                            env=child_env(), stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conformer_vision", *train_args(dataset, run, epochs=4)],
+        cwd=REPO,
+        env=child_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_for(lambda: len(checkpoints(run)) >= 1 or proc.poll() is not None, 120, "the first checkpoint")
         proc.send_signal(signal.SIGINT)
@@ -122,9 +139,23 @@ def test_2_sigterm_to_one_rank_of_torchrun_stops_all_ranks_at_the_same_step(data
     command = train_args(dataset, run, batch_size=4, epochs=6)  # 3 steps/epoch on 2 ranks
     log = (tmp_path / "torchrun.log").open("w+")
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "conformer_vision", *command], cwd=REPO, env=child_env(), stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "conformer_vision",
+            *command,
+        ],
+        cwd=REPO,
+        env=child_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_for(lambda: len(checkpoints(run)) >= 1 or launcher.poll() is not None, 150, "the first checkpoint")
         workers = _worker_pids(launcher.pid)
@@ -173,7 +204,8 @@ def test_13_nan_losses_are_skipped_then_stop_the_run_and_no_checkpoint_is_non_fi
 
 def assert_all_finite(ckpt: dict) -> None:
     tensors = list(ckpt["model"].values()) + [
-        t for s in ckpt["train_state"]["optimizer"]["state"].values() for t in s.values()]  # fmt: skip
+        t for s in ckpt["train_state"]["optimizer"]["state"].values() for t in s.values()
+    ]
     assert all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
 
 

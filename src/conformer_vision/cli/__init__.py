@@ -118,8 +118,13 @@ def _main(argv: list[str]) -> int:
 def _top_level(argv: list[str], commands: dict[str, str]) -> int:
     """``conformer`` alone (the usage, exit 2), ``--help``, ``--version`` or an unknown command."""
     parser = _Parser(prog="conformer", description="Conformer image classifiers.")
-    parser.add_argument("-V", "--version", action="version", version=version_line(),
-                        help="print the version of conformer-vision and torch, then exit")  # fmt: skip
+    parser.add_argument(
+        "-V",
+        "--version",
+        action="version",
+        version=version_line(),
+        help="print the version of conformer-vision and torch, then exit",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in commands.items():
         sub.add_parser(name, help=importlib.import_module(f"{__name__}.{module}").HELP)
@@ -165,9 +170,13 @@ def _reject_unknown_options(parser: argparse.ArgumentParser, tokens: list[str]) 
     valid = [n.replace("-", "_") for n in known]
     listing = ", ".join(f"--{n}" for n, shown in known.items() if shown and len(n) > 1 and n != "help")
     unknown = list(dict.fromkeys(unknown))
-    raise unknown_options_error(unknown, dict.fromkeys(unknown, "command line"), valid,
-                                header=f"unknown option(s) of {parser.prog}:",
-                                listing=f"{listing} (see '{parser.prog} --help')")  # fmt: skip
+    raise unknown_options_error(
+        unknown,
+        dict.fromkeys(unknown, "command line"),
+        valid,
+        header=f"unknown option(s) of {parser.prog}:",
+        listing=f"{listing} (see '{parser.prog} --help')",
+    )
 
 
 def _is_number(token: str) -> bool:

@@ -46,8 +46,9 @@ def add_amp_argument(parser: argparse.ArgumentParser, *spellings: str, dest: str
     unknown name is a one-line ConfigError (exit 2) with the valid ones."""
     from ..precision import AMP_HELP, amp_level
 
-    parser.add_argument("--amp_level", *spellings, dest=dest, type=amp_level, default="O0", metavar="LEVEL",
-                        help=AMP_HELP + note)
+    parser.add_argument(
+        "--amp_level", *spellings, dest=dest, type=amp_level, default="O0", metavar="LEVEL", help=AMP_HELP + note
+    )
 
 
 def config_file_keys(path: str | None) -> set[str]:
@@ -108,14 +109,23 @@ def resolve_preprocess(
         if key in given or (recorded is None and config_path):
             changes[field] = value
         elif key in in_file and value != getattr(recorded, field):
-            log.warning("%s %s (config file) differs from what %s records, %s: using the file's; pass --%s on the "
-                        "command line to override it", key, _show(value), model_file, _show(getattr(recorded, field)),
-                        key)  # fmt: skip
+            log.warning(
+                "%s %s (config file) differs from what %s records, %s: using the file's; pass --%s on the "
+                "command line to override it",
+                key,
+                _show(value),
+                model_file,
+                _show(getattr(recorded, field)),
+                key,
+            )
     pre = dataclasses.replace(base, **changes)
     h, w = pre.input_size
     if "image_size" in given:
-        origin = f"--image_size; the model file records {_show(base.input_size)}" if recorded is not None else (
-            "--image_size")
+        origin = (
+            f"--image_size; the model file records {_show(base.input_size)}"
+            if recorded is not None
+            else ("--image_size")
+        )
     elif recorded is not None:
         origin = "recorded in the model file"
     elif config_path:

@@ -12,12 +12,16 @@ from pathlib import Path
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``--mode data`` (it also reads --image_size, --batch_size and --json)."""
     group = parser.add_argument_group("--mode data (loader throughput)")
-    group.add_argument("--data_dir", default=None,
-                       help="images to decode (searched recursively); default: 64 ImageNet-like JPEGs made from "
-                            "matplotlib's sample photograph")  # fmt: skip
+    group.add_argument(
+        "--data_dir",
+        default=None,
+        help="images to decode (searched recursively); default: 64 ImageNet-like JPEGs made from "
+        "matplotlib's sample photograph",
+    )
     group.add_argument("--images", type=int, default=200, help="images timed per measure (default 200)")
-    group.add_argument("--loader_workers", default="1,2", metavar="N,M,...",
-                       help="DataLoader worker counts to time (default 1,2)")
+    group.add_argument(
+        "--loader_workers", default="1,2", metavar="N,M,...", help="DataLoader worker counts to time (default 1,2)"
+    )
 
 
 def run_data_benchmark(args: argparse.Namespace) -> int:
@@ -39,10 +43,12 @@ def run_data_benchmark(args: argparse.Namespace) -> int:
         paths = list_images(args.data_dir, recursive=True) if args.data_dir else sample_jpegs(Path(tmp))
         if not paths:
             raise ConfigError(f"--data_dir {args.data_dir} holds no images")
-        result = measure_loading(paths, train_transform(cfg), images=args.images, loader_workers=workers,
-                                 batch_size=args.batch_size)  # fmt: skip
-    result.update(image_size=args.image_size, transform=describe_recipe(cfg),
-                  source=args.data_dir or "matplotlib photo crops")  # fmt: skip
+        result = measure_loading(
+            paths, train_transform(cfg), images=args.images, loader_workers=workers, batch_size=args.batch_size
+        )
+    result.update(
+        image_size=args.image_size, transform=describe_recipe(cfg), source=args.data_dir or "matplotlib photo crops"
+    )
     print(format_loading(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

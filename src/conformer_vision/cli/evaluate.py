@@ -25,8 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..config import add_config_arguments
 
     parser.add_argument("--output", metavar="FILE.json", default=None, help="also write the metrics as JSON")
-    parser.add_argument("--confusion_matrix", metavar="FILE.png", default=None,
-                        help="draw the confusion matrix of the fused prediction to this image")  # fmt: skip
+    parser.add_argument(
+        "--confusion_matrix",
+        metavar="FILE.png",
+        default=None,
+        help="draw the confusion matrix of the fused prediction to this image",
+    )
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
     add_config_arguments(parser)
 
@@ -58,22 +62,33 @@ def run(args: argparse.Namespace) -> int:
     if device != "auto":
         device = resolve_device(device, cfg.device_id, "device_target")
     predictor = open_predictor(
-        checkpoint, arch=vars(args).get("arch", cfg.arch), device=device, use_ema=cfg.use_ema,
+        checkpoint,
+        arch=vars(args).get("arch", cfg.arch),
+        device=device,
+        use_ema=cfg.use_ema,
         amp_dtype=AMP_LEVELS[cfg.amp_level],
-        channels_last=cfg.channels_last, num_classes=cfg.num_classes if levels["num_classes"] != "ignore" else None,
-        contradiction=levels, source=sources,
-    )  # fmt: skip
+        channels_last=cfg.channels_last,
+        num_classes=cfg.num_classes if levels["num_classes"] != "ignore" else None,
+        contradiction=levels,
+        source=sources,
+    )
     recorded = predictor.preprocess if predictor.preprocess_recorded else None
-    preprocess, size_note = resolve_preprocess(cfg, given, in_file, args.config, recorded, predictor.preprocess,
-                                               checkpoint)  # fmt: skip
+    preprocess, size_note = resolve_preprocess(
+        cfg, given, in_file, args.config, recorded, predictor.preprocess, checkpoint
+    )
     predictor.check_input_size(preprocess.input_size)
     predictor.preprocess = preprocess
     print(f"evaluating {checkpoint} at {size_note}")
     val_root = eval_source(cfg)  # <data_url>/<val_dir>, or the val shards (data_format: webdataset)
     result = evaluate_dataset(
-        predictor, val_root, batch_size=cfg.batch_size, workers=cfg.num_parallel_workers,
-        num_samples=cfg.val_num_samples, progress=args.progress, max_bad_files_fraction=cfg.max_bad_files_fraction,
-    )  # fmt: skip
+        predictor,
+        val_root,
+        batch_size=cfg.batch_size,
+        workers=cfg.num_parallel_workers,
+        num_samples=cfg.val_num_samples,
+        progress=args.progress,
+        max_bad_files_fraction=cfg.max_bad_files_fraction,
+    )
     print(format_eval_line(result))
     print(format_report(result))
     if args.output:

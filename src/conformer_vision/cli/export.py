@@ -30,23 +30,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..config import add_config_arguments
     from ..quantize import DEFAULT_CALIBRATION_SIZE, QUANTIZE_MODES
 
-    parser.add_argument("--output", metavar="PATH", default=None,
-                        help="output file (default: <arch>.onnx / .torchscript.pt / .pt2 / .safetensors in the cwd), "
-                             "or folder for HF_HUB (default: <arch>)")  # fmt: skip
+    parser.add_argument(
+        "--output",
+        metavar="PATH",
+        default=None,
+        help="output file (default: <arch>.onnx / .torchscript.pt / .pt2 / .safetensors in the cwd), "
+        "or folder for HF_HUB (default: <arch>)",
+    )
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
-    parser.add_argument("--exporter", choices=("dynamo", "torchscript", "auto"), default="dynamo",
-                        help="ONNX exporter: torch.export-based (default), the legacy tracer, or dynamo with "
-                             "fallback to the tracer")  # fmt: skip
+    parser.add_argument(
+        "--exporter",
+        choices=("dynamo", "torchscript", "auto"),
+        default="dynamo",
+        help="ONNX exporter: torch.export-based (default), the legacy tracer, or dynamo with fallback to the tracer",
+    )
     parser.add_argument("--no_check", action="store_true", help="skip the self-check against PyTorch")
-    parser.add_argument("--quantize", choices=QUANTIZE_MODES, default="none",
-                        help="ONNX only: int8_dynamic (MatMul weights int8, activations quantised at run time; "
-                             "no calibration, the faster here) or int8_static (QDQ, ranges calibrated on "
-                             "--calibration images)")  # fmt: skip
-    parser.add_argument("--calibration", metavar="DIR", default=None,
-                        help="int8_static: folder (or ImageFolder tree) of representative images")
-    parser.add_argument("--calibration_size", type=int, default=DEFAULT_CALIBRATION_SIZE, metavar="N",
-                        help=f"int8_static: calibration images used (default {DEFAULT_CALIBRATION_SIZE}, "
-                             "spread over the class folders)")  # fmt: skip
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE_MODES,
+        default="none",
+        help="ONNX only: int8_dynamic (MatMul weights int8, activations quantised at run time; "
+        "no calibration, the faster here) or int8_static (QDQ, ranges calibrated on "
+        "--calibration images)",
+    )
+    parser.add_argument(
+        "--calibration",
+        metavar="DIR",
+        default=None,
+        help="int8_static: folder (or ImageFolder tree) of representative images",
+    )
+    parser.add_argument(
+        "--calibration_size",
+        type=int,
+        default=DEFAULT_CALIBRATION_SIZE,
+        metavar="N",
+        help=f"int8_static: calibration images used (default {DEFAULT_CALIBRATION_SIZE}, "
+        "spread over the class folders)",
+    )
     add_config_arguments(parser)
 
 
@@ -90,36 +110,58 @@ def run(args: argparse.Namespace) -> int:
     arch = raw["arch"] if "arch" in given else cfg.arch if args.config else None
     try:
         loaded = load_model(
-            checkpoint, arch=arch, use_ema=cfg.use_ema,
+            checkpoint,
+            arch=arch,
+            use_ema=cfg.use_ema,
             num_classes=cfg.num_classes if levels["num_classes"] != "ignore" else None,
-            contradiction=levels, source=sources,
-        )  # fmt: skip
+            contradiction=levels,
+            source=sources,
+        )
     except ValueError as e:  # an unknown --arch name
         raise ConfigError(str(e)) from None
     recorded = Preprocess.from_dict(loaded.preprocess) if loaded.preprocess else None
-    preprocess, size_note = resolve_preprocess(cfg, given, in_file, args.config, recorded,
-                                               default_preprocess(loaded.model), checkpoint)  # fmt: skip
+    preprocess, size_note = resolve_preprocess(
+        cfg, given, in_file, args.config, recorded, default_preprocess(loaded.model), checkpoint
+    )
     if output is None:  # the specification: named after the architecture as the user spelt it
         output = default_output(raw["arch"] if "arch" in given else loaded.arch, fmt)
         replaced = check_hub_output(output) if hub else check_output_file(output, "--output").exists()
     report: dict = {}
     path = export_model(
-        loaded.model, arch=loaded.arch, file_format=fmt, output=output, opset=args.opset, check=not args.no_check,
-        preprocess=preprocess, exporter=args.exporter, quantize=args.quantize, calibration=args.calibration,
-        calibration_size=args.calibration_size, class_names=loaded.class_names, report=report,
-    )  # fmt: skip
+        loaded.model,
+        arch=loaded.arch,
+        file_format=fmt,
+        output=output,
+        opset=args.opset,
+        check=not args.no_check,
+        preprocess=preprocess,
+        exporter=args.exporter,
+        quantize=args.quantize,
+        calibration=args.calibration,
+        calibration_size=args.calibration_size,
+        class_names=loaded.class_names,
+        report=report,
+    )
     if report and report.get("quantized"):
         real = f" (the last: {report['images']} calibration images)" if report["images"] else ""
-        print(f"{args.quantize} graph checked against the float PyTorch model on inputs {report['inputs']}{real}: "
-              f"top-1 agreement {report['top1_agree']}, max |logit diff| {report['max_abs_diff']:.3g} "
-              f"({report['max_rel_diff']:.3g} of the logit scale); int8 is not held to the float tolerance, "
-              "only gross mismatches fail")  # fmt: skip
+        print(
+            f"{args.quantize} graph checked against the float PyTorch model on inputs {report['inputs']}{real}: "
+            f"top-1 agreement {report['top1_agree']}, max |logit diff| {report['max_abs_diff']:.3g} "
+            f"({report['max_rel_diff']:.3g} of the logit scale); int8 is not held to the float tolerance, "
+            "only gross mismatches fail"
+        )
     elif report:
-        print(f"checked against PyTorch on inputs {report['inputs']}: max |diff| {report['max_abs_diff']:.3g} "
-              f"({report['max_rel_diff']:.3g} of the logit scale), top-1 agreement {report['top1_agree']}")
-    print(f"exported {loaded.arch} ({fmt}, input {size_note}) to {path}"
-          + (f" (replacing the {'hub folder' if hub else 'file'} that was there)" if replaced else ""))  # fmt: skip
+        print(
+            f"checked against PyTorch on inputs {report['inputs']}: max |diff| {report['max_abs_diff']:.3g} "
+            f"({report['max_rel_diff']:.3g} of the logit scale), top-1 agreement {report['top1_agree']}"
+        )
+    print(
+        f"exported {loaded.arch} ({fmt}, input {size_note}) to {path}"
+        + (f" (replacing the {'hub folder' if hub else 'file'} that was there)" if replaced else "")
+    )
     if hub:
-        print(f'load it with timm.create_model("local-dir:{path}", pretrained=True) after import conformer_vision, '
-              "or push the folder to the Hugging Face Hub and use hf-hub:user/repo")  # fmt: skip
+        print(
+            f'load it with timm.create_model("local-dir:{path}", pretrained=True) after import conformer_vision, '
+            "or push the folder to the Hugging Face Hub and use hf-hub:user/repo"
+        )
     return 0

@@ -23,25 +23,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("data", nargs="+", metavar="DATA", help="image file(s) or folder(s) of images")
     model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument("--checkpoint", "--onnx_path", dest="checkpoint", metavar="FILE",
-                       help="checkpoint, weights file (with --arch) or .onnx export")  # fmt: skip
-    model.add_argument("--pretrained", metavar="imagenet|FILE",
-                       help="imagenet: the published ImageNet-1k weights of --arch (downloaded once into the "
-                            "torch hub cache; ImageNet class names), or a weights file as --checkpoint")  # fmt: skip
-    parser.add_argument("--arch", default=None,
-                        help="architecture of a foreign weights file or of --pretrained imagenet (e.g. conformer_tiny)")
-    parser.add_argument("--output", default="predictions.json", metavar="FILE.json",
-                        help="where to write the predictions (default predictions.json; unreadable files go to "
-                             "FILE.errors.json beside it; existing files are replaced)")  # fmt: skip
-    parser.add_argument("--topk", type=int, default=None, metavar="K",
-                        help="write the K best classes (id, name, probability) instead of the class id")  # fmt: skip
+    model.add_argument(
+        "--checkpoint",
+        "--onnx_path",
+        dest="checkpoint",
+        metavar="FILE",
+        help="checkpoint, weights file (with --arch) or .onnx export",
+    )
+    model.add_argument(
+        "--pretrained",
+        metavar="imagenet|FILE",
+        help="imagenet: the published ImageNet-1k weights of --arch (downloaded once into the "
+        "torch hub cache; ImageNet class names), or a weights file as --checkpoint",
+    )
+    parser.add_argument(
+        "--arch",
+        default=None,
+        help="architecture of a foreign weights file or of --pretrained imagenet (e.g. conformer_tiny)",
+    )
+    parser.add_argument(
+        "--output",
+        default="predictions.json",
+        metavar="FILE.json",
+        help="where to write the predictions (default predictions.json; unreadable files go to "
+        "FILE.errors.json beside it; existing files are replaced)",
+    )
+    parser.add_argument(
+        "--topk",
+        type=int,
+        default=None,
+        metavar="K",
+        help="write the K best classes (id, name, probability) instead of the class id",
+    )
     parser.add_argument("--batch_size", type=int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--workers", type=int, default=0, help="decoding processes (default 0 = in-process)")
     parser.add_argument("--recursive", action="store_true", help="also read images in sub-folders")
     parser.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto (ONNX: cuda = the CUDA provider)")
     parser.add_argument("--use_ema", action="store_true", help="use the checkpoint's EMA weights")
-    add_amp_argument(parser, "--amp", note="; checkpoints only (autocast is faster on GPUs, on a CPU only with AMX "
-                     "or AVX512-FP16, see docs/benchmarks.md)")
+    add_amp_argument(
+        parser,
+        "--amp",
+        note="; checkpoints only (autocast is faster on GPUs, on a CPU only with AMX "
+        "or AVX512-FP16, see docs/benchmarks.md)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,8 +81,13 @@ def run(args: argparse.Namespace) -> int:
     output = check_output_file(args.output, "--output")
     errors_file = check_output_file(errors_path(output), "the error list beside --output")
     files = collect_images(args.data, recursive=args.recursive)
-    predictor = open_predictor(args.checkpoint or args.pretrained, arch=args.arch, device=args.device,
-                               use_ema=args.use_ema, amp_dtype=AMP_LEVELS[args.amp_level])  # fmt: skip
+    predictor = open_predictor(
+        args.checkpoint or args.pretrained,
+        arch=args.arch,
+        device=args.device,
+        use_ema=args.use_ema,
+        amp_dtype=AMP_LEVELS[args.amp_level],
+    )
     with_imagenet_names(predictor)  # 1000 unnamed classes are ImageNet's: show their names
     topk = 1 if args.topk is None else args.topk
     results, errors = predict_paths(predictor, files, topk=topk, batch_size=args.batch_size, workers=args.workers)

@@ -40,11 +40,15 @@ def summary(result: TrainResult, epochs: int) -> str:
     top1 = result.metrics.get("Top1-Acc")
     shown = f"; val top-1 {top1:.4f}" if top1 is not None else ""
     if result.status == "completed":
-        return (f"training finished: {result.epochs_done} epochs, {result.step} steps{shown}; "
-                f"run directory {result.run_dir}")
+        return (
+            f"training finished: {result.epochs_done} epochs, {result.step} steps{shown}; "
+            f"run directory {result.run_dir}"
+        )
     if result.status == "finished":
         more = f" (more than epochs {epochs})" if result.epochs_done > epochs else ""
-        return (f"the run in {result.run_dir} is already finished: {result.epochs_done} epochs{more}, {result.step} "
-                f"steps done{shown}; nothing to do (last checkpoint {result.last_checkpoint}). To train it longer, "
-                "resume it with a larger --epochs: the learning-rate schedule is recomputed for the new length")
+        return (
+            f"the run in {result.run_dir} is already finished: {result.epochs_done} epochs{more}, {result.step} "
+            f"steps done{shown}; nothing to do (last checkpoint {result.last_checkpoint}). To train it longer, "
+            "resume it with a larger --epochs: the learning-rate schedule is recomputed for the new length"
+        )
     return f"training stopped at step {result.step}; resume with --checkpoint auto (last checkpoint: {result.last_checkpoint})"

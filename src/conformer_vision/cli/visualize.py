@@ -14,10 +14,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="visualize.png", help="output image (default visualize.png)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--use_ema", action="store_true", help="use the checkpoint's EMA weights")
-    parser.add_argument("--input_size", type=int, nargs="+", default=None, metavar="PX",
-                        help="network input H [W], overriding the checkpoint's (any size, e.g. 192 320)")  # fmt: skip
-    parser.add_argument("--tokens", choices=("pca", "norm"), default="pca",
-                        help="patch-token maps: first principal component (default) or token norm")  # fmt: skip
+    parser.add_argument(
+        "--input_size",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="PX",
+        help="network input H [W], overriding the checkpoint's (any size, e.g. 192 320)",
+    )
+    parser.add_argument(
+        "--tokens",
+        choices=("pca", "norm"),
+        default="pca",
+        help="patch-token maps: first principal component (default) or token norm",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,8 +38,14 @@ def run(args: argparse.Namespace) -> int:
     if size is not None and (len(size) > 2 or min(size) < 1):
         raise ConfigError(f"--input_size takes one or two positive ints (H [W]), got {size}")
     path = visualize_image(
-        args.image, args.checkpoint, output=args.output, arch=args.arch, device=args.device,
-        use_ema=args.use_ema, input_size=(size[0], size[-1]) if size else None, token_reduce=args.tokens,
-    )  # fmt: skip
+        args.image,
+        args.checkpoint,
+        output=args.output,
+        arch=args.arch,
+        device=args.device,
+        use_ema=args.use_ema,
+        input_size=(size[0], size[-1]) if size else None,
+        token_reduce=args.tokens,
+    )
     print(path)
     return 0

@@ -26,6 +26,7 @@ also sees what DataLoader worker processes found (fork or spawn). Once more than
 the commands) is known bad, `DataError` is raised; in a worker the loader re-raises it in the main
 process. `verify()` finds bad files up front without training.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,9 +47,18 @@ from conformer_vision.data.index import SUBSET_SEED, FolderIndex, list_classes, 
 from conformer_vision.errors import DataError, ImageDecodeError
 
 __all__ = [
-    "BAD_POLICIES", "EvalLoader", "ImageFolderDataset", "SUBSET_SEED", "build_class_list",
-    "check_bad_budget", "drop_failed", "eval_loader", "sample_seed", "seeded_rngs", "set_loader_epoch",
-]  # fmt: skip
+    "BAD_POLICIES",
+    "EvalLoader",
+    "ImageFolderDataset",
+    "SUBSET_SEED",
+    "build_class_list",
+    "check_bad_budget",
+    "drop_failed",
+    "eval_loader",
+    "sample_seed",
+    "seeded_rngs",
+    "set_loader_epoch",
+]
 
 _LOG = logging.getLogger("conformer_vision.data")
 
@@ -172,8 +182,10 @@ class ImageFolderDataset(Dataset):
                 self._record_bad(i, err)
                 continue
             return (self.transform(image) if self.transform else image), self.target(i)
-        raise DataError(f"{self.max_substitutions + 1} consecutive unreadable images from "
-                        f"{self.path(idx)} on; run a data check (verify) on {self.root}")
+        raise DataError(
+            f"{self.max_substitutions + 1} consecutive unreadable images from "
+            f"{self.path(idx)} on; run a data check (verify) on {self.root}"
+        )
 
     @property
     def bad_files(self) -> list[Path]:
@@ -218,12 +230,19 @@ class ImageFolderDataset(Dataset):
 
     def _check_budget(self) -> None:
         num_bad = len(self._index_bad) + int(self._bad_mask.sum())
-        check_bad_budget(num_bad, self.num_entries, self.root, self.max_bad_fraction, self.max_bad_files,
-                         lambda: self.bad_files)  # fmt: skip
+        check_bad_budget(
+            num_bad, self.num_entries, self.root, self.max_bad_fraction, self.max_bad_files, lambda: self.bad_files
+        )
 
 
-def check_bad_budget(num_bad: int, num_entries: int, where: object, max_bad_fraction: float,
-                     max_bad_files: int | None, bad_files: Callable[[], Sequence[object]]) -> None:
+def check_bad_budget(
+    num_bad: int,
+    num_entries: int,
+    where: object,
+    max_bad_fraction: float,
+    max_bad_files: int | None,
+    bad_files: Callable[[], Sequence[object]],
+) -> None:
     """Raise the over-budget DataError when `num_bad` of `num_entries` exceeds the budget (an
     absolute `max_bad_files`, else `max_bad_fraction` of the entries: the commands'
     `max_bad_files_fraction`). `bad_files()` names them (called only then)."""
@@ -240,7 +259,8 @@ def check_bad_budget(num_bad: int, num_entries: int, where: object, max_bad_frac
     # With loader workers the count can include a file another worker marked meanwhile.
     raise DataError(
         f"too many unreadable images under {where}: {num_bad} of {num_entries} ({budget}). "
-        f"First: {shown}. Fix or remove them, or {fix}.")
+        f"First: {shown}. Fix or remove them, or {fix}."
+    )
 
 
 def _roomier_fraction(num_bad: int, num_entries: int) -> str:
@@ -290,8 +310,15 @@ def eval_loader(
         extra["persistent_workers"] = persistent_workers
         if prefetch is not None:
             extra["prefetch_factor"] = max(1, math.ceil(prefetch / num_workers))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=pin_memory, collate_fn=drop_failed, **extra)  # fmt: skip
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        collate_fn=drop_failed,
+        **extra,
+    )
     return EvalLoader(loader)
 
 

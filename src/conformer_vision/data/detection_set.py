@@ -16,6 +16,7 @@ only items of its test split, so no garment is in both. A fixed seed makes the s
 
 `DetectionDataset` reads a split back as (image tensor, torchvision target) pairs.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,12 @@ from conformer_vision.data.fashion_mnist import DEFAULT_SOURCE_DIR, FASHION_MNIS
 from conformer_vision.errors import ConfigError, DataError
 
 __all__ = [
-    "DetectionDataset", "DetectionSetParams", "coco_categories", "collate_detection", "prepare_detection_set", "render_canvas",
+    "DetectionDataset",
+    "DetectionSetParams",
+    "coco_categories",
+    "collate_detection",
+    "prepare_detection_set",
+    "render_canvas",
 ]
 
 _MARKER = "prepared.json"
@@ -70,8 +76,10 @@ class DetectionSetParams:
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "seed" else 1):
                 raise ConfigError(f"detection set: {name} must be a positive int, got {value!r}")
         if not 8 <= self.min_size <= self.max_size <= self.canvas_size:
-            raise ConfigError(f"detection set: need 8 <= min_size <= max_size <= canvas_size, got "
-                              f"{self.min_size}, {self.max_size}, {self.canvas_size}")
+            raise ConfigError(
+                f"detection set: need 8 <= min_size <= max_size <= canvas_size, got "
+                f"{self.min_size}, {self.max_size}, {self.canvas_size}"
+            )
 
 
 def coco_categories() -> list[dict[str, Any]]:
@@ -99,11 +107,15 @@ def prepare_detection_set(
     marker = _read_marker(out_dir)
     if marker is not None:
         if marker["params"] != asdict(params):
-            raise DataError(f"{out_dir} holds a detection set made with other parameters ({marker['params']}); "
-                            f"choose another folder, or remove it yourself to regenerate")
+            raise DataError(
+                f"{out_dir} holds a detection set made with other parameters ({marker['params']}); "
+                f"choose another folder, or remove it yourself to regenerate"
+            )
         return _summary(out_dir, marker, created=False)
     if out_dir.exists() and any(out_dir.iterdir()):
-        raise DataError(f"{out_dir} exists and is not a detection set (no {_MARKER}); choose another folder or empty it")
+        raise DataError(
+            f"{out_dir} exists and is not a detection set (no {_MARKER}); choose another folder or empty it"
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
@@ -150,8 +162,9 @@ def _load_items(folder: Path, per_class: int, source_dir: str | Path) -> dict[st
     They are read through `prepare_fashion_mnist` (28 px class folders in a scratch folder), the one
     reader of the IDX files, rather than decoding the IDX files a second time here.
     """
-    prepared = prepare_fashion_mnist(folder, image_size=28, source_dir=source_dir, val_from="test",
-                                     limit_per_class=per_class, num_workers=1)
+    prepared = prepare_fashion_mnist(
+        folder, image_size=28, source_dir=source_dir, val_from="test", limit_per_class=per_class, num_workers=1
+    )
     items = {}
     for split, root in (("train", prepared["train_dir"]), ("val", prepared["val_dir"])):
         images, labels = [], []
@@ -165,7 +178,11 @@ def _load_items(folder: Path, per_class: int, source_dir: str | Path) -> dict[st
 
 
 def _write_split(
-    root: Path, split: str, num: int, items: tuple[np.ndarray, np.ndarray], params: DetectionSetParams,
+    root: Path,
+    split: str,
+    num: int,
+    items: tuple[np.ndarray, np.ndarray],
+    params: DetectionSetParams,
     rng: np.random.Generator,
 ) -> dict[str, int]:
     """Render `num` canvases of `split` into root/split and its COCO file; returns the counts."""
@@ -175,16 +192,31 @@ def _write_split(
         canvas, objects = render_canvas(items, params, rng)
         file_name = f"{image_id:06d}.png"
         Image.fromarray(canvas).convert("RGB").save(root / split / file_name, compress_level=1)
-        images.append({"id": image_id, "file_name": file_name, "width": params.canvas_size, "height": params.canvas_size})
+        images.append(
+            {"id": image_id, "file_name": file_name, "width": params.canvas_size, "height": params.canvas_size}
+        )
         for label, (x0, y0, x1, y1) in objects:
             w, h = x1 - x0, y1 - y0
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": label + 1,
-                                "bbox": [x0, y0, w, h], "area": w * h, "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": label + 1,
+                    "bbox": [x0, y0, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
     coco = {
-        "info": {"description": f"Fashion-MNIST items on {params.canvas_size} px canvases ({split})",
-                 "version": "1", "params": asdict(params)},
-        "images": images, "annotations": annotations, "categories": coco_categories(),
-    }  # fmt: skip
+        "info": {
+            "description": f"Fashion-MNIST items on {params.canvas_size} px canvases ({split})",
+            "version": "1",
+            "params": asdict(params),
+        },
+        "images": images,
+        "annotations": annotations,
+        "categories": coco_categories(),
+    }
     (root / "annotations").mkdir(exist_ok=True)
     (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
     return {"images": len(images), "objects": len(annotations)}
@@ -218,7 +250,9 @@ def render_canvas(
     return canvas, objects
 
 
-def _free_spot(taken: list[tuple[int, int, int]], side: int, size: int, rng: np.random.Generator) -> tuple[int, int] | None:
+def _free_spot(
+    taken: list[tuple[int, int, int]], side: int, size: int, rng: np.random.Generator
+) -> tuple[int, int] | None:
     """A top-left corner where a `side` square fits on the canvas without touching `taken` ones."""
     for _ in range(_PLACEMENT_TRIES):
         x, y = (int(v) for v in rng.integers(0, size - side + 1, 2))
@@ -252,8 +286,10 @@ class DetectionDataset(torch.utils.data.Dataset):
             raise ConfigError(f"split must be one of {_SPLITS}, got {split!r}")
         self.root = Path(root)
         if _read_marker(self.root) is None:
-            raise DataError(f"{self.root} is not a detection set (no complete {_MARKER}); "
-                            f"write one with: conformer prepare fashion-mnist-detection {self.root}")
+            raise DataError(
+                f"{self.root} is not a detection set (no complete {_MARKER}); "
+                f"write one with: conformer prepare fashion-mnist-detection {self.root}"
+            )
         self.annotation_file = self.root / "annotations" / f"instances_{split}.json"
         coco = json.loads(self.annotation_file.read_text())
         self.images = coco["images"]
@@ -281,7 +317,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         return image, target
 
 
-def collate_detection(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+def collate_detection(
+    batch: list[tuple[torch.Tensor, dict[str, Any]]],
+) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
     """DataLoader collate: detectors take lists of images and targets, not stacked tensors."""
     images, targets = zip(*batch)
     return list(images), list(targets)

@@ -13,6 +13,7 @@ sandal=5, shirt=6, sneaker=7, t-shirt_top=8, trouser=9).
 The tree is written to a hidden temporary sibling folder and renamed into place once complete;
 `prepared.json` records the parameters, and a later call with the same parameters does nothing.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -33,8 +34,16 @@ from conformer_vision.errors import ConfigError, DataError
 __all__ = ["FASHION_MNIST_CLASSES", "DEFAULT_SOURCE_DIR", "prepare_fashion_mnist"]
 
 FASHION_MNIST_CLASSES: tuple[str, ...] = (
-    "t-shirt_top", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle_boot",
+    "t-shirt_top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle_boot",
 )
 """Class names in label order (label i -> FASHION_MNIST_CLASSES[i])."""
 
@@ -81,8 +90,9 @@ def prepare_fashion_mnist(
     if marker is not None and marker["params"] == params:
         return _summary(out_dir, marker, created=False)
     if marker is None and out_dir.exists() and any(out_dir.iterdir()):
-        raise DataError(f"{out_dir} exists and is not a Fashion-MNIST preparation (no {_MARKER}); "
-                        f"choose another folder or empty it")
+        raise DataError(
+            f"{out_dir} exists and is not a Fashion-MNIST preparation (no {_MARKER}); choose another folder or empty it"
+        )
     splits = _load_splits(Path(source_dir), val_from, limit_per_class)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -156,9 +166,11 @@ def _find(source_dir: Path, name: str) -> Path:
     for candidate in (source_dir / f"{name}.gz", source_dir / name):
         if candidate.is_file():
             return candidate
-    raise DataError(f"Fashion-MNIST file {name}.gz not found in {source_dir}. Install the Debian package "
-                    f"with: apt-get update && apt-get install -y dataset-fashion-mnist "
-                    f"(or pass source_dir= a folder holding the four IDX files)")
+    raise DataError(
+        f"Fashion-MNIST file {name}.gz not found in {source_dir}. Install the Debian package "
+        f"with: apt-get update && apt-get install -y dataset-fashion-mnist "
+        f"(or pass source_dir= a folder holding the four IDX files)"
+    )
 
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:
@@ -194,8 +206,10 @@ def _write_split(folder: Path, split: Split, image_size: int, num_workers: int |
         if len(rows) == 0:
             continue  # only with a tiny source; an empty class folder would not load
         (folder / name).mkdir(parents=True)
-        jobs += [(str(folder / name), images[chunk], index[chunk], image_size)
-                 for chunk in np.array_split(rows, max(1, len(rows) // 1000))]
+        jobs += [
+            (str(folder / name), images[chunk], index[chunk], image_size)
+            for chunk in np.array_split(rows, max(1, len(rows) // 1000))
+        ]
     workers = num_workers or os.cpu_count() or 1
     if len(images) < _SERIAL_BELOW or workers == 1:
         return sum(_write_pngs(*job) for job in jobs)

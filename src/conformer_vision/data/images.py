@@ -24,6 +24,7 @@ pixels the same way everywhere. The rules:
 `warnings.catch_warnings` changes process-wide state, so `load_rgb` must not be called from several
 threads at once (DataLoader workers are processes, which is fine).
 """
+
 from __future__ import annotations
 
 import io

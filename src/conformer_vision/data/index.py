@@ -27,6 +27,7 @@ global rank 0 scans and sends the arrays to every other process (`broadcast_obje
 processes do not touch the file system. An error found while scanning (no class folder, an unknown
 val class, an empty class folder) is sent instead and raised on every rank.
 """
+
 from __future__ import annotations
 
 import logging
@@ -87,7 +88,7 @@ class FolderIndex:
     def name(self, i: int) -> str:
         """File name of sample `i` (inside its class folder)."""
         start = int(self.starts[i])
-        return self.names[start:start + int(self.lengths[i])].tobytes().decode("utf-8", "surrogateescape")
+        return self.names[start : start + int(self.lengths[i])].tobytes().decode("utf-8", "surrogateescape")
 
     def path(self, i: int) -> str:
         """Full path of sample `i`: root/<class>/<name>."""
@@ -101,8 +102,9 @@ class FolderIndex:
         if num_samples < 1:
             raise ConfigError(f"num_samples must be -1 (all) or a positive count, got {num_samples}")
         keep = np.sort(subset_positions(len(self), num_samples))
-        return FolderIndex(self.root, self.classes, self.names, self.starts[keep], self.lengths[keep],
-                           self.labels[keep], self.rejected)  # fmt: skip
+        return FolderIndex(
+            self.root, self.classes, self.names, self.starts[keep], self.lengths[keep], self.labels[keep], self.rejected
+        )
 
     @property
     def nbytes(self) -> int:
@@ -132,8 +134,9 @@ def list_classes(root: str | Path) -> list[str]:
     except PermissionError:
         raise DataError(f"data folder {root} cannot be read (permission denied)") from None
     if not classes:
-        raise DataError(f"no class folders in {root}: expected one sub-folder of images per class "
-                        f"(root/<class>/<image>)")
+        raise DataError(
+            f"no class folders in {root}: expected one sub-folder of images per class (root/<class>/<image>)"
+        )
     return classes
 
 
@@ -182,8 +185,9 @@ def _scan_class_folder(folder: str, rejected: list[str]) -> list[str]:
             elif entry.is_dir():
                 _LOG.warning("ignoring sub-folder %s: images must sit directly in the class folder", entry.path)
     if not images:
-        raise DataError(f"class folder {folder} contains no images (extensions: {_EXTENSION_LIST}); "
-                        "add images or remove the folder")
+        raise DataError(
+            f"class folder {folder} contains no images (extensions: {_EXTENSION_LIST}); add images or remove the folder"
+        )
     images.sort()
     return images
 
@@ -209,8 +213,10 @@ def _check_classes(root: str, found: list[str], known: list[str]) -> None:
     known_set, found_set = set(known), set(found)
     unknown = [name for name in found if name not in known_set]
     if unknown:
-        raise DataError(f"{root} has class folder(s) {unknown} that are not in the class list built "
-                        f"from the training data; known classes ({len(known)}): {known}")
+        raise DataError(
+            f"{root} has class folder(s) {unknown} that are not in the class list built "
+            f"from the training data; known classes ({len(known)}): {known}"
+        )
     missing = [name for name in known if name not in found_set]
     if missing:
         _LOG.warning("%s has no folder for %d class(es): %s", root, len(missing), missing)
@@ -229,8 +235,12 @@ def index_splits(train_root: str | Path, others: Sequence[str | Path] = ()) -> l
         start = time.perf_counter()
         train = scan_split(train_root)
         indexes = [train] + [scan_split(root, train.classes) for root in others]
-        _LOG.info("indexed %s in %.2f s (%s)", ", ".join(f"{len(ix):,} images of {ix.root}" for ix in indexes),
-                  time.perf_counter() - start, "rank 0, sent to every process" if distributed else "this process")
+        _LOG.info(
+            "indexed %s in %.2f s (%s)",
+            ", ".join(f"{len(ix):,} images of {ix.root}" for ix in indexes),
+            time.perf_counter() - start,
+            "rank 0, sent to every process" if distributed else "this process",
+        )
         payload: object = indexes
     except ConformerError as err:  # the others must not wait for an index that never comes
         payload = err

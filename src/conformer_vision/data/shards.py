@@ -45,6 +45,7 @@ shared array (the main process sees what workers found) and counted against the 
 shard that cannot be opened or read (a missing file, a failing command, a truncated tar) is a
 DataError naming it.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -71,9 +72,16 @@ from conformer_vision.errors import ConfigError, DataError, ImageDecodeError
 from conformer_vision.serialization import write_text_atomic
 
 __all__ = [
-    "CLASSES_FILE", "SHARDS_INFO", "SHUFFLE_BUFFER", "ShardDataset", "ShardSplit", "check_resume", "open_split",
-    "shards_info_url", "write_shards",
-]  # fmt: skip
+    "CLASSES_FILE",
+    "SHARDS_INFO",
+    "SHUFFLE_BUFFER",
+    "ShardDataset",
+    "ShardSplit",
+    "check_resume",
+    "open_split",
+    "shards_info_url",
+    "write_shards",
+]
 
 _LOG = logging.getLogger("conformer_vision.data")
 
@@ -127,15 +135,19 @@ def write_shards(
     for split, index in indexes.items():
         shards, rejected = _write_split(wds, index, out, split, shard_size, max_shard_bytes, seed)
         info["splits"][split] = {
-            "source": str((src / splits[split]).absolute()), "num_samples": len(index),
+            "source": str((src / splits[split]).absolute()),
+            "num_samples": len(index),
             "shards": [{"name": name, "count": count} for name, count in shards],
             "class_counts": np.bincount(index.labels, minlength=len(index.classes)).tolist(),
             "rejected": index.rejected + rejected,
-        }  # fmt: skip
+        }
     write_text_atomic(out / CLASSES_FILE, json.dumps(train.classes, indent=1) + "\n")
     write_text_atomic(out / SHARDS_INFO, json.dumps(info, indent=1) + "\n")
-    return {"out": str(out), "classes": train.classes,
-            "splits": {s: {"images": v["num_samples"], "shards": len(v["shards"])} for s, v in info["splits"].items()}}
+    return {
+        "out": str(out),
+        "classes": train.classes,
+        "splits": {s: {"images": v["num_samples"], "shards": len(v["shards"])} for s, v in info["splits"].items()},
+    }
 
 
 def _check_out(out: Path, splits: dict[str, str]) -> None:
@@ -144,22 +156,28 @@ def _check_out(out: Path, splits: dict[str, str]) -> None:
         raise DataError(f"{out} exists and is not a folder: choose another output folder for the shards")
     if not out.exists():
         return
-    taken = sorted(p.name for p in out.iterdir() if p.name in (SHARDS_INFO, CLASSES_FILE)
-                   or any(re.fullmatch(rf"{split}-\d+\.tar", p.name) for split in splits))  # fmt: skip
+    taken = sorted(
+        p.name
+        for p in out.iterdir()
+        if p.name in (SHARDS_INFO, CLASSES_FILE) or any(re.fullmatch(rf"{split}-\d+\.tar", p.name) for split in splits)
+    )
     if taken:
         shown = ", ".join(taken[:5]) + (f" and {len(taken) - 5} more" if len(taken) > 5 else "")
-        raise DataError(f"{out} already holds shards ({shown}): nothing was written; remove them or choose "
-                        "another output folder")
+        raise DataError(
+            f"{out} already holds shards ({shown}): nothing was written; remove them or choose another output folder"
+        )
 
 
-def _write_split(wds: Any, index: FolderIndex, out: Path, split: str, shard_size: int, max_shard_bytes: int,
-                 seed: int) -> tuple[list[tuple[str, int]], list[str]]:  # fmt: skip
+def _write_split(
+    wds: Any, index: FolderIndex, out: Path, split: str, shard_size: int, max_shard_bytes: int, seed: int
+) -> tuple[list[tuple[str, int]], list[str]]:
     """Write one split in a fixed random order; ([(shard name, image count)], unreadable source paths)."""
     counts: dict[str, int] = {}
     rejected: list[str] = []
     order = np.random.default_rng(seed).permutation(len(index))
-    with wds.ShardWriter(str(out / f"{split}-%06d.tar"), maxcount=shard_size, maxsize=max_shard_bytes,
-                         verbose=0) as writer:  # fmt: skip
+    with wds.ShardWriter(
+        str(out / f"{split}-%06d.tar"), maxcount=shard_size, maxsize=max_shard_bytes, verbose=0
+    ) as writer:
         for k in order.tolist():
             path = index.path(k)
             try:
@@ -171,8 +189,14 @@ def _write_split(wds: Any, index: FolderIndex, out: Path, split: str, shard_size
                 continue
             label = int(index.labels[k])
             ext = index.name(k).rpartition(".")[2].lower()
-            writer.write({"__key__": f"{k:09d}", ext: data, "cls": label,
-                          "json": {"path": f"{index.classes[label]}/{index.name(k)}"}})  # fmt: skip
+            writer.write(
+                {
+                    "__key__": f"{k:09d}",
+                    ext: data,
+                    "cls": label,
+                    "json": {"path": f"{index.classes[label]}/{index.name(k)}"},
+                }
+            )
             name = Path(writer.fname).name
             counts[name] = counts.get(name, 0) + 1
     return list(counts.items()), rejected
@@ -240,9 +264,17 @@ def open_split(info_url: str, split: str, pattern: str = "") -> ShardSplit:
         urls = [f"{base}/{name}" for name in names]
     if not urls:
         raise DataError(f"no {split} shards: {pattern or info_url} names none")
-    return ShardSplit(split, tuple(urls), tuple(names), tuple(listed[n] for n in names), tuple(info["classes"]),
-                      tuple(int(c) for c in entry["class_counts"]), tuple(entry.get("rejected", [])), info_url,
-                      int(entry["num_samples"]))  # fmt: skip
+    return ShardSplit(
+        split,
+        tuple(urls),
+        tuple(names),
+        tuple(listed[n] for n in names),
+        tuple(info["classes"]),
+        tuple(int(c) for c in entry["class_counts"]),
+        tuple(entry.get("rejected", [])),
+        info_url,
+        int(entry["num_samples"]),
+    )
 
 
 def _read_info(url: str) -> dict[str, Any]:
@@ -257,8 +289,10 @@ def _read_info(url: str) -> dict[str, Any]:
                 text = stream.read().decode()
         info = json.loads(text)
     except (OSError, ValueError, UnicodeDecodeError) as err:
-        raise DataError(f"cannot read the shard description {url} ({type(err).__name__}: {err}); it is the "
-                        f"{SHARDS_INFO} that conformer prepare shards writes beside the shards (shards_info)") from None
+        raise DataError(
+            f"cannot read the shard description {url} ({type(err).__name__}: {err}); it is the "
+            f"{SHARDS_INFO} that conformer prepare shards writes beside the shards (shards_info)"
+        ) from None
     if not isinstance(info, dict) or info.get("format") != _FORMAT:
         raise DataError(f"{url} is not a {SHARDS_INFO} written by conformer prepare shards")
     if int(info.get("version", 0)) > _VERSION:
@@ -283,8 +317,7 @@ def _listed_name(url: str, listed: dict[str, int], info_url: str) -> str:
         base = name.rsplit("/", 1)[-1]
         if base in listed:
             return base
-    raise DataError(f"shard URL {url!r} names none of the shards {info_url} lists "
-                    f"({', '.join(list(listed)[:3])}, ...)")
+    raise DataError(f"shard URL {url!r} names none of the shards {info_url} lists ({', '.join(list(listed)[:3])}, ...)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,7 +370,11 @@ class ShardDataset(IterableDataset):
         self.bad_policy = "replace" if training else "drop"
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.streams = max(1, num_workers)
-        self.max_bad_fraction, self.max_bad_files, self.max_substitutions = max_bad_fraction, max_bad_files, max_substitutions
+        self.max_bad_fraction, self.max_bad_files, self.max_substitutions = (
+            max_bad_fraction,
+            max_bad_files,
+            max_substitutions,
+        )
         self.root = str(split)
         self.classes = list(classes) if classes is not None else list(split.classes)
         self._labels = _label_map(split, self.classes)
@@ -356,7 +393,8 @@ class ShardDataset(IterableDataset):
             raise DataError(
                 f"{len(split.urls)} {split.name} shard(s) for {world_size} process(es) x {self.streams} loader "
                 f"stream(s): every stream needs a shard of its own; write smaller shards (conformer prepare shards "
-                f"--shard_size) or lower num_parallel_workers")  # fmt: skip
+                f"--shard_size) or lower num_parallel_workers"
+            )
         # Per image: 0 = fine so far, s + 1 = found unreadable in shard s (shared with loader workers).
         self._bad = torch.zeros(split.total, dtype=torch.int32).share_memory_()
 
@@ -418,7 +456,7 @@ class ShardDataset(IterableDataset):
         batches, skipped = len(range(stream, steps, workers)), len(range(stream, min(skip_batches, steps), workers))
         job_streams = self.world_size * workers
         order = np.random.default_rng([self.seed, self.epoch, _SHARD_ORDER_SALT]).permutation(len(self.split.urls))
-        mine = order[self.rank * workers + stream::job_streams].tolist()
+        mine = order[self.rank * workers + stream :: job_streams].tolist()
         shuffled = self._shuffled_passes(mine, self.rank * workers + stream)
         return self._replace_bad(shuffled, batches * self.batch_size, skipped * self.batch_size)
 
@@ -437,8 +475,10 @@ class ShardDataset(IterableDataset):
                 yield sample
             if produced == 0:
                 names = ", ".join(self.split.shard_names[s] for s in shards[:3])
-                raise DataError(f"the {self.split.name} shards {names} hold no image of this run's subset "
-                                "(train_num_samples): use more images or fewer loader workers")
+                raise DataError(
+                    f"the {self.split.name} shards {names} hold no image of this run's subset "
+                    "(train_num_samples): use more images or fewer loader workers"
+                )
 
     def _replace_bad(self, raw: Iterator[_Raw], count: int, skip: int) -> Iterator[tuple[Any, int]]:
         """`count` items of `raw`, the first `skip` read but not decoded; an unreadable sample is
@@ -464,13 +504,15 @@ class ShardDataset(IterableDataset):
                     yield (self.transform(image) if self.transform else image), int(self._labels[candidate.label])
                 break
             else:
-                raise DataError(f"{self.max_substitutions + 1} consecutive unreadable images from {sample.where} on "
-                                f"in the {self.split}; check the shards' source images")  # fmt: skip
+                raise DataError(
+                    f"{self.max_substitutions + 1} consecutive unreadable images from {sample.where} on "
+                    f"in the {self.split}; check the shards' source images"
+                )
 
     def _eval_items(self, slot: int, workers: int) -> Iterator[tuple[Any, int]]:
         """Every readable image of this stream's shards once, in shard order."""
         job_streams = self.world_size * workers
-        mine = list(range(len(self.split.urls)))[self.rank * workers + slot::job_streams]
+        mine = list(range(len(self.split.urls)))[self.rank * workers + slot :: job_streams]
         for sample in self._raw_samples(mine):
             image = self._decode(sample)
             if image is not None:
@@ -494,8 +536,10 @@ class ShardDataset(IterableDataset):
         except DataError:
             raise
         except Exception as err:  # noqa: BLE001 - gopen, tarfile and the shell report I/O failures in many types
-            raise DataError(f"cannot read shard {url}: {type(err).__name__}: {_first_line(err)}; check that it "
-                            f"exists and is complete (conformer prepare shards writes it)") from None
+            raise DataError(
+                f"cannot read shard {url}: {type(err).__name__}: {_first_line(err)}; check that it "
+                f"exists and is complete (conformer prepare shards writes it)"
+            ) from None
 
     def _decode(self, sample: _Raw) -> Image.Image | None:
         """The decoded image, or None after recording it as bad."""
@@ -512,12 +556,16 @@ class ShardDataset(IterableDataset):
         if not self._bad[sample.index]:
             self._bad[sample.index] = sample.shard + 1
             source = _source_of(sample.meta)
-            verb = "dropping unreadable image %s%s (not counted): %s" if self.bad_policy == "drop" else \
-                "skipping unreadable image %s%s: %s"  # fmt: skip
+            verb = (
+                "dropping unreadable image %s%s (not counted): %s"
+                if self.bad_policy == "drop"
+                else "skipping unreadable image %s%s: %s"
+            )
             _LOG.warning(verb, sample.where, f" (source {source})" if source else "", err.reason)
         num_bad = len(self.split.rejected) + int(torch.count_nonzero(self._bad))
-        check_bad_budget(num_bad, self.num_entries, self.split, self.max_bad_fraction, self.max_bad_files,
-                         lambda: self.bad_files)  # fmt: skip
+        check_bad_budget(
+            num_bad, self.num_entries, self.split, self.max_bad_fraction, self.max_bad_files, lambda: self.bad_files
+        )
 
 
 def _parse(item: dict[str, Any], shard_name: str, shard: int, num_labels: int) -> _Raw:
@@ -526,8 +574,10 @@ def _parse(item: dict[str, Any], shard_name: str, shard: int, num_labels: int) -
     try:
         index = int(key.rsplit("/", 1)[-1])
     except ValueError:
-        raise DataError(f"shard {shard_name} holds the sample {key!r}, not a numbered image: it was not written by "
-                        "conformer prepare shards") from None
+        raise DataError(
+            f"shard {shard_name} holds the sample {key!r}, not a numbered image: it was not written by "
+            "conformer prepare shards"
+        ) from None
     field = next((k for k in item if k in _IMAGE_FIELDS), None)
     try:
         label = int(item["cls"])
@@ -558,8 +608,10 @@ def _label_map(split: ShardSplit, classes: list[str]) -> np.ndarray:
     position = {name: i for i, name in enumerate(classes)}
     unknown = [n for n, c in zip(split.classes, split.class_counts) if c and n not in position]
     if unknown:
-        raise DataError(f"the {split} hold class(es) {unknown[:10]} that are not in the class list of the model or "
-                        f"the training data; known classes ({len(classes)}): {classes[:20]}")
+        raise DataError(
+            f"the {split} hold class(es) {unknown[:10]} that are not in the class list of the model or "
+            f"the training data; known classes ({len(classes)}): {classes[:20]}"
+        )
     present = {n for n, c in zip(split.classes, split.class_counts) if c}
     missing = [n for n in classes if n not in present]
     if missing:
@@ -580,4 +632,5 @@ def check_resume(train_set: ShardDataset, checkpoint: dict[str, Any], start_batc
             f"the checkpoint was written mid-epoch reading shards with {then[0]} process(es) x {then[1]} loader "
             f"stream(s), this run has {train_set.world_size} x {train_set.streams}: the rest of the epoch would be "
             f"other images; resume with --num_parallel_workers {then[1]} on {then[0]} process(es), or from an "
-            "end-of-epoch checkpoint")  # fmt: skip
+            "end-of-epoch checkpoint"
+        )

@@ -18,6 +18,7 @@ Two measures:
   timed after the workers have started): the total and per worker, which shows how far this
   machine's cores carry it.
 """
+
 from __future__ import annotations
 
 import math
@@ -77,8 +78,14 @@ def sample_jpegs(out: Path, count: int = 64, seed: int = 0) -> list[Path]:
     return paths
 
 
-def measure_loading(paths: list[Path], transform: Callable[[Image.Image], Any], *, images: int = 200,
-                    loader_workers: tuple[int, ...] = (1, 2), batch_size: int = 32) -> dict[str, Any]:  # fmt: skip
+def measure_loading(
+    paths: list[Path],
+    transform: Callable[[Image.Image], Any],
+    *,
+    images: int = 200,
+    loader_workers: tuple[int, ...] = (1, 2),
+    batch_size: int = 32,
+) -> dict[str, Any]:
     """The two measures of the module docstring, as a dict (times in seconds per image)."""
     dataset = _TrainImages(paths, transform)
     threads = torch.get_num_threads()
@@ -97,16 +104,23 @@ def measure_loading(paths: list[Path], transform: Callable[[Image.Image], Any], 
     finally:
         torch.set_num_threads(threads)
     loaders = [_time_loader(dataset, workers, batch_size, images) for workers in loader_workers]
-    return {"images": images, "files": len(paths), "mean_file_bytes": statistics.mean(p.stat().st_size for p in paths),
-            "decode_s": decode, "augment_s": total - decode, "per_worker_images_per_s": 1 / total,
-            "loaders": loaders}  # fmt: skip
+    return {
+        "images": images,
+        "files": len(paths),
+        "mean_file_bytes": statistics.mean(p.stat().st_size for p in paths),
+        "decode_s": decode,
+        "augment_s": total - decode,
+        "per_worker_images_per_s": 1 / total,
+        "loaders": loaders,
+    }
 
 
 def _time_loader(dataset: Dataset, workers: int, batch_size: int, images: int) -> dict[str, float]:
     """Images/s through a DataLoader with `workers` workers, after its first batches (worker start)."""
     batches = max(2, math.ceil(images / batch_size))
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False,
-                        prefetch_factor=2 if workers else None)  # fmt: skip
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=workers, shuffle=False, prefetch_factor=2 if workers else None
+    )
     it = iter(loader)
     for _ in range(max(1, workers)):  # every worker has started and delivered once
         next(it)
@@ -121,8 +135,10 @@ def _time_loader(dataset: Dataset, workers: int, batch_size: int, images: int) -
 
 def describe_recipe(cfg: Any) -> str:
     """The training transform options of a config (`config.Config`), in one line."""
-    return (f"random-resized crop (min_crop {cfg.min_crop}, {cfg.interpolation}), hflip {cfg.hflip}, auto_augment "
-            f"{cfg.auto_augment} ({cfg.aa_interpolation}), random erasing {cfg.re_prob} {cfg.re_mode} x{cfg.re_count}")
+    return (
+        f"random-resized crop (min_crop {cfg.min_crop}, {cfg.interpolation}), hflip {cfg.hflip}, auto_augment "
+        f"{cfg.auto_augment} ({cfg.aa_interpolation}), random erasing {cfg.re_prob} {cfg.re_mode} x{cfg.re_count}"
+    )
 
 
 def format_loading(result: dict[str, Any]) -> str:
@@ -134,9 +150,13 @@ def format_loading(result: dict[str, Any]) -> str:
         f"{result['decode_s'] * 1e3:.1f} ms + augment {result['augment_s'] * 1e3:.1f} ms per image",
     ]
     for loader in result["loaders"]:
-        lines.append(f"DataLoader, {loader['workers']} worker(s): {loader['images_per_s']:.1f} images/s "
-                     f"({loader['per_worker']:.1f} per worker)")
+        lines.append(
+            f"DataLoader, {loader['workers']} worker(s): {loader['images_per_s']:.1f} images/s "
+            f"({loader['per_worker']:.1f} per worker)"
+        )
     rate = result["per_worker_images_per_s"]
-    lines.append(f"to feed T images/s of training per device, set num_parallel_workers >= T / {rate:.0f} "
-                 "(each worker on a core of its own)")
+    lines.append(
+        f"to feed T images/s of training per device, set num_parallel_workers >= T / {rate:.0f} "
+        "(each worker on a core of its own)"
+    )
     return "\n".join(lines)

@@ -21,6 +21,7 @@ they differ the transform is built twice with timm's three-stage split (`separat
 the crop/flip stage from the `interpolation` build, the auto-augment and final stages from the
 `aa_interpolation` build. `aa_interpolation='random'` keeps timm's random bilinear/bicubic choice.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,13 +37,7 @@ from torchvision import transforms as T
 
 from conformer_vision.errors import ConfigError
 
-__all__ = [
-    "INTERPOLATIONS",
-    "DEFAULT_CROP_PCT",
-    "Preprocess",
-    "build_train_transform",
-    "preprocess_image",
-]
+__all__ = ["INTERPOLATIONS", "DEFAULT_CROP_PCT", "Preprocess", "build_train_transform", "preprocess_image"]
 
 INTERPOLATIONS: tuple[str, ...] = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 """Resampling filters accepted for resizing (timm's names)."""
@@ -171,9 +166,17 @@ def build_train_transform(
         return pre.eval_transform()
     _check_train_args(min_crop, re_prob, re_mode, re_count, hflip, interpolation, aa_interpolation)
     common: dict[str, Any] = dict(
-        input_size=(3, *size), is_training=True, scale=(min_crop, 1.0), hflip=hflip,
-        color_jitter=color_jitter or None, auto_augment=auto_augment or None, mean=_triple("mean", mean),
-        std=_triple("std", std), re_prob=re_prob, re_mode=re_mode, re_count=re_count,
+        input_size=(3, *size),
+        is_training=True,
+        scale=(min_crop, 1.0),
+        hflip=hflip,
+        color_jitter=color_jitter or None,
+        auto_augment=auto_augment or None,
+        mean=_triple("mean", mean),
+        std=_triple("std", std),
+        re_prob=re_prob,
+        re_mode=re_mode,
+        re_count=re_count,
     )
     if not auto_augment or aa_interpolation == interpolation:
         return _guard_posterize(_timm_train(common, interpolation, auto_augment))
@@ -208,12 +211,21 @@ def _timm_train(kwargs: dict[str, Any], interpolation: str, auto_augment: str | 
     try:
         return create_transform(**kwargs, interpolation=interpolation)
     except (AssertionError, ValueError, KeyError, IndexError) as exc:
-        raise ConfigError(f"invalid auto_augment {auto_augment!r} (timm: {exc or type(exc).__name__}); "
-                          "examples: 'rand-m9-mstd0.5-inc1', 'augmix-m5-w4-d2', 'v0', '' to disable") from None
+        raise ConfigError(
+            f"invalid auto_augment {auto_augment!r} (timm: {exc or type(exc).__name__}); "
+            "examples: 'rand-m9-mstd0.5-inc1', 'augmix-m5-w4-d2', 'v0', '' to disable"
+        ) from None
 
 
-def _check_train_args(min_crop: float, re_prob: float, re_mode: str, re_count: int, hflip: float,
-                      interpolation: str, aa_interpolation: str) -> None:
+def _check_train_args(
+    min_crop: float,
+    re_prob: float,
+    re_mode: str,
+    re_count: int,
+    hflip: float,
+    interpolation: str,
+    aa_interpolation: str,
+) -> None:
     """Range checks for `build_train_transform`, as ConfigErrors naming the value."""
     if not 0.0 < min_crop <= 1.0:
         raise ConfigError(f"min_crop must be in (0, 1], got {min_crop}")

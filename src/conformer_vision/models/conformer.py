@@ -36,14 +36,27 @@ from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs,
 from torch import nn
 
 from ..pretrained import PUBLISHED, fetch, no_weights_message
-from .convert import checkpoint_filter_fn, infer_architecture, load_state_dict_strict, read_weights, reconcile_model_args
+from .convert import (
+    checkpoint_filter_fn,
+    infer_architecture,
+    load_state_dict_strict,
+    read_weights,
+    reconcile_model_args,
+)
 from .layers import SamePadMaxPool2d, TransformerBlock, gelu_layer, pad_to_multiple
 from .variants import ALIASES, VARIANTS, ConformerArgs, canonical_name, list_models, variant_args
 
 __all__ = [
-    "Conformer", "ConformerArgs", "VARIANTS", "ALIASES", "create_model", "list_models", "variant_args",
-    "canonical_name", "default_out_indices",
-]  # fmt: skip
+    "Conformer",
+    "ConformerArgs",
+    "VARIANTS",
+    "ALIASES",
+    "create_model",
+    "list_models",
+    "variant_args",
+    "canonical_name",
+    "default_out_indices",
+]
 
 
 def _bn(channels: int, eps: float = 1e-6) -> nn.BatchNorm2d:
@@ -242,9 +255,14 @@ class Conformer(nn.Module):
     def _build(self, a: ConformerArgs, stage_ch: list[int]) -> None:
         dpr = torch.linspace(0, a.drop_path_rate, a.depth, device="cpu").tolist()
         block_kwargs = dict(
-            num_heads=a.num_heads, mlp_ratio=a.mlp_ratio, qkv_bias=a.qkv_bias, drop=a.drop_rate,
-            attn_drop=a.attn_drop_rate, approximate_gelu=a.approximate_gelu, fused_attn=a.fused_attn,
-        )  # fmt: skip
+            num_heads=a.num_heads,
+            mlp_ratio=a.mlp_ratio,
+            qkv_bias=a.qkv_bias,
+            drop=a.drop_rate,
+            attn_drop=a.attn_drop_rate,
+            approximate_gelu=a.approximate_gelu,
+            fused_attn=a.fused_attn,
+        )
 
         # Stem, shared by both branches: (B, 3, H, W) -> (B, 64, H/4, W/4).
         self.conv1 = nn.Conv2d(a.in_chans, 64, 7, stride=2, padding=3, bias=False)
@@ -269,10 +287,17 @@ class Conformer(nn.Module):
                 first = stage > 0 and j == 0
                 last = index == a.depth
                 block = ConvTransBlock(
-                    in_ch, out_ch, res_conv=first, stride=2 if first else 1,
-                    dw_stride=trans_dw_stride >> stage, embed_dim=a.embed_dim, block_kwargs=block_kwargs,
-                    drop_path=dpr[index - 1], last_fusion=last, approximate_gelu=a.approximate_gelu,
-                )  # fmt: skip
+                    in_ch,
+                    out_ch,
+                    res_conv=first,
+                    stride=2 if first else 1,
+                    dw_stride=trans_dw_stride >> stage,
+                    embed_dim=a.embed_dim,
+                    block_kwargs=block_kwargs,
+                    drop_path=dpr[index - 1],
+                    last_fusion=last,
+                    approximate_gelu=a.approximate_gelu,
+                )
                 self.add_module(f"conv_trans_{index}", block)
                 reduction *= (2 if first else 1) * (2 if last else 1)
                 cnn_maps[index] = dict(num_chs=out_ch, reduction=reduction, module=f"conv_trans_{index}")
@@ -281,11 +306,17 @@ class Conformer(nn.Module):
         self.trans_norm = nn.LayerNorm(a.embed_dim, eps=a.trans_norm_eps)
         self.conv_cls_head = _head(self.conv_features, a.num_classes)
         self.trans_cls_head = _head(a.embed_dim, a.num_classes)
-        tokens = dict(num_chs=a.embed_dim, num_chs_norm=a.embed_dim, reduction=a.patch_size,
-                      module=f"conv_trans_{a.depth}.trans_block")  # fmt: skip
+        tokens = dict(
+            num_chs=a.embed_dim,
+            num_chs_norm=a.embed_dim,
+            reduction=a.patch_size,
+            module=f"conv_trans_{a.depth}.trans_block",
+        )
         taps = sorted({per_stage, 2 * per_stage, a.depth - 1})
         self.feature_info = [dict(cnn_maps[b], block=b, branch="cnn") for b in taps] + [
-            dict(tokens, block=a.depth, branch="transformer"), dict(cnn_maps[a.depth], block=a.depth, branch="cnn")]
+            dict(tokens, block=a.depth, branch="transformer"),
+            dict(cnn_maps[a.depth], block=a.depth, branch="cnn"),
+        ]
         trunc_normal_(self.cls_token, std=0.02)
         self.apply(_init_weights)
 
@@ -479,7 +510,9 @@ def _take_indices(count: int, indices: int | list[int] | tuple[int, ...] | None)
     absolute = [i + count if i < 0 else i for i in indices]
     bad = [i for i, a in zip(indices, absolute) if not 0 <= a < count]
     if bad or not absolute:
-        raise IndexError(f"feature indices {list(indices)} are out of range (0 to {count - 1}, or negative from the end)")
+        raise IndexError(
+            f"feature indices {list(indices)} are out of range (0 to {count - 1}, or negative from the end)"
+        )
     return absolute
 
 
@@ -536,8 +569,9 @@ def _weights_file(variant: str, pretrained: bool | str | os.PathLike, kwargs: di
     raise ValueError(no_weights_message(variant))
 
 
-def _args_for_file(variant: str, sd: dict[str, torch.Tensor], meta: dict[str, Any], explicit: dict[str, Any],
-                   source: str) -> ConformerArgs:  # fmt: skip
+def _args_for_file(
+    variant: str, sd: dict[str, torch.Tensor], meta: dict[str, Any], explicit: dict[str, Any], source: str
+) -> ConformerArgs:
     """The arguments of the model a weights file gets: a self-describing file's own (with what the
     caller asked for reconciled, ``convert.reconcile_model_args``), else the variant's with the
     file's head count unless ``num_classes`` is given."""
@@ -573,11 +607,17 @@ def _create_conformer(variant: str, pretrained: bool | str | os.PathLike = False
         kwargs["pretrained_cfg_overlay"] = {**overlay, "file": path, "num_classes": args.num_classes}
     else:
         kwargs = {**VARIANTS[variant], **kwargs}
-    feature_cfg = dict(feature_cls="getter", out_indices=default_out_indices(args.depth), **kwargs.pop("feature_cfg", {}))
+    feature_cfg = dict(
+        feature_cls="getter", out_indices=default_out_indices(args.depth), **kwargs.pop("feature_cfg", {})
+    )
     model = build_model_with_cfg(
-        model_cls, variant, pretrained=path is None and bool(pretrained), pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=feature_cfg, **kwargs,
-    )  # fmt: skip
+        model_cls,
+        variant,
+        pretrained=path is None and bool(pretrained),
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=feature_cfg,
+        **kwargs,
+    )
     for module in model.modules():  # the Conformer itself, or inside timm's features_only wrapper
         if isinstance(module, Conformer):
             module.variant = variant
@@ -615,9 +655,19 @@ def create_model(
 
 
 _TIMM_MODEL_KWARGS = (
-    "global_pool", "img_size", "device", "dtype", "features_only", "out_indices", "feature_cls", "feature_cfg",
-    "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "pretrained_model_args",
-)  # fmt: skip
+    "global_pool",
+    "img_size",
+    "device",
+    "dtype",
+    "features_only",
+    "out_indices",
+    "feature_cls",
+    "feature_cfg",
+    "pretrained_cfg",
+    "pretrained_cfg_overlay",
+    "cache_dir",
+    "pretrained_model_args",
+)
 """timm's options ``create_model`` passes through besides ``ConformerArgs`` fields."""
 
 
@@ -633,13 +683,22 @@ def _cfg(top1: float | None = None, variant: str | None = None, **kwargs: Any) -
         kwargs = {"url": published.url, **kwargs}
         top1 = published.top1
     return {
-        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.875,
-        "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "conv1", "classifier": ("conv_cls_head", "trans_cls_head"), "license": "apache-2.0",
-        "paper_ids": "arXiv:2105.03889", "paper_name": "Conformer: Local Features Coupling Global "
-        "Representations for Visual Recognition", "origin_url": "https://github.com/pengzhiliang/Conformer",
-        "notes": (f"ImageNet-1k top-1 {top1}",) if top1 else (), **kwargs,
-    }  # fmt: skip
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "conv1",
+        "classifier": ("conv_cls_head", "trans_cls_head"),
+        "license": "apache-2.0",
+        "paper_ids": "arXiv:2105.03889",
+        "paper_name": "Conformer: Local Features Coupling Global Representations for Visual Recognition",
+        "origin_url": "https://github.com/pengzhiliang/Conformer",
+        "notes": (f"ImageNet-1k top-1 {top1}",) if top1 else (),
+        **kwargs,
+    }
 
 
 default_cfgs = generate_default_cfgs(

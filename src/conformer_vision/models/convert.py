@@ -31,9 +31,17 @@ from ..serialization import read_checkpoint
 from .variants import ALIASES, VARIANTS, ConformerArgs, variant_args
 
 __all__ = [
-    "detect_layout", "to_reference_keys", "extract_state_dict", "describe_state_dict", "load_pretrained",
-    "read_weights", "reconcile_model_args", "checkpoint_filter_fn", "STRUCTURE_FIELDS", "NUMERICS_FIELDS",
-]  # fmt: skip
+    "detect_layout",
+    "to_reference_keys",
+    "extract_state_dict",
+    "describe_state_dict",
+    "load_pretrained",
+    "read_weights",
+    "reconcile_model_args",
+    "checkpoint_filter_fn",
+    "STRUCTURE_FIELDS",
+    "NUMERICS_FIELDS",
+]
 
 log = logging.getLogger("conformer_vision.models")
 
@@ -45,8 +53,17 @@ _MMPRETRAIN_RENAMES = [
 ]
 FORMAT = "conformer-vision"
 
-STRUCTURE_FIELDS = ("patch_size", "channel_ratio", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
-                    "in_chans", "base_channel")  # fmt: skip
+STRUCTURE_FIELDS = (
+    "patch_size",
+    "channel_ratio",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "qkv_bias",
+    "in_chans",
+    "base_channel",
+)
 """ConformerArgs fields that define the network: a checkpoint's are the only ones its weights fit
 (``num_heads`` has no tensor of its own: a different value would load and compute something else)."""
 NUMERICS_FIELDS = ("approximate_gelu", "same_pad_maxpool", "trans_norm_eps")
@@ -142,9 +159,10 @@ def describe_state_dict(sd: dict[str, torch.Tensor]) -> str:
     """A one-line description such as 'conformer_tiny_patch16 (embed_dim 384, ...), 1000 classes'."""
     facts = infer_architecture(sd)
     match = [
-        name for name, v in VARIANTS.items()
+        name
+        for name, v in VARIANTS.items()
         if all(facts.get(k) == v[k] for k in ("embed_dim", "patch_size", "channel_ratio") if k in facts)
-    ]  # fmt: skip
+    ]
     shape = ", ".join(f"{k} {v}" for k, v in facts.items() if k != "num_classes")
     name = match[0] if len(match) == 1 and len(facts) >= 3 else "an unknown Conformer-like network"
     if not facts:
@@ -171,7 +189,10 @@ def load_state_dict_strict(
         lines = [f"{source} does not fit {getattr(model, 'variant', None) or type(model).__name__}:"]
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
             if keys:
-                detail = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" if label == "mis-shaped" else k for k in keys[:5]]
+                detail = [
+                    f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" if label == "mis-shaped" else k
+                    for k in keys[:5]
+                ]
                 more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
                 lines.append(f"  {len(keys)} {label} keys: {', '.join(detail)}{more}")
         lines.append(f"  the file seems to hold {describe_state_dict(sd)}")
@@ -180,8 +201,10 @@ def load_state_dict_strict(
         log.warning(
             "%s: its heads have %d classes, the model has %d: loaded everything else and "
             "re-initialised both heads (transfer learning)",
-            source, sd["conv_cls_head.weight"].shape[0], own["conv_cls_head.weight"].shape[0],
-        )  # fmt: skip
+            source,
+            sd["conv_cls_head.weight"].shape[0],
+            own["conv_cls_head.weight"].shape[0],
+        )
         model.load_state_dict({k: v for k, v in sd.items() if not k.startswith(_HEAD_PREFIXES)}, strict=False)
         return True
     model.load_state_dict(sd, strict=True)
@@ -239,26 +262,40 @@ def reconcile_model_args(
     fields = ConformerArgs.__dataclass_fields__
     unknown = sorted(set(stored) - set(fields))
     if unknown:
-        raise CheckpointError(f"{source}: its model_args hold options this version does not know ({', '.join(unknown)}); "
-                              "it was written by a newer conformer-vision: upgrade to load it")  # fmt: skip
+        raise CheckpointError(
+            f"{source}: its model_args hold options this version does not know ({', '.join(unknown)}); "
+            "it was written by a newer conformer-vision: upgrade to load it"
+        )
     held = ConformerArgs(**stored)
     if name is not None:
         _check_variant(held, stored_arch, name, explicit, source)
-    clash = [f"{k}={explicit[k]!r} (the file has {getattr(held, k)!r})" for k in STRUCTURE_FIELDS
-             if k in explicit and explicit[k] != getattr(held, k)]  # fmt: skip
+    clash = [
+        f"{k}={explicit[k]!r} (the file has {getattr(held, k)!r})"
+        for k in STRUCTURE_FIELDS
+        if k in explicit and explicit[k] != getattr(held, k)
+    ]
     if clash:
         verb = "contradicts" if len(clash) == 1 else "contradict"
-        raise CheckpointError(f"{source} describes its own network; {', '.join(clash)} {verb} it: drop "
-                              "these options (the file's are used) or use weights trained with them")  # fmt: skip
+        raise CheckpointError(
+            f"{source} describes its own network; {', '.join(clash)} {verb} it: drop "
+            "these options (the file's are used) or use weights trained with them"
+        )
     for k in NUMERICS_FIELDS:
         if k in explicit and explicit[k] != getattr(held, k):
-            log.warning("%s was trained with %s=%r; using %s=%r as asked (its outputs will differ from the "
-                        "trained model's)", source, k, getattr(held, k), k, explicit[k])  # fmt: skip
+            log.warning(
+                "%s was trained with %s=%r; using %s=%r as asked (its outputs will differ from the trained model's)",
+                source,
+                k,
+                getattr(held, k),
+                k,
+                explicit[k],
+            )
     return ConformerArgs(**{**held.to_dict(), **explicit})
 
 
-def _check_variant(held: ConformerArgs, stored_arch: str | None, name: str, explicit: dict[str, Any],
-                   source: str) -> None:  # fmt: skip
+def _check_variant(
+    held: ConformerArgs, stored_arch: str | None, name: str, explicit: dict[str, Any], source: str
+) -> None:
     """``name`` must be the checkpoint's variant: the same name (aliases included), or a variant
     whose structure (with the explicit structural options) is the checkpoint's."""
     stored_name = ALIASES.get(stored_arch, stored_arch) if stored_arch else None
@@ -285,8 +322,13 @@ def load_pretrained(model: nn.Module, path: str | Path, use_ema: bool = False) -
     sd, meta = read_weights(path, use_ema=use_ema)
     if meta.get("model_args") is not None and isinstance(getattr(model, "args", None), ConformerArgs):
         own = model.args.to_dict()
-        reconcile_model_args(meta["model_args"], {k: own[k] for k in (*STRUCTURE_FIELDS, *NUMERICS_FIELDS)},
-                             str(path), meta.get("arch"), getattr(model, "variant", None))  # fmt: skip
+        reconcile_model_args(
+            meta["model_args"],
+            {k: own[k] for k in (*STRUCTURE_FIELDS, *NUMERICS_FIELDS)},
+            str(path),
+            meta.get("arch"),
+            getattr(model, "variant", None),
+        )
     file_classes = infer_architecture(sd).get("num_classes")
     meta["heads_reinitialised"] = load_state_dict_strict(model, sd, source=str(path))
     meta["file_num_classes"] = file_classes

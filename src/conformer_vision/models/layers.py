@@ -12,8 +12,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, use_fused_attn
-from timm.layers import register_notrace_function
+from timm.layers import DropPath, Mlp, register_notrace_function, use_fused_attn
 from torch import nn
 
 __all__ = ["Attention", "TransformerBlock", "SamePadMaxPool2d", "gelu_layer", "pad_to_multiple", "padding_to_multiple"]

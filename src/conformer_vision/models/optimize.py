@@ -47,8 +47,11 @@ def optimize_for_inference(model: nn.Module, *, channels_last: bool = True) -> n
             for conv, bn in (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"), ("residual_conv", "residual_bn")):
                 _fold_batchnorm(module, conv, bn)
         elif isinstance(module, (Conformer, FCUUp)):
-            _fold_batchnorm(module, "conv1" if isinstance(module, Conformer) else "conv_project",
-                            "bn1" if isinstance(module, Conformer) else "bn")  # fmt: skip
+            _fold_batchnorm(
+                module,
+                "conv1" if isinstance(module, Conformer) else "conv_project",
+                "bn1" if isinstance(module, Conformer) else "bn",
+            )
         elif isinstance(module, FCUDown):
             _pool_first(module)
         elif isinstance(module, Attention):

@@ -51,8 +51,17 @@ Send = Callable[[Message], Awaitable[None]]
 DISCARD_LIMIT = 64 * 2**20
 """Bodies refused for their size are still read (and dropped) up to this size, so the client gets the 413."""
 
-ENDPOINTS = ("/", "/healthz", "/readyz", "/metrics", "/v1/model", "/v1/predict", "/v1/explain", "/docs",
-             "/openapi.json")  # fmt: skip
+ENDPOINTS = (
+    "/",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/v1/model",
+    "/v1/predict",
+    "/v1/explain",
+    "/docs",
+    "/openapi.json",
+)
 """Metric labels: these paths by name, anything else as 'other' (a flood of random URLs adds no series)."""
 
 
@@ -78,23 +87,32 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
-        self.requests = Counter("conformer_requests", "HTTP requests by endpoint and status code",
-                                ["endpoint", "status"], registry=self.registry)  # fmt: skip
+        self.requests = Counter(
+            "conformer_requests",
+            "HTTP requests by endpoint and status code",
+            ["endpoint", "status"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
-            "conformer_request_latency_seconds", "Time from request arrival to the end of the response",
-            ["endpoint"], registry=self.registry,
+            "conformer_request_latency_seconds",
+            "Time from request arrival to the end of the response",
+            ["endpoint"],
+            registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
-        )  # fmt: skip
+        )
         sizes = sorted({1, 2, 4, 8, 16, 32, 64, 128, max_batch_size})
-        self.batch_size = Histogram("conformer_batch_size", "Images per model batch",
-                                    buckets=[s for s in sizes if s <= max_batch_size], registry=self.registry)  # fmt: skip
-        self.inference = Histogram("conformer_batch_inference_seconds", "Model time per batch",
-                                   registry=self.registry)  # fmt: skip
+        self.batch_size = Histogram(
+            "conformer_batch_size",
+            "Images per model batch",
+            buckets=[s for s in sizes if s <= max_batch_size],
+            registry=self.registry,
+        )
+        self.inference = Histogram("conformer_batch_inference_seconds", "Model time per batch", registry=self.registry)
         self.images = Counter("conformer_images", "Images answered by the model", registry=self.registry)
-        self.queue_depth = Gauge("conformer_queue_depth", "Images waiting for the model thread",
-                                 registry=self.registry)  # fmt: skip
-        self.in_flight = Gauge("conformer_images_in_flight", "Images admitted and not yet answered",
-                               registry=self.registry)  # fmt: skip
+        self.queue_depth = Gauge("conformer_queue_depth", "Images waiting for the model thread", registry=self.registry)
+        self.in_flight = Gauge(
+            "conformer_images_in_flight", "Images admitted and not yet answered", registry=self.registry
+        )
 
     def batch_done(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
@@ -109,9 +127,13 @@ class ServeState:
         self.model, self.settings = model, settings
         self.metrics = Metrics(settings.max_batch_size)
         self.batcher = Batcher(
-            model.run_batch, model.explain, settings.max_batch_size, settings.max_wait_ms / 1000.0,
-            on_batch=self.metrics.batch_done, warm_up=lambda: model.warm_up(settings.max_batch_size),
-        )  # fmt: skip
+            model.run_batch,
+            model.explain,
+            settings.max_batch_size,
+            settings.max_wait_ms / 1000.0,
+            on_batch=self.metrics.batch_done,
+            warm_up=lambda: model.warm_up(settings.max_batch_size),
+        )
         self.in_flight = 0
         self.metrics.queue_depth.set_function(lambda: float(self.batcher.depth))
         self.metrics.in_flight.set_function(lambda: float(self.in_flight))
@@ -170,9 +192,12 @@ def create_app(state: ServeState) -> Any:
             await asyncio.get_running_loop().run_in_executor(None, state.stop)
 
     app = FastAPI(
-        title="conformer serve", version="1", lifespan=lifespan, redoc_url=None,
+        title="conformer serve",
+        version="1",
+        lifespan=lifespan,
+        redoc_url=None,
         description=f"Conformer image classifier: {model.source.name} ({model.predictor.backend}).",
-    )  # fmt: skip
+    )
     app.state.serve = state
 
     _install_error_handlers(app)
@@ -184,8 +209,11 @@ def create_app(state: ServeState) -> Any:
         scheme, _, key = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), settings.api_key.encode()):
             reason = "missing" if not given else "wrong"
-            raise HttpError(401, f"{reason} API key: send the header 'Authorization: Bearer KEY'",
-                            {"WWW-Authenticate": 'Bearer realm="conformer serve"'})  # fmt: skip
+            raise HttpError(
+                401,
+                f"{reason} API key: send the header 'Authorization: Bearer KEY'",
+                {"WWW-Authenticate": 'Bearer realm="conformer serve"'},
+            )
 
     guarded = [Depends(authorised)]
 
@@ -212,33 +240,57 @@ def create_app(state: ServeState) -> Any:
 
     @app.get("/v1/model", dependencies=guarded, summary="the model and the server's limits")
     async def model_info() -> dict[str, Any]:
-        limits = {k: getattr(settings, k) for k in ("max_batch_size", "max_wait_ms", "max_queue", "max_images",
-                                                    "max_body_bytes", "timeout_s", "topk")}  # fmt: skip
+        limits = {
+            k: getattr(settings, k)
+            for k in ("max_batch_size", "max_wait_ms", "max_queue", "max_images", "max_body_bytes", "timeout_s", "topk")
+        }
         return {**model.describe(), "limits": limits, "ready": not _not_ready(state)}
 
-    upload_doc = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-        "type": "object", "required": ["file"],
-        "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-    }}}}}  # fmt: skip
+    upload_doc = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                    }
+                }
+            },
+        }
+    }
 
-    @app.post("/v1/predict", dependencies=guarded, openapi_extra=upload_doc,
-              summary="top-k classes of one or several images (multipart fields named 'file')")  # fmt: skip
+    @app.post(
+        "/v1/predict",
+        dependencies=guarded,
+        openapi_extra=upload_doc,
+        summary="top-k classes of one or several images (multipart fields named 'file')",
+    )
     async def predict(
         request: Request,
-        topk: int | None = Query(None, ge=1, description="classes per image (default: the server's --topk; "
-                                                          "at most the model's classes)"),
+        topk: int | None = Query(
+            None, ge=1, description="classes per image (default: the server's --topk; at most the model's classes)"
+        ),
         heads: bool = Query(False, description="add each head's probability (cnn_prob, transformer_prob)"),
     ) -> dict[str, Any]:
         k = settings.topk if topk is None else topk  # more than the classes: all of them, as predict --topk
         results = await _run_images(state, request, "predict")
         return {"predictions": [model.top_k(r, k, heads=heads) for r in results]}
 
-    @app.post("/v1/explain", dependencies=guarded, openapi_extra=upload_doc,
-              summary="Grad-CAM of both branches for one image (PyTorch models)")  # fmt: skip
+    @app.post(
+        "/v1/explain",
+        dependencies=guarded,
+        openapi_extra=upload_doc,
+        summary="Grad-CAM of both branches for one image (PyTorch models)",
+    )
     async def explain(request: Request) -> dict[str, Any]:
         if not model.can_explain:
-            raise HttpError(501, f"Grad-CAM needs a PyTorch model; this server runs {model.source.name} through "
-                                 f"{model.predictor.backend} (serve the checkpoint to get explanations)")  # fmt: skip
+            raise HttpError(
+                501,
+                f"Grad-CAM needs a PyTorch model; this server runs {model.source.name} through "
+                f"{model.predictor.backend} (serve the checkpoint to get explanations)",
+            )
         (result,) = await _run_images(state, request, "explain")
         return result
 
@@ -299,8 +351,11 @@ async def _run_images(state: ServeState, request: Any, kind: str) -> list[Any]:
         raise HttpError(503, not_ready, headers)
     uploads = await _read_uploads(request, settings.max_images if kind == "predict" else 1)  # explain: one
     if state.in_flight + len(uploads) > settings.max_queue:
-        raise HttpError(503, f"the server is busy ({state.in_flight} images in flight, at most {settings.max_queue}); "
-                             "retry later", {"Retry-After": str(settings.retry_after_s)})  # fmt: skip
+        raise HttpError(
+            503,
+            f"the server is busy ({state.in_flight} images in flight, at most {settings.max_queue}); retry later",
+            {"Retry-After": str(settings.retry_after_s)},
+        )
     state.in_flight += len(uploads)
     jobs: list[Job] = []
     try:
@@ -314,8 +369,11 @@ async def _run_images(state: ServeState, request: Any, kind: str) -> list[Any]:
         state.batcher.submit(jobs)
         return list(await asyncio.wait_for(asyncio.gather(*(job.future for job in jobs)), _left(deadline, settings)))
     except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
-        raise HttpError(504, f"no answer within {settings.timeout_s:g} s (the server's --timeout_s): the model is "
-                             "overloaded or the images are too large; retry later or send fewer images") from None  # fmt: skip
+        raise HttpError(
+            504,
+            f"no answer within {settings.timeout_s:g} s (the server's --timeout_s): the model is "
+            "overloaded or the images are too large; retry later or send fewer images",
+        ) from None
     finally:
         for job in jobs:
             job.abandoned = True  # answered or given up: either way the model thread may skip it
@@ -335,8 +393,11 @@ async def _read_uploads(request: Any, max_images: int) -> list[Any]:
 
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
-        raise HttpError(415, "send the images as multipart/form-data with one field named 'file' per image "
-                             f"(got Content-Type {content_type or 'none'!r})")  # fmt: skip
+        raise HttpError(
+            415,
+            "send the images as multipart/form-data with one field named 'file' per image "
+            f"(got Content-Type {content_type or 'none'!r})",
+        )
     form = await request.form(max_files=max_images * 4 + 16, max_fields=64)
     fields = form.getlist("file")
     if not fields:
@@ -346,8 +407,7 @@ async def _read_uploads(request: Any, max_images: int) -> list[Any]:
     if len(fields) > 1 and max_images == 1:
         raise HttpError(400, f"{len(fields)} images sent; this endpoint explains one image per request")
     if len(fields) > max_images:
-        raise HttpError(413, f"{len(fields)} images in one request; at most {max_images} are taken "
-                             "(split the request)")  # fmt: skip
+        raise HttpError(413, f"{len(fields)} images in one request; at most {max_images} are taken (split the request)")
     return fields
 
 
@@ -463,7 +523,10 @@ async def _send_json(send: Send, status: int, message: str) -> None:
     import json
 
     body = json.dumps({"error": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")]  # fmt: skip
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

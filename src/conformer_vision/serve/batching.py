@@ -124,9 +124,9 @@ class Batcher:
             if not live:
                 continue
             if live[0].kind == "explain":
-                self._run(live, lambda: [self.run_single(live[0].image)])
+                self._run(live, lambda jobs=live: [self.run_single(jobs[0].image)])
             else:
-                self._run(live, lambda: self.run_batch(torch.stack([job.image for job in live])))
+                self._run(live, lambda jobs=live: self.run_batch(torch.stack([job.image for job in jobs])))
 
     def _next_batch(self) -> list[Job] | None:
         """Wait for a first job, then collect predict jobs until ``max_batch_size`` are there or none

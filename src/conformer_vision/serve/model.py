@@ -79,11 +79,17 @@ class ServedModel:
         """What ``GET /v1/model`` and the page show."""
         pre = self.predictor.preprocess
         return {
-            "source": self.source.name, "kind": self.kind, "arch": self.predictor.arch,
-            "backend": self.predictor.backend, "classes": self.class_names, "input_size": list(pre.input_size),
-            "preprocess": pre.to_dict(), "has_heads": self.predictor.has_heads, "can_explain": self.can_explain,
+            "source": self.source.name,
+            "kind": self.kind,
+            "arch": self.predictor.arch,
+            "backend": self.predictor.backend,
+            "classes": self.class_names,
+            "input_size": list(pre.input_size),
+            "preprocess": pre.to_dict(),
+            "has_heads": self.predictor.has_heads,
+            "can_explain": self.can_explain,
             "precision": _precision_name(self.predictor),
-        }  # fmt: skip
+        }
 
     def decode(self, data: bytes, scratch: Path) -> torch.Tensor:
         """Uploaded bytes -> the model input (3, H, W), through ``load_rgb`` like every other path.
@@ -139,9 +145,12 @@ class ServedModel:
             for branch, cam in (("cnn", exp.cam_cnn), ("transformer", exp.cam_trans))
         }
         return {
-            "class": exp.target, "name": self.class_names[exp.target], "prob": float(exp.probs[exp.target]),
-            "input": _data_url(_to_uint8(rgb)), "overlays": overlays,
-        }  # fmt: skip
+            "class": exp.target,
+            "name": self.class_names[exp.target],
+            "prob": float(exp.probs[exp.target]),
+            "input": _data_url(_to_uint8(rgb)),
+            "overlays": overlays,
+        }
 
     def warm_up(self, batch_size: int) -> None:
         """Run a batch of ``batch_size`` and one of 1 (first calls allocate and pick kernels)."""
@@ -222,8 +231,9 @@ def open_served_model(
                 f"--amp_level {precision} applies to checkpoints run by PyTorch; {path.name} is an ONNX graph, "
                 "which runs in the precision it was exported in (use O0, or export with --quantize for int8)"
             )
-        predictor = open_predictor(path, arch=arch, device=device, use_ema=use_ema, amp_dtype=dtype,
-                                   image_size=image_size, threads=threads)  # fmt: skip
+        predictor = open_predictor(
+            path, arch=arch, device=device, use_ema=use_ema, amp_dtype=dtype, image_size=image_size, threads=threads
+        )
         kind = "onnx" if path.suffix.lower() == ".onnx" else "checkpoint"
     return ServedModel(predictor, path, kind)
 
@@ -250,9 +260,19 @@ def _open_hub_folder(folder: Path, *, device: str, amp_dtype: torch.dtype | None
     except (KeyError, TypeError, json.JSONDecodeError) as e:  # a config.json that is not timm's
         raise CheckpointError(f"{folder / HUB_CONFIG} is not a timm model config ({type(e).__name__}: {e})") from None
     except (RuntimeError, ValueError) as e:  # an unknown architecture, weights that do not fit
-        raise CheckpointError(f"{folder}: timm cannot build the model it describes ({str(e).splitlines()[0][:300]})") from None
+        raise CheckpointError(
+            f"{folder}: timm cannot build the model it describes ({str(e).splitlines()[0][:300]})"
+        ) from None
     if not isinstance(model, Conformer):
-        raise CheckpointError(f"{folder} holds a {type(model).__name__} ({model.pretrained_cfg.get('architecture')}), "
-                              "not a Conformer: conformer serve runs Conformer models")  # fmt: skip
-    return TorchPredictor(model, device, amp_dtype, class_names=model.pretrained_cfg.get("label_names"),
-                          preprocess=default_preprocess(model), arch=getattr(model, "variant", None))  # fmt: skip
+        raise CheckpointError(
+            f"{folder} holds a {type(model).__name__} ({model.pretrained_cfg.get('architecture')}), "
+            "not a Conformer: conformer serve runs Conformer models"
+        )
+    return TorchPredictor(
+        model,
+        device,
+        amp_dtype,
+        class_names=model.pretrained_cfg.get("label_names"),
+        preprocess=default_preprocess(model),
+        arch=getattr(model, "variant", None),
+    )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import signal
 import socket
 import sys
@@ -49,12 +48,18 @@ def exposure_warning(host: str, api_key: str | None) -> str | None:
     """The warning for a server other machines can reach without an API key (None when fine)."""
     if api_key or is_loopback(host):
         return None
-    return (f"warning: listening on {host}, which other machines can reach, without an API key: anyone who can "
-            f"reach this port can use the model; pass --api_key KEY (or set {API_KEY_ENV})")  # fmt: skip
+    return (
+        f"warning: listening on {host}, which other machines can reach, without an API key: anyone who can "
+        f"reach this port can use the model; pass --api_key KEY (or set {API_KEY_ENV})"
+    )
 
 
-SERVE_PACKAGES = {"fastapi": ("fastapi",), "uvicorn": ("uvicorn",), "prometheus-client": ("prometheus_client",),
-                  "python-multipart": ("python_multipart", "multipart")}  # fmt: skip
+SERVE_PACKAGES = {
+    "fastapi": ("fastapi",),
+    "uvicorn": ("uvicorn",),
+    "prometheus-client": ("prometheus_client",),
+    "python-multipart": ("python_multipart", "multipart"),
+}
 """What the service is built on: package to install -> the module names it is imported under."""
 
 
@@ -71,22 +76,31 @@ def _require_packages() -> None:
         if not found:
             missing.append(package)
     if missing:
-        raise ConfigError(f"conformer serve needs {', '.join(missing)}, which this Python does not have: "
-                          f"pip install {' '.join(missing)}  (or reinstall conformer-vision)")  # fmt: skip
+        raise ConfigError(
+            f"conformer serve needs {', '.join(missing)}, which this Python does not have: "
+            f"pip install {' '.join(missing)}  (or reinstall conformer-vision)"
+        )
 
 
 def _check(settings: ServeSettings, port: int) -> None:
-    positive = {"--max_batch_size": settings.max_batch_size, "--max_queue": settings.max_queue,
-                "--max_images": settings.max_images, "--topk": settings.topk, "--timeout_s": settings.timeout_s,
-                "--max_body_mb": settings.max_body_bytes}  # fmt: skip
+    positive = {
+        "--max_batch_size": settings.max_batch_size,
+        "--max_queue": settings.max_queue,
+        "--max_images": settings.max_images,
+        "--topk": settings.topk,
+        "--timeout_s": settings.timeout_s,
+        "--max_body_mb": settings.max_body_bytes,
+    }
     for name, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{name} must be positive, got {value}")
     if settings.max_wait_ms < 0:
         raise ConfigError(f"--max_wait_ms must be >= 0, got {settings.max_wait_ms}")
     if settings.max_images > settings.max_queue:
-        raise ConfigError(f"--max_images ({settings.max_images}) cannot exceed --max_queue ({settings.max_queue}): "
-                          "such a request could never be admitted")  # fmt: skip
+        raise ConfigError(
+            f"--max_images ({settings.max_images}) cannot exceed --max_queue ({settings.max_queue}): "
+            "such a request could never be admitted"
+        )
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port must be in 0..65535 (0 = any free port), got {port}")
     if settings.api_key is not None and not settings.api_key.strip():
@@ -96,8 +110,9 @@ def _check(settings: ServeSettings, port: int) -> None:
 def _listen(host: str, port: int) -> socket.socket:
     """A bound TCP socket for ``host:port`` (uvicorn starts listening on it)."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]  # fmt: skip
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
     except socket.gaierror as e:
         raise ConfigError(f"--host {host!r} is not an address or a known host name ({e.strerror})") from None
     sock = socket.socket(family, kind, proto)
@@ -107,8 +122,9 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.listen(2048)  # connections wait in the backlog until uvicorn serves them
     except OSError as e:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port "
-                          "(0 picks a free one) or --host") from None  # fmt: skip
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({e.strerror}); choose another --port (0 picks a free one) or --host"
+        ) from None
     return sock
 
 
@@ -143,20 +159,39 @@ def serve(
     warning = exposure_warning(host, settings.api_key)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    model = open_served_model(model_path, arch=arch, device=device, use_ema=use_ema, precision=precision,
-                              threads=threads, image_size=image_size)  # fmt: skip
+    model = open_served_model(
+        model_path,
+        arch=arch,
+        device=device,
+        use_ema=use_ema,
+        precision=precision,
+        threads=threads,
+        image_size=image_size,
+    )
     sock = _listen(host, port)
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     url = f"http://{shown}:{bound[1]}"
     state = ServeState(model, settings)
-    config = uvicorn.Config(create_app(state), lifespan="on", access_log=access_log, log_level="info",
-                            timeout_graceful_shutdown=int(settings.timeout_s) + 5)  # fmt: skip
+    config = uvicorn.Config(
+        create_app(state),
+        lifespan="on",
+        access_log=access_log,
+        log_level="info",
+        timeout_graceful_shutdown=int(settings.timeout_s) + 5,
+    )
     server = _draining_server(config, state)
     _announce_when_ready(state, server, url)
-    log.info("listening on %s: %s (%s, %s), batches of up to %d (%g ms window), %d thread(s)", url, model.source,
-             model.kind, model.describe()["precision"], settings.max_batch_size, settings.max_wait_ms,
-             threads or torch.get_num_threads())  # fmt: skip
+    log.info(
+        "listening on %s: %s (%s, %s), batches of up to %d (%g ms window), %d thread(s)",
+        url,
+        model.source,
+        model.kind,
+        model.describe()["precision"],
+        settings.max_batch_size,
+        settings.max_wait_ms,
+        threads or torch.get_num_threads(),
+    )
     previous = _quiet_sigterm()
     try:
         server.run(sockets=[sock])
