@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -71,6 +72,13 @@ def assert_user_error(result: Result, *fragments: str) -> None:
     assert "Traceback" not in result.output, result.output[-3000:]
     for fragment in fragments:
         assert fragment in result.stderr, f"{fragment!r} not in stderr:\n{result.stderr[-3000:]}"
+
+
+def interruptible() -> None:
+    """``preexec_fn`` of a child that receives Ctrl-C: SIGINT's default disposition, as in a
+    terminal. A child inherits an ignored SIGINT across exec (pytest-xdist's workers ignore it),
+    and a process that was started with SIGINT ignored rightly keeps ignoring it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def child_env(**extra: str) -> dict[str, str]:

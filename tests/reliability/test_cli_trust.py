@@ -15,7 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, assert_user_error, checkpoints, child_env, conformer_inprocess, load, train_args, wait_for
+from .conftest import (
+    REPO,
+    assert_user_error,
+    checkpoints,
+    child_env,
+    conformer_inprocess,
+    interruptible,
+    load,
+    train_args,
+    wait_for,
+)
 
 
 def _without(args: list[str], option: str) -> list[str]:
@@ -65,6 +75,7 @@ def test_29_ctrl_c_during_start_up_prints_interrupted_and_exits_130(dataset, tmp
         [*launch, *map(str, train_args(dataset, run))],
         cwd=REPO,
         env=child_env(),
+        preexec_fn=interruptible,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

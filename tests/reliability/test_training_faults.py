@@ -28,6 +28,7 @@ from .conftest import (
     conformer_inprocess,
     conformer_with_faults,
     copy_run,
+    interruptible,
     load,
     step_of,
     train_args,
@@ -94,6 +95,7 @@ def test_2_sigint_also_finishes_the_step_checkpoints_and_exits_130(dataset, tmp_
         [sys.executable, "-m", "conformer_vision", *train_args(dataset, run, epochs=4)],
         cwd=REPO,
         env=child_env(),
+        preexec_fn=interruptible,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
