@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-PY=${VENV:-.venv}/bin/python
+PY=$(realpath "${VENV:-.venv}")/bin/python
 if [[ $# -gt 0 ]]; then
   exec "$PY" -m pytest tests "$@"
 fi

@@ -17,6 +17,9 @@ PY=${PYTHON:-}
 if [[ -z $PY ]]; then
   if [[ -x ${VENV:-.venv}/bin/python ]]; then PY=${VENV:-.venv}/bin/python; else PY=python3; fi
 fi
+# A path relative to the checkout stays valid after the cd into the unpacked tests (the folder is
+# made absolute, not the interpreter: a venv's python is a symlink that must stay one).
+if [[ $PY == */* ]]; then PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY"); fi
 VERSION=$("$PY" -c 'import timm; print(timm.__version__)')
 CACHE=${TIMM_TESTS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/conformer-vision/timm-tests}
 DIR=$CACHE/timm-$VERSION
@@ -40,6 +43,40 @@ sys.path.insert(0, "$ROOT/src")  # this checkout's package, installed (editable)
 import conformer_vision  # noqa: E402,F401
 EOF
 
+# timm's pretrained tests (test_model_load_pretrained, test_model_features_pretrained) build every
+# variant that has published weights with pretrained=True. So that they run offline and never touch
+# the user's torch hub cache, they get their own TORCH_HOME holding stand-ins under the published file
+# names (seeded random weights, float16, in mmpretrain's layout like the published files): a cached
+# file is used without downloading, so the tests check the whole loading path (cache, key mapping,
+# in_chans adaptation, features_only). TIMM_TESTS_TORCH_HOME=~/.cache/torch uses the real weights.
+STANDINS=${TIMM_TESTS_TORCH_HOME:-$CACHE/torch-home}
+if [[ -z ${TIMM_TESTS_TORCH_HOME:-} ]]; then
+  "$PY" - "$STANDINS" <<'PYEOF'
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, "src")
+from conformer_vision.models import create_model  # noqa: E402
+from conformer_vision.pretrained import PUBLISHED  # noqa: E402
+
+folder = Path(sys.argv[1]) / "hub" / "checkpoints"
+folder.mkdir(parents=True, exist_ok=True)
+for variant, weights in PUBLISHED.items():
+    path = folder / weights.file_name
+    if path.is_file():
+        continue
+    torch.manual_seed(0)
+    sd = {k: v.half() if v.is_floating_point() else v for k, v in create_model(variant).state_dict().items()}
+    layout = {("head." if k.startswith(("conv_cls_head.", "trans_cls_head.")) else "backbone.") + k: v for k, v in sd.items()}
+    tmp = path.with_name(path.name + ".partial")
+    torch.save({"state_dict": layout}, tmp)
+    tmp.replace(path)
+    print(f"timm_model_tests: stand-in weights {path}")
+PYEOF
+fi
+
 SELECT=conformer
 ARGS=()
 while [[ $# -gt 0 ]]; do
@@ -47,5 +84,5 @@ while [[ $# -gt 0 ]]; do
 done
 # timm trims its list on GitHub's runners (memory); the five Conformers are small enough for all of it.
 cd "$DIR"
-exec env -u GITHUB_ACTIONS OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" "$PY" -m pytest tests/test_models.py -k "$SELECT" \
+exec env -u GITHUB_ACTIONS TORCH_HOME="$STANDINS" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" "$PY" -m pytest tests/test_models.py -k "$SELECT" \
   -q -p no:cacheprovider -W ignore::pytest.PytestUnknownMarkWarning ${ARGS[@]+"${ARGS[@]}"}

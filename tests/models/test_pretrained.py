@@ -311,6 +311,23 @@ def test_a_local_copy_loads_without_the_network(tiny):
     _assert_weights(timm.create_model(TINY, pretrained=True), sd)
 
 
+def test_another_input_channel_count_adapts_the_stem_as_timm_does(tiny):
+    """timm's own pretrained test builds ``in_chans=1`` with ``num_classes=5`` and ``0`` from the
+    published weights: the stem's RGB filters are summed into one channel (timm's
+    ``adapt_input_conv``), the heads re-initialised or, without heads, left out."""
+    path, sd = tiny
+    _cache_copy(path)
+    grey = timm.create_model(TINY, pretrained=True, in_chans=1, num_classes=5)
+    assert grey.conv1.weight.shape[1] == 1 and grey.num_classes == 5
+    summed = sd["conv1.weight"].sum(dim=1, keepdim=True)  # the file is float16: summed, then rounded to it
+    torch.testing.assert_close(grey.conv1.weight, summed.half().float(), rtol=0, atol=0)
+    _assert_weights(grey, sd, skip=("conv1.weight", "conv_cls_head", "trans_cls_head"))
+    assert grey.eval()(torch.randn(1, 1, 64, 64)).shape == (1, 5)
+    headless = timm.create_model(TINY, pretrained=True, in_chans=1, num_classes=0)  # the file's heads unused
+    _assert_weights(headless, sd, skip=("conv1.weight", "conv_cls_head", "trans_cls_head"))
+    assert headless.eval()(torch.randn(1, 1, 64, 64)).shape == (1, headless.num_features)
+
+
 # ---------------------------------------------------------------------------------------------
 # The config, fine-tuning, ImageNet's class names
 

@@ -24,6 +24,7 @@ Layout of this file (timm order): blocks -> model -> weight loading -> default c
 # into the code of a traced graph, which TorchScript must then resolve as real types.
 import contextlib
 import dataclasses
+import logging
 import os
 from collections.abc import Callable
 from functools import partial
@@ -32,7 +33,14 @@ from typing import Any
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model, resolve_pretrained_cfg
+from timm.models import (
+    adapt_input_conv,
+    build_model_with_cfg,
+    checkpoint,
+    generate_default_cfgs,
+    register_model,
+    resolve_pretrained_cfg,
+)
 from torch import nn
 
 from ..pretrained import PUBLISHED, fetch, no_weights_message
@@ -583,9 +591,17 @@ def _args_for_file(
 
 def _conformer_with_weights(sd: dict[str, torch.Tensor], source: str, variant: str, **kwargs: Any) -> Conformer:
     """A Conformer with ``sd`` loaded strictly (``convert.load_state_dict_strict``); timm's builder
-    calls this as the model class, so the weights are in before any ``features_only`` pruning."""
+    calls this as the model class, so the weights are in before any ``features_only`` pruning.
+    Another ``in_chans`` than the file's adapts the stem's weights as timm does for its models
+    (``adapt_input_conv``: summed to one channel, or repeated and rescaled; logged)."""
     model = Conformer(**kwargs)
     model.variant = variant  # named in the error of a file that does not fit
+    stem = sd.get("conv1.weight")
+    if stem is not None and stem.dim() == 4 and stem.shape[1] != model.in_chans:
+        logging.getLogger(__name__).info(
+            "%s: stem weights for %d input channels adapted to %d", source, stem.shape[1], model.in_chans
+        )
+        sd = {**sd, "conv1.weight": adapt_input_conv(model.in_chans, stem)}
     load_state_dict_strict(model, sd, source=source)
     return model
 

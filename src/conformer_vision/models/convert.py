@@ -183,6 +183,12 @@ def load_state_dict_strict(
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
+    if allow_new_heads and unexpected and not any(k.startswith(_HEAD_PREFIXES) for k in own):
+        dropped = [k for k in unexpected if k.startswith(_HEAD_PREFIXES)]
+        if dropped:  # a model without heads (num_classes=0, timm's feature model): the file's heads are unused
+            log.info("%s: the model has no classifier heads: the file's heads are not loaded", source)
+            sd = {k: v for k, v in sd.items() if k not in dropped}
+            unexpected = [k for k in unexpected if k not in dropped]
     misshaped = [k for k in own if k in sd and sd[k].shape != own[k].shape]
     head_only = bool(misshaped) and all(k.startswith(_HEAD_PREFIXES) for k in misshaped)
     if missing or unexpected or (misshaped and not (head_only and allow_new_heads)):
