@@ -46,7 +46,7 @@ EOF
 # timm's pretrained tests (test_model_load_pretrained, test_model_features_pretrained) build every
 # variant that has published weights with pretrained=True. So that they run offline and never touch
 # the user's torch hub cache, they get their own TORCH_HOME holding stand-ins under the published file
-# names (seeded random weights, float16, in mmpretrain's layout like the published files): a cached
+# names (seeded random weights, float16, under mmpretrain's backbone./head. prefixes): a cached
 # file is used without downloading, so the tests check the whole loading path (cache, key mapping,
 # in_chans adaptation, features_only). TIMM_TESTS_TORCH_HOME=~/.cache/torch uses the real weights.
 STANDINS=${TIMM_TESTS_TORCH_HOME:-$CACHE/torch-home}

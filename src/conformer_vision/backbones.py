@@ -32,7 +32,6 @@ trainable as in the authors' code unless ``freeze_norm_affine=True`` (what torch
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,36 +42,9 @@ from torch import nn
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool
 
 from .errors import ConfigError
+from .finetune import NUM_STAGES, stage_of
 
 __all__ = ["ConformerFPN", "NUM_STAGES", "conformer_fpn_backbone", "conformer_features", "stage_of"]
-
-NUM_STAGES = 5
-"""stem + four stages; ``trainable_layers`` is in 0..NUM_STAGES"""
-
-_STEM = ("conv1", "bn1")
-_FIRST_BLOCK = ("conv_1", "trans_patch_conv", "trans_1", "cls_token")
-_TOP = ("trans_norm",)
-_BLOCK = re.compile(r"conv_trans_(\d+)")
-
-
-def stage_of(name: str, depth: int = 12) -> int | None:
-    """The stage (0..4, see the module docstring) a parameter or module of a Conformer feature
-    model belongs to, from its dotted name; None for anything outside the blocks (e.g. a norm on
-    the transformer tokens). Wrapper prefixes (timm's feature wrappers) are skipped: the first
-    component that names a Conformer top-level module decides."""
-    per_stage = depth // 3
-    for part in name.split("."):
-        if part in _STEM:
-            return 0
-        if part in _FIRST_BLOCK:
-            return 1
-        if part in _TOP:
-            return 4
-        match = _BLOCK.fullmatch(part)
-        if match:
-            block = int(match.group(1))
-            return 4 if block == depth else (block - 1) // per_stage + 1
-    return None
 
 
 def conformer_features(

@@ -51,19 +51,21 @@ _BLOCK = re.compile(r"conv_trans_(\d+)")
 
 
 def stage_of(name: str, depth: int = 12) -> int | None:
-    """The stage (0..4) of a parameter or module of a Conformer, from its dotted name (relative to
-    the Conformer); None for the heads."""
-    top = name.split(".", 1)[0]
-    if top in _STEM:
-        return 0
-    if top in _FIRST_BLOCK:
-        return 1
-    if top == "trans_norm":
-        return NUM_STAGES - 1
-    match = _BLOCK.fullmatch(top)
-    if match:
-        block, per_stage = int(match.group(1)), depth // 3
-        return NUM_STAGES - 1 if block == depth else (block - 1) // per_stage + 1
+    """The stage (0..4) of a parameter or module of a Conformer, from its dotted name; None for the
+    heads and anything outside the blocks. Wrapper prefixes (DDP's ``module.``, timm's feature
+    wrappers, a detector's ``backbone.body.model.``) are skipped: the first component that names a
+    Conformer top-level module decides."""
+    for part in name.split("."):
+        if part in _STEM:
+            return 0
+        if part in _FIRST_BLOCK:
+            return 1
+        if part == "trans_norm":
+            return NUM_STAGES - 1
+        match = _BLOCK.fullmatch(part)
+        if match:
+            block = int(match.group(1))
+            return NUM_STAGES - 1 if block == depth else (block - 1) // (depth // 3) + 1
     return None
 
 

@@ -570,10 +570,10 @@ def _weights_file(variant: str, pretrained: bool | str | os.PathLike, kwargs: di
     cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
     if cfg.file and cfg.source != "local-dir":
         return str(cfg.file)
-    if cfg.url and not (cfg.state_dict or cfg.hf_hub_id or cfg.source == "local-dir"):
-        return str(fetch(cfg.url, cache_dir=kwargs.get("cache_dir"), what=f"{variant}'s pretrained weights"))
     if cfg.state_dict or cfg.hf_hub_id or cfg.source == "local-dir":
         return None  # timm loads it (checkpoint_filter_fn maps foreign key layouts)
+    if cfg.url:
+        return str(fetch(cfg.url, cache_dir=kwargs.get("cache_dir"), what=f"{variant}'s pretrained weights"))
     raise ValueError(no_weights_message(variant))
 
 

@@ -26,8 +26,15 @@ import torch
 
 from ..data.images import load_rgb
 from ..errors import CheckpointError, ConfigError
-from ..pretrained import imagenet_class_names
-from ..runtime import AMP_LEVELS, Predictor, TorchPredictor, amp_dtype, default_preprocess, open_predictor
+from ..runtime import (
+    AMP_LEVELS,
+    Predictor,
+    TorchPredictor,
+    amp_dtype,
+    default_preprocess,
+    open_predictor,
+    with_imagenet_names,
+)
 
 __all__ = ["PRECISIONS", "ImageResult", "ServedModel", "open_served_model"]
 
@@ -61,8 +68,9 @@ class ServedModel:
         self.predictor = predictor
         self.source = source
         self.kind = kind  # "checkpoint", "onnx" or "hub folder"
+        with_imagenet_names(predictor)  # 1000 unnamed classes: ImageNet-1k's
         count = _num_classes(predictor)
-        names = predictor.class_names or imagenet_class_names(count)  # 1000 unnamed classes: ImageNet-1k's
+        names = predictor.class_names
         self.class_names = list(names) if names else [str(i) for i in range(count)]
         self.transform = predictor.preprocess.eval_transform()
 
