@@ -1,10 +1,12 @@
 """Write docs/options.md from the configuration's fields (their one-line docs, defaults and rules).
 
-    python scripts/options_docs.py > docs/options.md    # regenerate
-    python scripts/options_docs.py --check              # exit 1 when docs/options.md is stale
+    python scripts/options_docs.py --write    # regenerate docs/options.md in place
+    python scripts/options_docs.py --check    # exit 1 when docs/options.md is stale
+    python scripts/options_docs.py            # print it
 
-tests/test_config.py checks that the checked-in file equals this output, so the page and
-``conformer train --help`` never disagree.
+The tables are generated; the section after the ``DETAILS`` marker is hand-written (the longer
+explanation of some options) and carried over as it is. tests/test_config.py checks that the
+checked-in file equals this output, so the page and ``conformer train --help`` never disagree.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from conformer_vision.config import EXTRA_OPTIONS, OPTION_ALIASES, SPEC_OPTIONS, Config, option_rules
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "options.md"
+DETAILS = "<!-- Hand-written from here on: scripts/options_docs.py keeps this part as it is. -->"
 
 INTRO = """\
 # Options
@@ -93,17 +96,25 @@ def render() -> str:
         lines.append(f"| `{name}` | {_value(spec)} | {here} | {_meaning(fields[name])} |")
     lines += ["", "## Options added by the PyTorch port", "", "| Option | Default | Meaning |", "|---|---|---|"]
     lines += [f"| `{name}` | {_value(defaults[name])} | {_meaning(fields[name])} |" for name in EXTRA_OPTIONS]
-    return "\n".join(lines) + "\n"
+    text = DOCS.read_text(encoding="utf-8") if DOCS.exists() else ""
+    details = text[text.index(DETAILS) :] if DETAILS in text else DETAILS + "\n"
+    return "\n".join(lines) + "\n\n" + details
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 when docs/options.md differs from the output")
-    if parser.parse_args().check:
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="exit 1 when docs/options.md differs from the output")
+    mode.add_argument("--write", action="store_true", help="write docs/options.md")
+    args = parser.parse_args()
+    if args.check:
         stale = DOCS.read_text(encoding="utf-8") != render()
         if stale:
-            print(f"{DOCS} is stale: run python scripts/options_docs.py > docs/options.md", file=sys.stderr)
+            print(f"{DOCS} is stale: run python scripts/options_docs.py --write", file=sys.stderr)
         return int(stale)
+    if args.write:
+        DOCS.write_text(render(), encoding="utf-8")
+        return 0
     sys.stdout.write(render())
     return 0
 

@@ -108,7 +108,7 @@ def test_reference_network_single(capsys: pytest.CaptureFixture[str]):
     "args, message",
     [
         (["--backend", "onnxruntime", "--mode", "train"], "inference only"),
-        (["--compare", "eager,onnx_plian"], "Did you mean 'onnx_plain'"),
+        (["--compare", "eager,onnx_plian"], "did you mean 'onnx_plain'"),
         (["--network", "reference", "--amp", "bf16"], "the reference network is plain eager float32"),
         (["--network", "optimized", "--mode", "train"], "optimize_for_inference makes an inference copy"),
         (["--agreement", "4"], "--agreement needs --compare"),

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conformer_vision import cli
-from conformer_vision.config import config_from_args
+from conformer_vision.cli.options import config_from_args
 from conformer_vision.errors import ConfigError
 from conformer_vision.precision import AMP_LEVELS, amp_level
 from conformer_vision.runtime import AMP_LEVELS as DTYPES

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import statistics
 import tempfile
 import time
@@ -48,7 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 from .probes import MemoryProbe, cpu_info, describe_cpu, gemm_timer
 from .runtime import AMP_LEVELS, Predictor
 
@@ -537,9 +536,8 @@ def parse_preset(base: BenchmarkSpec, names: Sequence[str]) -> list[BenchmarkSpe
     specs = []
     for name in names:
         if name not in COMPARE_PRESETS:
-            close = difflib.get_close_matches(name, list(COMPARE_PRESETS), n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"unknown --compare entry '{name}'.{hint} Valid: {', '.join(COMPARE_PRESETS)}")
+            hint = did_you_mean(name, COMPARE_PRESETS)
+            raise ConfigError(f"unknown --compare entry '{name}' (valid: {', '.join(COMPARE_PRESETS)}){hint}")
         plain = dict(backend="eager", amp="O0", network="model", onnx="tuned", channels_last=False)
         if name in OPTIMIZED_PRESETS and base.mode == "infer":
             plain.update(network="optimized", channels_last=True)  # the predictor as predict runs it

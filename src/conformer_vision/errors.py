@@ -7,9 +7,11 @@ non-zero; anything else escaping is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["ConformerError", "ConfigError", "CheckpointError", "DataError", "ImageDecodeError"]
+__all__ = ["ConformerError", "ConfigError", "CheckpointError", "DataError", "ImageDecodeError", "did_you_mean"]
 
 
 class ConformerError(Exception):
@@ -44,3 +46,10 @@ class ImageDecodeError(DataError):
     def __reduce__(self) -> tuple[type, tuple[Path, str]]:
         # Keep the two-argument constructor usable when pickled across processes.
         return type(self), (self.path, self.reason)
+
+
+def did_you_mean(word: object, candidates: Iterable[str], n: int = 1) -> str:
+    """``"; did you mean 'x'?"`` (or ``'x' or 'y'``, up to ``n``) for the candidates closest to
+    ``word``, to append to an error message; ``""`` when none is close."""
+    close = difflib.get_close_matches(str(word), list(candidates), n=n)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""

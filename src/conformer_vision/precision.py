@@ -11,10 +11,9 @@ trains unstably without float32 master weights; autocast with scaling is PyTorch
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 __all__ = ["AmpLevel", "AMP_LEVELS", "amp_level", "AMP_HELP"]
 
@@ -59,7 +58,6 @@ def amp_level(name: str) -> str:
     table = {n.lower(): n for n in AMP_LEVELS}
     found = table.get(str(name).strip().lower())
     if found is None:
-        close = difflib.get_close_matches(str(name), list(AMP_LEVELS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, AMP_LEVELS)
         raise ConfigError(f"amp_level {name!r} is not a precision; use one of {', '.join(AMP_LEVELS)}{hint}")
     return found

@@ -74,6 +74,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from . import distributed as D
+from . import precision
 from .checkpoint import FORMAT, CheckpointManager, build_checkpoint, find_resumable, read_checkpoint
 from .config import Config
 from .data import ImageFolderDataset, Preprocess, build_train_transform, set_loader_epoch
@@ -795,7 +796,11 @@ def build_run(cfg: Config, info: D.DistInfo, device: torch.device, resume: dict[
         lr_adjust=cfg.lr_adjust,
         lr_gamma=cfg.lr_gamma,
     )
-    scaler = torch.amp.GradScaler(device.type, init_scale=cfg.loss_scale) if cfg.use_grad_scaler else None
+    scaler = (
+        torch.amp.GradScaler(device.type, init_scale=cfg.loss_scale)
+        if precision.AMP_LEVELS[cfg.amp_level].loss_scaling
+        else None
+    )
     mixup, mixup_off = _build_mixup(cfg, len(data.class_names), spe)
     criterion = build_criterion(
         soft_targets=mixup is not None, label_smoothing=cfg.label_smoothing if cfg.augment else 0.0

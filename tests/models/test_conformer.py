@@ -90,7 +90,7 @@ def test_timm_registry_and_aliases():
     assert isinstance(model, conformer_vision.Conformer)
     assert model.args.num_classes == 7 and model.args.drop_path_rate == 0.1
     assert create_model("conformer_tiny", num_classes=3, device="meta").args.channel_ratio == 1
-    with pytest.raises(ValueError, match="Did you mean"):
+    with pytest.raises(ValueError, match="did you mean"):
         create_model("conformer_tiny_patch61")
     with pytest.raises(TypeError, match="unknown model option"):
         create_model("conformer_mini_test", dropout=0.1)

@@ -22,7 +22,7 @@ HELP = "evaluate a checkpoint or ONNX model on the validation split of the confi
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..config import add_config_arguments
+    from .options import add_config_arguments
 
     parser.add_argument("--output", metavar="FILE.json", default=None, help="also write the metrics as JSON")
     parser.add_argument(
@@ -38,12 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..config import config_from_args
     from ..errors import ConfigError
     from ..evaluate import eval_source, evaluate_dataset, format_eval_line, format_report, write_report
     from ..paths import check_output_file
     from ..runtime import AMP_LEVELS, open_predictor, resolve_device
     from ._common import config_file_keys, request_levels, resolve_preprocess
+    from .options import config_from_args
 
     given = {key for key in vars(args) if key not in ("output", "confusion_matrix", "progress", "config")}
     cfg = config_from_args(vars(args))

@@ -27,8 +27,8 @@ HELP = "export a checkpoint to ONNX, TorchScript, a torch.export program, safete
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..config import add_config_arguments
     from ..quantize import DEFAULT_CALIBRATION_SIZE, QUANTIZE_MODES
+    from .options import add_config_arguments
 
     parser.add_argument(
         "--output",
@@ -77,7 +77,6 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..checkpoint import load_model
-    from ..config import config_from_args
     from ..data.transforms import Preprocess
     from ..errors import ConfigError
     from ..export import FILE_FORMATS, default_output, export_model
@@ -85,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from ..paths import check_output_dir, check_output_file
     from ..runtime import default_preprocess
     from ._common import config_file_keys, request_levels, resolve_preprocess
+    from .options import config_from_args
 
     raw = vars(args)
     given = {key for key in raw if key not in _OWN_OPTIONS}

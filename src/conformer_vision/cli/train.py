@@ -19,14 +19,14 @@ HELP = "train a Conformer (every config option is a flag; torchrun for several p
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..config import add_config_arguments
+    from .options import add_config_arguments
 
     add_config_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import config_from_args
     from ..train import train
+    from .options import config_from_args
 
     cfg = config_from_args(vars(args))
     result = train(cfg)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,11 +34,19 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data import auto_augment as timm_aa
 from torchvision import transforms as T
 
 from conformer_vision.errors import ConfigError
 
-__all__ = ["INTERPOLATIONS", "DEFAULT_CROP_PCT", "Preprocess", "build_train_transform", "preprocess_image"]
+__all__ = [
+    "INTERPOLATIONS",
+    "DEFAULT_CROP_PCT",
+    "Preprocess",
+    "auto_augment_problem",
+    "build_train_transform",
+    "preprocess_image",
+]
 
 INTERPOLATIONS: tuple[str, ...] = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 """Resampling filters accepted for resizing (timm's names)."""
@@ -204,6 +213,35 @@ def _guard_posterize(transform: Any) -> Any:
             if getattr(op, "name", "").startswith("Posterize"):
                 op.aug_fn = _posterize
     return transform
+
+
+def auto_augment_problem(policy: str) -> str | None:
+    """Why timm would not build ``policy``, or None. timm's own parser judges it (through the function
+    ``timm.data.create_transform`` picks for the string); a section from which timm reads no value
+    (``bogus`` in ``rand-bogus``) and an unknown RandAugment op set (``tbogus``) are refused too,
+    since timm would skip them without a word and train something else than asked."""
+    head, *sections = policy.split("-")
+    build = (
+        timm_aa.rand_augment_transform
+        if head.startswith("rand")
+        else timm_aa.augment_and_mix_transform
+        if head.startswith("augmix")
+        else timm_aa.auto_augment_transform
+    )
+    try:
+        build(policy, None)
+    except (AssertionError, ValueError, KeyError, IndexError) as e:  # timm's parser asserts
+        return f"timm refuses it ({type(e).__name__}{': ' + str(e) if str(e) else ''})"
+    for section in sections:
+        if head == "rand" and section.startswith("t"):
+            name = section[1:]  # an op-set name; timm knows it when the result ignores ``increasing``
+            if timm_aa.rand_augment_choices(name, increasing=True) != timm_aa.rand_augment_choices(
+                name, increasing=False
+            ):
+                return f"timm knows no RandAugment op set {name!r} (section {section!r}) and would use its default"
+        elif not re.search(r"\d", section):
+            return f"section {section!r} holds no value, so timm would ignore it"
+    return None
 
 
 def _timm_train(kwargs: dict[str, Any], interpolation: str, auto_augment: str | None) -> Any:

@@ -4,9 +4,10 @@ their aliases. Torch-free, so configuration code can read the tables without imp
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from ..errors import did_you_mean
 
 __all__ = ["ConformerArgs", "VARIANTS", "ALIASES", "canonical_name", "variant_args", "list_models"]
 
@@ -57,9 +58,8 @@ def canonical_name(name: str) -> str:
     """Full variant name for ``name`` or its short alias; ValueError listing the choices otherwise."""
     name = ALIASES.get(name, name)
     if name not in VARIANTS:
-        close = difflib.get_close_matches(name, list(VARIANTS) + list(ALIASES), n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"unknown Conformer variant '{name}'.{hint} Choices: {', '.join(VARIANTS)}")
+        hint = did_you_mean(name, [*VARIANTS, *ALIASES])
+        raise ValueError(f"unknown Conformer variant '{name}' (choices: {', '.join(VARIANTS)}){hint}")
     return name
 
 
