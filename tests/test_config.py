@@ -406,11 +406,11 @@ def test_docs_describe_every_option():
 
 
 def test_derived_values():
-    from conformer_vision.runtime import AMP_LEVELS
+    from conformer_vision.runtime import AMP_DTYPES
 
-    assert AMP_LEVELS[Config(amp_level="O0").amp_level] is None
-    assert AMP_LEVELS[Config(amp_level="o3").amp_level] is torch.float16
-    assert AMP_LEVELS[Config(amp_level="BF16").amp_level] is torch.bfloat16
+    assert AMP_DTYPES[Config(amp_level="O0").amp_level] is None
+    assert AMP_DTYPES[Config(amp_level="o3").amp_level] is torch.float16
+    assert AMP_DTYPES[Config(amp_level="BF16").amp_level] is torch.bfloat16
     assert Config(arch="conformer_small").arch == "conformer_small_patch16"
     assert Config(image_size=[192, 256]).image_hw == (192, 256)
 

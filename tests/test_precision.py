@@ -14,7 +14,7 @@ from conformer_vision import cli
 from conformer_vision.cli.options import config_from_args
 from conformer_vision.errors import ConfigError
 from conformer_vision.precision import AMP_LEVELS, amp_level
-from conformer_vision.runtime import AMP_LEVELS as DTYPES
+from conformer_vision.runtime import AMP_DTYPES as DTYPES
 from conformer_vision.runtime import amp_dtype, resolve_device
 
 F16, BF16 = torch.float16, torch.bfloat16

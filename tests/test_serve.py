@@ -568,10 +568,11 @@ def test_batcher_groups_predictions_runs_explanations_alone_and_drops_abandoned_
 
 @pytest.mark.slow
 def test_precision_takes_every_amp_level_name(checkpoint, images, tmp_path):
-    from conformer_vision.serve import PRECISIONS, open_served_model
+    from conformer_vision.runtime import AMP_DTYPES
+    from conformer_vision.serve import open_served_model
 
     f16, bf16 = torch.float16, torch.bfloat16
-    assert PRECISIONS == {
+    assert AMP_DTYPES == {
         "O0": None,
         "fp32": None,
         "float32": None,

@@ -49,10 +49,9 @@ from torch import nn
 
 from .errors import ConfigError, did_you_mean
 from .probes import MemoryProbe, cpu_info, describe_cpu, gemm_timer
-from .runtime import AMP_LEVELS, Predictor
+from .runtime import AMP_DTYPES, Predictor
 
 __all__ = [
-    "AMP_LEVELS",
     "BACKENDS",
     "COMPARE_PRESETS",
     "MODES",
@@ -110,7 +109,7 @@ class BenchmarkSpec:
         image_size: side of the square input.
         mode: 'infer' or 'train'.
         backend: 'eager', 'compile' (``torch.compile``) or 'onnxruntime' (infer only, CPU).
-        amp: an ``amp_level`` name (``runtime.AMP_LEVELS``): float32, or bf16 / fp16 autocast
+        amp: an ``amp_level`` name (``runtime.AMP_DTYPES``): float32, or bf16 / fp16 autocast
             (eager/compile only).
         network: 'reference', 'model' or 'optimized' (module docstring; eager/compile only).
         onnx: for onnxruntime: 'tuned', 'plain', 'int8' (dynamic) or 'int8_static' (module docstring).
@@ -137,8 +136,8 @@ class BenchmarkSpec:
     grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        if self.amp not in AMP_LEVELS:
-            raise ConfigError(f"amp must be one of {tuple(AMP_LEVELS)}, got {self.amp!r}")
+        if self.amp not in AMP_DTYPES:
+            raise ConfigError(f"amp must be one of {tuple(AMP_DTYPES)}, got {self.amp!r}")
         fp32 = self.amp_dtype is None
         onnx = self.backend == "onnxruntime"
         checks = [
@@ -173,7 +172,7 @@ class BenchmarkSpec:
     @property
     def amp_dtype(self) -> torch.dtype | None:
         """The autocast dtype (None = float32)."""
-        return AMP_LEVELS[self.amp]
+        return AMP_DTYPES[self.amp]
 
     @property
     def label(self) -> str:

@@ -85,7 +85,6 @@ class LoadedModel:
     class_names: list[str] | None
     preprocess: dict[str, Any] | None
     config: dict[str, Any] | None = None
-    layout: str = "conformer-vision"
 
 
 CONTRADICTIONS = ("error", "warn", "ignore")
@@ -152,7 +151,6 @@ def load_model(
         class_names=meta.get("class_names"),
         preprocess=meta.get("preprocess"),
         config=meta.get("config"),
-        layout=meta["layout"],
     )
 
 

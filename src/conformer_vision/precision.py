@@ -6,7 +6,7 @@ the dtype names: ``O0``/``fp32``/``float32`` run in float32; ``O1``/``O2``/``O3`
 ``float16`` run float16 autocast with loss scaling (MindSpore's O3 casts the whole network, which
 trains unstably without float32 master weights; autocast with scaling is PyTorch's equivalent);
 ``bf16``/``bfloat16`` run bfloat16 autocast, whose range needs no loss scaling.
-``runtime.AMP_LEVELS`` turns the names into ``torch.dtype`` objects.
+``runtime.AMP_DTYPES`` turns the names into ``torch.dtype`` objects.
 """
 
 from __future__ import annotations

@@ -358,5 +358,4 @@ def load_published(arch: str | None, what: str = "--arch", **overrides: Any) -> 
         arch=variant,
         class_names=imagenet_class_names(model.num_classes),
         preprocess=default_preprocess(model).to_dict(),
-        layout="mmpretrain",
     )

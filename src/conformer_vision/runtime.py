@@ -42,7 +42,7 @@ from . import precision
 from .data.transforms import Preprocess
 from .errors import CheckpointError, ConfigError, ConformerError
 
-AMP_LEVELS: dict[str, torch.dtype | None] = {
+AMP_DTYPES: dict[str, torch.dtype | None] = {
     name: None if level.dtype is None else getattr(torch, level.dtype) for name, level in precision.AMP_LEVELS.items()
 }
 """Every ``amp_level`` name (the table in ``precision``) -> its autocast dtype (None = float32, no autocast)."""
@@ -56,7 +56,7 @@ __all__ = [
     "default_preprocess",
     "resolve_device",
     "amp_dtype",
-    "AMP_LEVELS",
+    "AMP_DTYPES",
     "onnx_providers",
     "ONNX_INPUT",
     "ONNX_OUTPUTS",
@@ -127,7 +127,7 @@ def default_preprocess(
 def amp_dtype(name: str) -> torch.dtype | None:
     """The autocast dtype of the ``amp_level`` ``name`` in any spelling (None = float32); ConfigError
     naming the valid names otherwise."""
-    return AMP_LEVELS[precision.amp_level(name)]
+    return AMP_DTYPES[precision.amp_level(name)]
 
 
 def resolve_device(

@@ -94,7 +94,7 @@ from .paths import check_output_dir, free_bytes
 from .pretrained import IMAGENET, PUBLISHED
 from .rundir import MANIFEST_NAME, OwnedFiles, RunManifest, absolute, hold_run_lock, run_dir_for
 from .runlog import METRICS_FILE, RunLog
-from .runtime import AMP_LEVELS, resolve_device
+from .runtime import AMP_DTYPES, resolve_device
 from .serialization import write_text_atomic
 
 __all__ = [
@@ -811,7 +811,7 @@ def build_run(cfg: Config, info: D.DistInfo, device: torch.device, resume: dict[
         optimizer=optimizer,
         scheduler=scheduler,
         device=device,
-        amp_dtype=AMP_LEVELS[cfg.amp_level],
+        amp_dtype=AMP_DTYPES[cfg.amp_level],
         scaler=scaler,
         static_loss_scale=None if cfg.is_dynamic_loss_scale else cfg.loss_scale,
         ema=ema,
@@ -1107,7 +1107,7 @@ class Trainer:
             kw = dict(
                 device=self.device,
                 num_classes=len(self.data.class_names),
-                amp_dtype=AMP_LEVELS[cfg.amp_level],
+                amp_dtype=AMP_DTYPES[cfg.amp_level],
                 channels_last=cfg.channels_last,
             )
             self.metrics = evaluate(self.model, self.data.val_loader, **kw)

@@ -65,10 +65,10 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..evaluate import evaluate_dataset, format_eval_line, format_report, write_report
     from ..paths import check_output_file
-    from ..runtime import AMP_LEVELS, OnnxPredictor
+    from ..runtime import AMP_DTYPES, OnnxPredictor
     from ._common import check_counts
 
-    if AMP_LEVELS[args.amp_level] is not None:
+    if AMP_DTYPES[args.amp_level] is not None:
         raise ConfigError(
             f"--amp_level {args.amp_level} applies to checkpoints run by PyTorch; an ONNX graph runs in "
             "the precision it was exported in (use O0, or export with --quantize for int8)"

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..evaluate import eval_source, evaluate_dataset, format_eval_line, format_report, write_report
     from ..paths import check_output_file
-    from ..runtime import AMP_LEVELS, open_predictor, resolve_device
+    from ..runtime import AMP_DTYPES, open_predictor, resolve_device
     from ._common import config_file_keys, request_levels, resolve_preprocess
     from .options import config_from_args
 
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         arch=vars(args).get("arch", cfg.arch),
         device=device,
         use_ema=cfg.use_ema,
-        amp_dtype=AMP_LEVELS[cfg.amp_level],
+        amp_dtype=AMP_DTYPES[cfg.amp_level],
         channels_last=cfg.channels_last,
         num_classes=cfg.num_classes if levels["num_classes"] != "ignore" else None,
         contradiction=levels,

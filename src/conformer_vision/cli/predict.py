@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..paths import check_output_file
     from ..predict import collect_images, errors_path, predict_paths, predictions_json, write_json
-    from ..runtime import AMP_LEVELS, open_predictor, with_imagenet_names
+    from ..runtime import AMP_DTYPES, open_predictor, with_imagenet_names
     from ._common import check_counts
 
     check_counts(batch_size=(args.batch_size, 1), workers=(args.workers, 0), topk=(args.topk, 1))
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         arch=args.arch,
         device=args.device,
         use_ema=args.use_ema,
-        amp_dtype=AMP_LEVELS[args.amp_level],
+        amp_dtype=AMP_DTYPES[args.amp_level],
     )
     with_imagenet_names(predictor)  # 1000 unnamed classes are ImageNet's: show their names
     topk = 1 if args.topk is None else args.topk

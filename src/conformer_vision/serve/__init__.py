@@ -12,7 +12,7 @@ See docs/serving.md.
 """
 
 from .app import ServeSettings, ServeState, create_app
-from .model import PRECISIONS, ServedModel, open_served_model
+from .model import ServedModel, open_served_model
 from .server import serve
 
-__all__ = ["PRECISIONS", "ServeSettings", "ServeState", "ServedModel", "create_app", "open_served_model", "serve"]
+__all__ = ["ServeSettings", "ServeState", "ServedModel", "create_app", "open_served_model", "serve"]

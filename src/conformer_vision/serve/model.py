@@ -26,22 +26,11 @@ import torch
 
 from ..data.images import load_rgb
 from ..errors import CheckpointError, ConfigError
-from ..runtime import (
-    AMP_LEVELS,
-    Predictor,
-    TorchPredictor,
-    amp_dtype,
-    default_preprocess,
-    open_predictor,
-    with_imagenet_names,
-)
+from ..runtime import Predictor, TorchPredictor, amp_dtype, default_preprocess, open_predictor, with_imagenet_names
 
-__all__ = ["PRECISIONS", "ImageResult", "ServedModel", "open_served_model"]
+__all__ = ["ImageResult", "ServedModel", "open_served_model"]
 
 log = logging.getLogger("conformer_vision.serve")
-
-PRECISIONS = AMP_LEVELS
-"""The ``amp_level`` vocabulary of every command (``precision.AMP_LEVELS``) -> autocast dtype."""
 
 HUB_CONFIG = "config.json"
 HUB_WEIGHTS = "model.safetensors"
