@@ -22,6 +22,7 @@ export; the config file's fill in for checkpoints that record none.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 HELP = "export a checkpoint to ONNX, TorchScript, a torch.export program, safetensors or a Hugging Face Hub folder"
 
@@ -74,14 +75,11 @@ _OWN_OPTIONS = ("output", "opset", "exporter", "no_check", "quantize", "calibrat
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..checkpoint import load_model
     from ..data.transforms import Preprocess
     from ..errors import ConfigError
     from ..export import FILE_FORMATS, default_output, export_model
-    from ..hub import check_hub_output
-    from ..paths import check_output_dir, check_output_file
+    from ..paths import check_output_dir
     from ..runtime import default_preprocess
     from ._common import config_file_keys, request_levels, resolve_preprocess
     from .options import config_from_args
@@ -95,15 +93,13 @@ def run(args: argparse.Namespace) -> int:
     fmt = cfg.file_format.upper()
     if fmt not in FILE_FORMATS:
         raise ConfigError(f"file_format must be one of {', '.join(FILE_FORMATS)}, got {cfg.file_format!r}")
+    hub = fmt == "HF_HUB"
     output = Path(args.output) if args.output else None
     if output is not None and not output.suffix:
         output = output.with_name(output.name + FILE_FORMATS[fmt])
-    hub = fmt == "HF_HUB"
-    replaced = False
-    if output is not None:
-        replaced = check_hub_output(output) if hub else check_output_file(output, "--output").exists()
-    else:  # the default name needs the architecture; its folder, the current one, is checked now
+    if output is None:  # the default name needs the architecture; its folder, the current one, is checked now
         check_output_dir(Path.cwd(), "the current folder (the default --output)")
+    replaced = output is not None and _replaces(output, hub)
     in_file = config_file_keys(args.config)
     levels, sources = request_levels(given, in_file, args.config)
     # As spelt on the command line; the config's arch serves foreign weights that name none.
@@ -125,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if output is None:  # the specification: named after the architecture as the user spelt it
         output = default_output(raw["arch"] if "arch" in given else loaded.arch, fmt)
-        replaced = check_hub_output(output) if hub else check_output_file(output, "--output").exists()
+        replaced = _replaces(output, hub)
     report: dict = {}
     path = export_model(
         loaded.model,
@@ -142,19 +138,8 @@ def run(args: argparse.Namespace) -> int:
         class_names=loaded.class_names,
         report=report,
     )
-    if report and report.get("quantized"):
-        real = f" (the last: {report['images']} calibration images)" if report["images"] else ""
-        print(
-            f"{args.quantize} graph checked against the float PyTorch model on inputs {report['inputs']}{real}: "
-            f"top-1 agreement {report['top1_agree']}, max |logit diff| {report['max_abs_diff']:.3g} "
-            f"({report['max_rel_diff']:.3g} of the logit scale); int8 is not held to the float tolerance, "
-            "only gross mismatches fail"
-        )
-    elif report:
-        print(
-            f"checked against PyTorch on inputs {report['inputs']}: max |diff| {report['max_abs_diff']:.3g} "
-            f"({report['max_rel_diff']:.3g} of the logit scale), top-1 agreement {report['top1_agree']}"
-        )
+    if report:
+        print(_check_line(report, args.quantize))
     print(
         f"exported {loaded.arch} ({fmt}, input {size_note}) to {path}"
         + (f" (replacing the {'hub folder' if hub else 'file'} that was there)" if replaced else "")
@@ -165,3 +150,28 @@ def run(args: argparse.Namespace) -> int:
             "or push the folder to the Hugging Face Hub and use hf-hub:user/repo"
         )
     return 0
+
+
+def _replaces(output: Path, hub: bool) -> bool:
+    """Whether writing ``output`` replaces a file or hub folder (checked writable, and for a hub
+    folder, one the toolkit wrote)."""
+    from ..hub import check_hub_output
+    from ..paths import check_output_file
+
+    return check_hub_output(output) if hub else check_output_file(output, "--output").exists()
+
+
+def _check_line(report: dict, quantize: str) -> str:
+    """The line that says how the exported graph compares with the PyTorch model."""
+    if report.get("quantized"):
+        real = f" (the last: {report['images']} calibration images)" if report["images"] else ""
+        return (
+            f"{quantize} graph checked against the float PyTorch model on inputs {report['inputs']}{real}: "
+            f"top-1 agreement {report['top1_agree']}, max |logit diff| {report['max_abs_diff']:.3g} "
+            f"({report['max_rel_diff']:.3g} of the logit scale); int8 is not held to the float tolerance, "
+            "only gross mismatches fail"
+        )
+    return (
+        f"checked against PyTorch on inputs {report['inputs']}: max |diff| {report['max_abs_diff']:.3g} "
+        f"({report['max_rel_diff']:.3g} of the logit scale), top-1 agreement {report['top1_agree']}"
+    )
