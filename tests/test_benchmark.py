@@ -45,6 +45,7 @@ FIELDS = [
 ]
 
 
+@pytest.mark.slow
 def test_inference_backends_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     out = tmp_path / "bench.json"
     code = main(
@@ -92,6 +93,7 @@ def test_inference_backends_side_by_side(tmp_path: Path, capsys: pytest.CaptureF
     assert results[1]["extra"]["top1_agreement"] == 1.0  # the model gives the reference network's answer
 
 
+@pytest.mark.slow
 def test_train_mode(capsys: pytest.CaptureFixture[str]):
     assert main(["benchmark", *SMALL, "--mode", "train"]) == 0
     text = capsys.readouterr().out
@@ -99,6 +101,7 @@ def test_train_mode(capsys: pytest.CaptureFixture[str]):
         assert field in text, field
 
 
+@pytest.mark.slow
 def test_reference_network_single(capsys: pytest.CaptureFixture[str]):
     assert main(["benchmark", *SMALL, "--network", "reference"]) == 0
     assert "| infer | reference |" in capsys.readouterr().out
@@ -119,6 +122,7 @@ def test_bad_options_are_clear_errors(args, message, capsys: pytest.CaptureFixtu
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cost_model():
     params, gflops = count_gflops(BenchmarkSpec(arch="conformer_tiny_patch16", batch_size=1))
     assert params == 23_524_704 and abs(gflops - 10.45) < 0.01  # 5.2 GMACs, the reference's count
@@ -133,6 +137,7 @@ def _attention_flags(model: nn.Module) -> set[bool]:
     return {m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")}
 
 
+@pytest.mark.slow
 def test_inference_times_the_predictors_predict_runs(tmp_path: Path):
     """'reference' = the model with the authors' explicit attention, 'eager' = the model as built,
     'optimized' (and the autocast presets) = optimize_for_inference's copy as predict runs it, each a
