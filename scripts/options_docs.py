@@ -97,7 +97,12 @@ def render() -> str:
     lines += ["", "## Options added by the PyTorch port", "", "| Option | Default | Meaning |", "|---|---|---|"]
     lines += [f"| `{name}` | {_value(defaults[name])} | {_meaning(fields[name])} |" for name in EXTRA_OPTIONS]
     text = DOCS.read_text(encoding="utf-8") if DOCS.exists() else ""
-    details = text[text.index(DETAILS) :] if DETAILS in text else DETAILS + "\n"
+    if DETAILS not in text:  # e.g. emptied by `> docs/options.md` before this script could read it
+        raise SystemExit(
+            f"{DOCS} has lost its hand-written section (the line {DETAILS!r} and what follows): restore it "
+            "(git checkout docs/options.md) and regenerate with: python scripts/options_docs.py --write"
+        )
+    details = text[text.index(DETAILS) :]
     return "\n".join(lines) + "\n\n" + details
 
 

@@ -453,6 +453,15 @@ def test_options_md_is_generated_from_the_fields():
     )
 
 
+def test_options_md_generator_refuses_a_page_without_its_hand_written_part(tmp_path):
+    render = runpy.run_path(str(ROOT / "scripts" / "options_docs.py"))["render"]
+    page = tmp_path / "options.md"
+    page.write_text("")  # what `python scripts/options_docs.py > docs/options.md` leaves before the script reads it
+    render.__globals__["DOCS"] = page
+    with pytest.raises(SystemExit, match="lost its hand-written section"):
+        render()
+
+
 # ---------------------------------------------------------------- fine-tuning options and the hub format
 
 
