@@ -172,13 +172,7 @@ def export_model(
         check_hub_output(out)
     images = calibration_images(calibration, pre, calibration_size) if quantize == "int8_static" else None
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer = {
-        "ONNX": _write_onnx,
-        "TORCHSCRIPT": _write_torchscript,
-        "EXPORTED_PROGRAM": _write_exported_program,
-        "SAFETENSORS": _write_safetensors,
-        "HF_HUB": _write_hub,
-    }[fmt]
+    writer = _WRITERS[fmt]
     # Written under its final name inside a hidden folder next to it (archives record their file
     # name), checked there, then moved into place: a reader never sees an unchecked file.
     # Graphs are exported from the inference copy (BatchNorm folded, FCUDown pooling first: fewer
@@ -195,20 +189,7 @@ def export_model(
             quantize_onnx(float_path, tmp, quantize, images)
             float_path.unlink()
         if check:
-            try:
-                figures = check_export(
-                    tmp,
-                    fmt,
-                    model,
-                    pre,
-                    quantized=quantize != "none",
-                    images=None if images is None else images[:QUANT_CHECK_IMAGES],
-                )
-            except BaseException:
-                failed = _keep_rejected(tmp, out)
-                log.error("kept the rejected export as %s for inspection", failed)
-                raise
-            log.info("export check passed: %s", figures)
+            figures = _check_or_keep(tmp, out, fmt, model, pre, quantize, images)
             if report is not None:
                 report.update(figures)
         if fmt == "HF_HUB":
@@ -216,6 +197,27 @@ def export_model(
         else:
             os.replace(tmp, out)
     return out
+
+
+def _check_or_keep(
+    tmp: Path, out: Path, fmt: str, model: nn.Module, pre: Preprocess, quantize: str, images: torch.Tensor | None
+) -> dict[str, Any]:
+    """``check_export``'s figures for the file written at ``tmp``; when the check fails the file is
+    kept beside ``out`` for inspection (``_keep_rejected``) and the error goes on."""
+    try:
+        figures = check_export(
+            tmp,
+            fmt,
+            model,
+            pre,
+            quantized=quantize != "none",
+            images=None if images is None else images[:QUANT_CHECK_IMAGES],
+        )
+    except BaseException:
+        log.error("kept the rejected export as %s for inspection", _keep_rejected(tmp, out))
+        raise
+    log.info("export check passed: %s", figures)
+    return figures
 
 
 def _move_hub_files(tmp: Path, out: Path) -> None:
@@ -416,6 +418,16 @@ def _write_safetensors(model: nn.Module, meta: dict[str, Any], pre: Preprocess, 
 
     header = {k: json.dumps(v) for k, v in meta.items() if k != "outputs"}
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path), metadata=header)
+
+
+_WRITERS = {
+    "ONNX": _write_onnx,
+    "TORCHSCRIPT": _write_torchscript,
+    "EXPORTED_PROGRAM": _write_exported_program,
+    "SAFETENSORS": _write_safetensors,
+    "HF_HUB": _write_hub,
+}
+"""One writer per ``FILE_FORMATS`` key: ``writer(model, meta, preprocess, path, opset=, exporter=)``."""
 
 
 def _check_inputs(pre: Preprocess, patch: int, fmt: str) -> list[torch.Tensor]:

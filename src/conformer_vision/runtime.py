@@ -463,7 +463,6 @@ def open_predictor(
     for a file without preprocessing it defines the input size of the defaults; a graph with a fixed
     input size refuses another one.
     """
-    from .checkpoint import check_request
     from .hub import is_hub_name
     from .pretrained import is_imagenet_name
 
@@ -479,29 +478,7 @@ def open_predictor(
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
     if path.suffix.lower() == ".onnx":
-        if use_ema:
-            raise ConfigError(
-                "--use_ema applies to checkpoints; an ONNX file holds one set of weights "
-                "(export with --use_ema to get the EMA weights into ONNX)"
-            )
-        if amp_dtype is not None:
-            raise ConfigError(
-                "mixed precision (--amp) applies to checkpoints run by PyTorch; an ONNX file runs "
-                "in the precision it was exported in (export with --quantize for int8)"
-            )
-        dev = str(device).lower()
-        onnx_dev = "GPU" if dev.startswith(("cuda", "gpu")) else "auto" if dev == "auto" else "CPU"
-        onnx = OnnxPredictor(path, onnx_dev, threads=threads)
-        if arch is not None and onnx.arch is None and contradiction == "error":
-            log.warning("%s does not name its architecture: --arch %s cannot be checked against it", path, arch)
-        check_request(
-            path,
-            {"arch": onnx.arch, "num_classes": onnx.num_classes},
-            {"arch": arch, "num_classes": num_classes},
-            contradiction,
-            source,
-        )
-        predictor = onnx
+        predictor = _open_onnx(path, arch, device, use_ema, amp_dtype, threads, num_classes, contradiction, source)
     else:
         from .checkpoint import load_model
 
@@ -524,6 +501,46 @@ def open_predictor(
         if pre is None:
             log.info("%s records no preprocessing: using %s", path, predictor.preprocess.to_dict())
     return _with_image_size(predictor, image_size)
+
+
+def _open_onnx(
+    path: Path,
+    arch: str | None,
+    device: str | torch.device,
+    use_ema: bool,
+    amp_dtype: torch.dtype | None,
+    threads: int | None,
+    num_classes: int | None,
+    contradiction: str,
+    source: str,
+) -> OnnxPredictor:
+    """``open_predictor`` for an ``.onnx`` file: no EMA or autocast (the graph holds one set of weights
+    in one precision); the arch and class count it records checked against the request."""
+    from .checkpoint import check_request
+
+    if use_ema:
+        raise ConfigError(
+            "--use_ema applies to checkpoints; an ONNX file holds one set of weights "
+            "(export with --use_ema to get the EMA weights into ONNX)"
+        )
+    if amp_dtype is not None:
+        raise ConfigError(
+            "mixed precision (--amp) applies to checkpoints run by PyTorch; an ONNX file runs "
+            "in the precision it was exported in (export with --quantize for int8)"
+        )
+    dev = str(device).lower()
+    onnx_dev = "GPU" if dev.startswith(("cuda", "gpu")) else "auto" if dev == "auto" else "CPU"
+    onnx = OnnxPredictor(path, onnx_dev, threads=threads)
+    if arch is not None and onnx.arch is None and contradiction == "error":
+        log.warning("%s does not name its architecture: --arch %s cannot be checked against it", path, arch)
+    check_request(
+        path,
+        {"arch": onnx.arch, "num_classes": onnx.num_classes},
+        {"arch": arch, "num_classes": num_classes},
+        contradiction,
+        source,
+    )
+    return onnx
 
 
 def with_imagenet_names(predictor: TorchPredictor | OnnxPredictor) -> TorchPredictor | OnnxPredictor:
