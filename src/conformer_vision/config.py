@@ -32,6 +32,7 @@ __all__ = [
     "SPEC_OPTIONS",
     "EXTRA_OPTIONS",
     "load_config",
+    "read_yaml",
     "option_rules",
     "unknown_options_error",
     "given_twice",
@@ -397,7 +398,7 @@ def _merge(layers: Sequence[tuple[Mapping[str, Any], Mapping[str, str]]], origin
 # ---------------------------------------------------------------- sources: YAML files, command lines
 
 
-def _read_yaml(path: str) -> tuple[dict[str, Any], dict[str, str]]:
+def read_yaml(path: str) -> tuple[dict[str, Any], dict[str, str]]:
     """The YAML mapping in ``path`` and, per key, ``"path:line"``; a key given twice is an error."""
     try:
         with open(path, encoding="utf-8") as fh:
@@ -433,7 +434,7 @@ def load_config(
     """The YAML at ``path`` (optional) with ``overrides`` on top (options by name; ``source`` says where they
     came from, for messages), validated. Every problem is a ConfigError naming where it came from."""
     overrides = dict(overrides or {})
-    layers = [_read_yaml(os.fspath(path))] if path else []
+    layers = [read_yaml(os.fspath(path))] if path else []
     return _merge([*layers, (overrides, dict.fromkeys(overrides, source))], os.fspath(path) if path else "")
 
 

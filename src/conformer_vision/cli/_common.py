@@ -56,12 +56,9 @@ def config_file_keys(path: str | None) -> set[str]:
     and validated by ``config_from_args``; aliases (``lr``) are mapped to their option (``base_lr``)."""
     if not path:
         return set()
-    import yaml
+    from ..config import OPTION_ALIASES, read_yaml
 
-    from ..config import OPTION_ALIASES
-
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
+    data, _ = read_yaml(path)
     return {OPTION_ALIASES.get(str(k), str(k)) for k in data}
 
 
